@@ -1,0 +1,250 @@
+"""Leaky integrate-and-fire dynamics: pure multi-step functions and thin Flax NNX modules.
+
+Time-major convention: ``x_seq`` is ``[T, B, ...]``. One step (``spec/plif_reference.md`` §1)::
+
+    H[t] = V[t-1] + (X[t] - (V[t-1] - V_reset)) * k        # charge, k = 1/tau
+    S[t] = Heaviside(H[t] - V_th)                          # fire (surrogate gradient)
+    V[t] = H[t] * (1 - S_d[t]) + V_reset * S_d[t]          # hard reset
+
+with ``S_d = stop_gradient(S)`` when ``detach_reset`` (the paper's setting) so that no gradient
+flows through the spike in the reset. The membrane starts at ``V_reset`` at every call.
+PLIF learns one scalar ``w`` per layer with ``k = sigmoid(w)``, i.e. ``tau = 1 + exp(-w)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from plif_jax import surrogate as surrogate_lib
+
+Array = jax.Array
+
+
+class MembraneTrace(NamedTuple):
+    """Membrane potentials over time, each ``[T, B, ...]``.
+
+    ``h``: after charging, before firing (compare with the threshold). ``v``: after the reset
+    (SpikingJelly's ``v_seq``).
+    """
+
+    h: Array
+    v: Array
+
+
+def lif_step(
+    v: Array,
+    x: Array,
+    decay: Array,
+    *,
+    v_threshold: float = 1.0,
+    v_reset: float = 0.0,
+    detach_reset: bool = True,
+    surrogate: surrogate_lib.Surrogate = surrogate_lib.ATAN,
+    alpha: Array | None = None,
+) -> tuple[Array, Array, Array]:
+    """One time step. Returns ``(v_next, spike, h)``."""
+    h = v + (x - (v - v_reset)) * decay
+    s = surrogate(h - v_threshold, alpha)
+    s_reset = jax.lax.stop_gradient(s) if detach_reset else s
+    v_next = h * (1.0 - s_reset) + v_reset * s_reset
+    return v_next, s, h
+
+
+def lif_multistep(
+    x_seq: Array,
+    decay: Array | float,
+    *,
+    v_threshold: float = 1.0,
+    v_reset: float = 0.0,
+    detach_reset: bool = True,
+    surrogate: surrogate_lib.Surrogate = surrogate_lib.ATAN,
+    alpha: Array | None = None,
+    return_membrane: bool = False,
+    unroll: int = 1,
+) -> Array | tuple[Array, MembraneTrace]:
+    """Runs LIF dynamics over time with ``jax.lax.scan``.
+
+    Args:
+      x_seq: input current ``[T, B, ...]``.
+      decay: ``k = 1/tau``, a (differentiable) scalar.
+      v_threshold: firing threshold ``V_th``.
+      v_reset: reset potential, also the initial membrane potential.
+      detach_reset: cut the gradient through the spike in the reset path.
+      surrogate: spike function (forward Heaviside, surrogate backward).
+      alpha: learnable surrogate alpha; ``None`` uses ``surrogate.alpha``.
+      return_membrane: also return the :class:`MembraneTrace`.
+      unroll: ``lax.scan`` unroll factor (a speed knob; results are identical).
+
+    Returns:
+      Spikes ``[T, B, ...]`` in ``x_seq.dtype`` (0/1), and the membrane trace when asked.
+    """
+    if x_seq.ndim < 1 or x_seq.shape[0] == 0:
+        raise ValueError(
+            f"x_seq must be time-major [T, B, ...] with T >= 1, got shape {tuple(x_seq.shape)}"
+        )
+    decay = jnp.asarray(decay, dtype=x_seq.dtype)
+    v0 = jnp.full(x_seq.shape[1:], v_reset, dtype=x_seq.dtype)
+
+    def step(v, x):
+        v_next, s, h = lif_step(
+            v,
+            x,
+            decay,
+            v_threshold=v_threshold,
+            v_reset=v_reset,
+            detach_reset=detach_reset,
+            surrogate=surrogate,
+            alpha=alpha,
+        )
+        return v_next, ((s, h, v_next) if return_membrane else s)
+
+    _, out = jax.lax.scan(step, v0, x_seq, unroll=unroll)
+    if return_membrane:
+        s, h, v = out
+        return s, MembraneTrace(h=h, v=v)
+    return out
+
+
+def w_from_tau(tau: float) -> float:
+    """``w = -ln(tau - 1)`` so that ``sigmoid(w) = 1/tau``."""
+    return -math.log(tau - 1.0)
+
+
+def _check_tau(name: str, tau: float) -> float:
+    tau = float(tau)
+    if not tau > 1.0:
+        raise ValueError(
+            f"{name} must be > 1 (tau = 1 + exp(-w) > 1 for every finite w; tau <= 1 has no "
+            f"leak/decay interpretation), got {tau}. Use e.g. {name}=2.0 (the paper's value)."
+        )
+    return tau
+
+
+class TauParam(nnx.Param):
+    """The PLIF parameter ``w`` (one scalar per layer); ``tau = 1 + exp(-w)``.
+
+    ``nnx.state(model, TauParam)`` selects every time constant of a model.
+    """
+
+
+class SurrogateAlpha(nnx.Param):
+    """A learnable surrogate sharpness ``alpha`` (one scalar per layer)."""
+
+
+class _SpikingNeuron(nnx.Module):
+    """Shared parts of LIF and PLIF: threshold, reset, surrogate, recording."""
+
+    def __init__(
+        self,
+        *,
+        v_threshold: float,
+        v_reset: float,
+        detach_reset: bool,
+        surrogate: surrogate_lib.Surrogate,
+        alpha_learnable: bool,
+    ):
+        self.v_threshold = float(v_threshold)
+        self.v_reset = float(v_reset)
+        self.detach_reset = bool(detach_reset)
+        self.surrogate = surrogate
+        self.alpha = (
+            SurrogateAlpha(jnp.asarray(surrogate.alpha, jnp.float32)) if alpha_learnable else None
+        )
+        self.unroll = 1
+
+    def decay(self) -> Array:
+        raise NotImplementedError
+
+    def __call__(
+        self, x_seq: Array, *, return_membrane: bool = False
+    ) -> Array | tuple[Array, MembraneTrace]:
+        """Spikes ``[T, B, ...]`` for input current ``x_seq`` ``[T, B, ...]``.
+
+        Also sows the firing rate per time step (``[T]``) as ``nnx.Intermediate`` named
+        ``firing_rate``, which ``nnx.pop(model, nnx.Intermediate)`` collects.
+        """
+        out = lif_multistep(
+            x_seq,
+            self.decay(),
+            v_threshold=self.v_threshold,
+            v_reset=self.v_reset,
+            detach_reset=self.detach_reset,
+            surrogate=self.surrogate,
+            alpha=None if self.alpha is None else self.alpha[...],
+            return_membrane=return_membrane,
+            unroll=self.unroll,
+        )
+        spikes = out[0] if return_membrane else out
+        rate = jnp.mean(
+            jax.lax.stop_gradient(spikes).reshape(spikes.shape[0], -1).astype(jnp.float32),
+            axis=1,
+        )
+        self.sow(nnx.Intermediate, "firing_rate", rate)
+        return out
+
+
+class PLIF(_SpikingNeuron):
+    """Parametric LIF: one learnable ``w`` per layer, ``k = sigmoid(w)``, ``tau = 1 + exp(-w)``."""
+
+    def __init__(
+        self,
+        init_tau: float = 2.0,
+        *,
+        v_threshold: float = 1.0,
+        v_reset: float = 0.0,
+        detach_reset: bool = True,
+        surrogate: surrogate_lib.Surrogate = surrogate_lib.ATAN,
+        alpha_learnable: bool = False,
+    ):
+        init_tau = _check_tau("init_tau", init_tau)
+        super().__init__(
+            v_threshold=v_threshold,
+            v_reset=v_reset,
+            detach_reset=detach_reset,
+            surrogate=surrogate,
+            alpha_learnable=alpha_learnable,
+        )
+        self.w = TauParam(jnp.asarray(w_from_tau(init_tau), jnp.float32))
+
+    def decay(self) -> Array:
+        return jax.nn.sigmoid(self.w[...])
+
+    @property
+    def tau(self) -> Array:
+        """The current time constant ``1 / sigmoid(w)``."""
+        return 1.0 / jax.nn.sigmoid(self.w[...])
+
+
+class LIF(_SpikingNeuron):
+    """LIF with a fixed time constant ``tau`` (no learnable ``w``)."""
+
+    def __init__(
+        self,
+        tau: float = 2.0,
+        *,
+        v_threshold: float = 1.0,
+        v_reset: float = 0.0,
+        detach_reset: bool = True,
+        surrogate: surrogate_lib.Surrogate = surrogate_lib.ATAN,
+        alpha_learnable: bool = False,
+    ):
+        self.tau_value = _check_tau("tau", tau)
+        super().__init__(
+            v_threshold=v_threshold,
+            v_reset=v_reset,
+            detach_reset=detach_reset,
+            surrogate=surrogate,
+            alpha_learnable=alpha_learnable,
+        )
+
+    def decay(self) -> Array:
+        return jnp.asarray(1.0 / self.tau_value, jnp.float32)
+
+    @property
+    def tau(self) -> Array:
+        return jnp.asarray(self.tau_value, jnp.float32)
