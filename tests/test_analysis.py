@@ -1,0 +1,244 @@
+"""plif_jax.analysis on tiny networks whose spikes, taus and op counts are counted by hand."""
+
+import json
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from plif_jax import analysis, neurons
+
+
+class TinyDense(nnx.Module):
+    """x [T, B, 2] -> Linear(2, 3) -> PLIF -> Linear(3, 4) -> LIF(tau 4) -> counts [B, 4]."""
+
+    def __init__(self):
+        rngs = nnx.Rngs(0)
+        self.fc1 = nnx.Linear(2, 3, use_bias=False, rngs=rngs)
+        # Currents: neuron 0 = 2 x0, neuron 1 = 1.5 x0, neuron 2 = x1.
+        self.fc1.kernel[...] = jnp.array([[2.0, 1.5, 0.0], [0.0, 0.0, 1.0]])
+        self.sn1 = neurons.PLIF(init_tau=2.0)
+        self.fc2 = nnx.Linear(3, 4, use_bias=False, rngs=rngs)
+        self.fc2.kernel[...] = jnp.full((3, 4), 0.25)
+        self.sn2 = neurons.LIF(tau=4.0)
+        self.num_classes = 4
+
+    def __call__(self, x_TBF):
+        t, b = x_TBF.shape[:2]
+        s1 = self.sn1(self.fc1(x_TBF.reshape(t * b, -1)).reshape(t, b, -1))
+        s2 = self.sn2(self.fc2(s1.reshape(t * b, -1)).reshape(t, b, -1))
+        return s2.sum(0)
+
+
+class TinyConv(nnx.Module):
+    """x [T, B, 4, 4, 1] -> Conv 1x1 (x2) -> PLIF -> Conv 3x3 SAME (1 -> 2 channels) -> PLIF."""
+
+    def __init__(self):
+        rngs = nnx.Rngs(0)
+        self.conv1 = nnx.Conv(1, 1, (1, 1), use_bias=False, rngs=rngs)
+        self.conv1.kernel[...] = jnp.full((1, 1, 1, 1), 2.0)
+        self.sn1 = neurons.PLIF(init_tau=2.0)
+        self.conv2 = nnx.Conv(1, 2, (3, 3), padding="SAME", use_bias=False, rngs=rngs)
+        self.sn2 = neurons.PLIF(init_tau=2.0)
+
+    def spiking_layers(self):
+        return [("first", self.sn1), ("second", self.sn2)]
+
+    def __call__(self, x):
+        t, b = x.shape[:2]
+        s1 = self.sn1(self.conv1(x.reshape(t * b, 4, 4, 1)).reshape(t, b, 4, 4, 1))
+        s2 = self.sn2(self.conv2(s1.reshape(t * b, 4, 4, 1)).reshape(t, b, 4, 4, 2))
+        return s2.sum((0, 2, 3, 4))
+
+
+def dense_input(T=4):
+    # Sample 0: currents (2, 1.5, 1); sample 1: currents (0, 0, 3); constant over time.
+    return jnp.tile(jnp.array([[[1.0, 1.0], [0.0, 3.0]]]), (T, 1, 1))
+
+
+def test_layer_taus_reads_back_hand_set_w_exactly_in_depth_order():
+    model = TinyDense()
+    model.sn1.w[...] = jnp.asarray(0.3, jnp.float32)
+    taus = analysis.layer_taus(model)
+    assert list(taus) == ["sn1", "sn2"]  # the neurons only, in depth order
+    w = float(np.float32(0.3))
+    assert taus["sn1"] == {"tau": 1.0 + math.exp(-w), "w": w}
+    assert taus["sn2"] == {"tau": 4.0, "w": None}
+
+
+def test_layer_taus_uses_the_models_own_spiking_layer_names():
+    model = TinyConv()
+    model.sn2.w[...] = jnp.asarray(neurons.w_from_tau(16.0), jnp.float32)
+    taus = analysis.layer_taus(model)
+    assert list(taus) == ["first", "second"]
+    assert taus["first"]["w"] == 0.0 and taus["first"]["tau"] == 2.0
+    assert taus["second"]["tau"] == pytest.approx(16.0, rel=1e-6)
+
+
+def test_layer_taus_rejects_a_model_without_spiking_layers():
+    with pytest.raises(ValueError, match="no LIF/PLIF layer"):
+        analysis.layer_taus(nnx.Linear(2, 2, rngs=nnx.Rngs(0)))
+
+
+def test_record_forward_spikes_membrane_rates_and_synops_equal_hand_counts():
+    rec = analysis.record_forward(TinyDense(), dense_input(T=4))
+    assert list(rec.layers) == ["sn1", "sn2"]
+    first = rec.layers["sn1"]
+    # tau 2 (k = 1/2): current 2 fires every step, 1.5 every second step (h = .75, 1.125, ...),
+    # 1 never (h = .5, .75, .875, .9375), 3 every step.
+    expected = np.zeros((4, 2, 3), np.float32)
+    expected[:, 0, 0] = 1
+    expected[1::2, 0, 1] = 1
+    expected[:, 1, 2] = 1
+    np.testing.assert_array_equal(first.spikes, expected)
+    np.testing.assert_array_equal(first.current[:, 0], np.tile([2.0, 1.5, 1.0], (4, 1)))
+    np.testing.assert_array_equal(first.h[:, 0, 1], [0.75, 1.125, 0.75, 1.125])
+    np.testing.assert_array_equal(first.v[:, 0, 1], [0.75, 0.0, 0.75, 0.0])
+    np.testing.assert_array_equal(first.h[:, 0, 2], [0.5, 0.75, 0.875, 0.9375])
+    np.testing.assert_array_equal(first.firing_rate, np.array([2, 3, 2, 3], np.float32) / 6)
+    # Every spike drives fc2's 4 outputs: per (t, b) 4 x the number of spikes.
+    np.testing.assert_array_equal(first.synops, [[4, 4], [8, 4], [4, 4], [8, 4]])
+    assert first.fan_out == "Linear -> 4"
+    assert first.tau == 2.0 and first.v_threshold == 1.0 and first.v_reset == 0.0
+    # The output layer's spikes go to the vote: no synaptic operation.
+    np.testing.assert_array_equal(rec.layers["sn2"].synops, np.zeros((4, 2)))
+    assert rec.layers["sn2"].fan_out is None
+    assert rec.total_synops == 40.0
+    assert rec.output.shape == (2, 4)
+
+
+def test_record_forward_counts_conv_fan_out_exactly_at_borders():
+    # Input spikes at a corner (0, 0), an edge (0, 2) and the interior (2, 2) of a 4x4 map.
+    x = np.zeros((3, 1, 4, 4, 1), np.float32)
+    x[:, 0, 0, 0] = x[:, 0, 0, 2] = x[:, 0, 2, 2] = 1.0
+    x[1] = 0.0  # no spike at t = 1
+    model = TinyConv()
+    rec = analysis.record_forward(model, jnp.asarray(x))
+    first = rec.layers["first"]
+    np.testing.assert_array_equal(first.spikes, x)
+    np.testing.assert_array_equal(first.firing_rate, [3 / 16, 0.0, 3 / 16])
+    # 2 output channels x (4 corner + 6 edge + 9 interior neighbours) = 38 per step with spikes.
+    np.testing.assert_array_equal(first.synops[:, 0], [38.0, 0.0, 38.0])
+    assert first.fan_out == "Conv 3x3 -> 2"
+    # The sown firing rates were popped: nothing piles up in the model.
+    assert not jax_tree_leaves(nnx.state(model, nnx.Intermediate))
+    # Patched classes are restored after recording.
+    assert neurons._SpikingNeuron.__call__.__name__ == "__call__"
+    assert nnx.Conv.__call__.__name__ == "__call__"
+
+
+def jax_tree_leaves(tree):
+    import jax
+
+    return jax.tree_util.tree_leaves(tree)
+
+
+def test_synaptic_ops_counts_linear_fan_out_per_nonzero_input():
+    layer = nnx.Linear(5, 7, rngs=nnx.Rngs(1))  # with a bias: it must not count
+    x = jnp.array([[1.0, 0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0], [0.25, 0, 0, 0, 0]])
+    np.testing.assert_array_equal(analysis.synaptic_ops(layer, x), [21.0, 0.0, 7.0])
+
+
+def test_confusion_matrix_counts_known_predictions_and_skips_padding():
+    labels = np.array([0, 0, 1, 2, 2, 2, 1])
+    preds = np.array([0, 1, 1, 2, 0, 2, 0])
+    mask = np.array([1, 1, 1, 1, 1, 1, 0], np.float32)  # the last sample is padding
+    cm = analysis.confusion_matrix(labels, preds, 3, mask)
+    np.testing.assert_array_equal(cm, [[1, 1, 0], [0, 1, 0], [1, 0, 2]])
+    with pytest.raises(ValueError, match=r"predictions must lie in \[0, 3\), found 5"):
+        analysis.confusion_matrix(labels, np.full(7, 5), 3)
+
+
+class Identity(nnx.Module):
+    """A 'model' whose scores are its input: the predictions are known in advance."""
+
+    num_classes = 3
+
+    def __call__(self, x):
+        return x
+
+
+class ListSource:
+    def __init__(self, batches):
+        self._batches = batches
+
+    def batches(self, epoch=0, start=0):
+        yield from self._batches
+
+
+def test_evaluate_split_gives_accuracy_and_confusion_of_known_predictions():
+    eye = np.eye(3, dtype=np.float32)
+    source = ListSource(
+        [
+            {"x": eye[[0, 1, 2, 2]], "y": np.array([0, 1, 1, 2], np.int32), "mask": np.ones(4)},
+            # Padding (mask 0) is ignored; tied scores (all zero) predict class 0.
+            {
+                "x": np.stack([eye[1], np.zeros(3, np.float32), eye[0], eye[0]]),
+                "y": np.array([1, 2, 0, 0], np.int32),
+                "mask": np.array([1, 1, 0, 0], np.float32),
+            },
+        ]
+    )
+    calls = []
+
+    def preprocess(x, *, train, rng):
+        calls.append(train)
+        return x * 2.0
+
+    result = analysis.evaluate_split(Identity(), source, preprocess)
+    np.testing.assert_array_equal(result.confusion, [[1, 0, 0], [0, 2, 1], [1, 0, 1]])
+    assert result.num_samples == 6
+    assert result.accuracy == 4 / 6
+    assert set(calls) == {False}
+
+
+def test_tau_trajectories_reads_epochs_last_record_wins_and_lr(tmp_path):
+    records = [
+        {"epoch": 0, "step": 10, "train_loss": 0.1},  # a train record without tau
+        {"epoch": 0, "step": 10, "lr": 1e-3, "tau/conv.0": 1.9, "tau/fc.1": 2.1},
+        {"epoch": 1, "step": 20, "lr": 5e-4, "tau/conv.0": 1.8, "tau/fc.1": 2.5},
+        {"step": 25, "samples_per_s": 3.0},  # no epoch: ignored
+        {"epoch": 1, "step": 20, "lr": 5e-4, "tau/conv.0": 1.7, "tau/fc.1": 2.6},  # resumed
+        {"epoch": 2, "step": 30, "lr": 0.0, "tau/conv.0": 1.6, "tau/fc.1": 2.7},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    traj = analysis.tau_trajectories(tmp_path)
+    assert list(traj) == ["conv.0", "fc.1"]
+    epochs, taus = traj["conv.0"]
+    np.testing.assert_array_equal(epochs, [0, 1, 2])
+    np.testing.assert_array_equal(taus, [1.9, 1.7, 1.6])
+    np.testing.assert_array_equal(traj.taus["fc.1"][1], [2.1, 2.6, 2.7])
+    np.testing.assert_array_equal(traj.lr[0], [0, 1, 2])
+    np.testing.assert_array_equal(traj.lr[1], [1e-3, 5e-4, 0.0])
+
+
+def test_tau_trajectories_names_missing_file_and_truncated_line(tmp_path):
+    with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+        analysis.tau_trajectories(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 0, "tau/a": 2.0}\n{"epoch": 1, "ta')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2 is not valid JSON"):
+        analysis.tau_trajectories(tmp_path)
+
+
+def test_paper_taus_cover_the_six_datasets_with_positive_taus_above_one():
+    assert set(analysis.PAPER_TAUS) == {
+        "mnist",
+        "fashion_mnist",
+        "cifar10",
+        "nmnist",
+        "cifar10dvs",
+        "dvsgesture",
+    }
+    lengths = {name: len(t) for name, t in analysis.PAPER_TAUS.items()}
+    assert lengths == {
+        "mnist": 4,
+        "fashion_mnist": 4,
+        "cifar10": 8,
+        "nmnist": 4,
+        "cifar10dvs": 6,
+        "dvsgesture": 7,
+    }
+    assert all(t > 1 for run in analysis.PAPER_TAU_RUNS.values() for t in run)
+    assert analysis.PAPER_TAUS["cifar10"][6] == 55.00
