@@ -85,7 +85,8 @@ def lif_multistep(
     """
     if x_seq.ndim < 1 or x_seq.shape[0] == 0:
         raise ValueError(
-            f"x_seq must be time-major [T, B, ...] with T >= 1, got shape {tuple(x_seq.shape)}"
+            f"x_seq must be time-major [T, B, ...] with T >= 1, got shape {tuple(x_seq.shape)}; "
+            "pass at least one time step along axis 0 (e.g. x[None] for a single step)"
         )
     decay = jnp.asarray(decay, dtype=x_seq.dtype)
     v0 = jnp.full(x_seq.shape[1:], v_reset, dtype=x_seq.dtype)
@@ -117,10 +118,13 @@ def w_from_tau(tau: float) -> float:
 
 def _check_tau(name: str, tau: float) -> float:
     tau = float(tau)
-    if not tau > 1.0:
+    # `not tau > 1` also rejects NaN; an infinite tau would give w = -inf (a neuron that never
+    # charges), so it is rejected as well.
+    if not (tau > 1.0 and math.isfinite(tau)):
         raise ValueError(
-            f"{name} must be > 1 (tau = 1 + exp(-w) > 1 for every finite w; tau <= 1 has no "
-            f"leak/decay interpretation), got {tau}. Use e.g. {name}=2.0 (the paper's value)."
+            f"{name} must be finite and > 1 (tau = 1 + exp(-w) > 1 for every finite w; tau <= 1 "
+            f"has no leak/decay interpretation), got {tau}. Use e.g. {name}=2.0 (the paper's "
+            "value)."
         )
     return tau
 
@@ -147,13 +151,17 @@ class _SpikingNeuron(nnx.Module):
         detach_reset: bool,
         surrogate: surrogate_lib.Surrogate,
         alpha_learnable: bool,
+        param_dtype: jnp.dtype = jnp.float32,
     ):
         self.v_threshold = float(v_threshold)
         self.v_reset = float(v_reset)
         self.detach_reset = bool(detach_reset)
         self.surrogate = surrogate
+        self.param_dtype = jnp.dtype(param_dtype)
         self.alpha = (
-            SurrogateAlpha(jnp.asarray(surrogate.alpha, jnp.float32)) if alpha_learnable else None
+            SurrogateAlpha(jnp.asarray(surrogate.alpha, self.param_dtype))
+            if alpha_learnable
+            else None
         )
         self.unroll = 1
 
@@ -189,7 +197,18 @@ class _SpikingNeuron(nnx.Module):
 
 
 class PLIF(_SpikingNeuron):
-    """Parametric LIF: one learnable ``w`` per layer, ``k = sigmoid(w)``, ``tau = 1 + exp(-w)``."""
+    """Parametric LIF: one learnable ``w`` per layer, ``k = sigmoid(w)``, ``tau = 1 + exp(-w)``.
+
+    Args:
+      init_tau: initial time constant ``tau0 > 1``; ``w`` starts at ``-ln(tau0 - 1)``.
+      v_threshold: firing threshold ``V_th``.
+      v_reset: reset potential, also the initial membrane potential of every call.
+      detach_reset: cut the gradient through the spike in the reset (the paper's setting).
+      surrogate: spike function (forward Heaviside, surrogate backward).
+      alpha_learnable: make the surrogate's alpha a learnable :class:`SurrogateAlpha`.
+      param_dtype: dtype of ``w`` (and of a learnable alpha). ``jnp.float64`` needs
+        ``jax_enable_x64``; it exists for float64 parity checks against a reference.
+    """
 
     def __init__(
         self,
@@ -200,6 +219,7 @@ class PLIF(_SpikingNeuron):
         detach_reset: bool = True,
         surrogate: surrogate_lib.Surrogate = surrogate_lib.ATAN,
         alpha_learnable: bool = False,
+        param_dtype: jnp.dtype = jnp.float32,
     ):
         init_tau = _check_tau("init_tau", init_tau)
         super().__init__(
@@ -208,8 +228,9 @@ class PLIF(_SpikingNeuron):
             detach_reset=detach_reset,
             surrogate=surrogate,
             alpha_learnable=alpha_learnable,
+            param_dtype=param_dtype,
         )
-        self.w = TauParam(jnp.asarray(w_from_tau(init_tau), jnp.float32))
+        self.w = TauParam(jnp.asarray(w_from_tau(init_tau), self.param_dtype))
 
     def decay(self) -> Array:
         return jax.nn.sigmoid(self.w[...])
@@ -221,7 +242,18 @@ class PLIF(_SpikingNeuron):
 
 
 class LIF(_SpikingNeuron):
-    """LIF with a fixed time constant ``tau`` (no learnable ``w``)."""
+    """LIF with a fixed time constant ``tau`` (no learnable ``w``).
+
+    Args:
+      tau: the time constant, ``> 1``; the charge uses ``k = 1 / tau``.
+      v_threshold: firing threshold ``V_th``.
+      v_reset: reset potential, also the initial membrane potential of every call.
+      detach_reset: cut the gradient through the spike in the reset (the paper's setting).
+      surrogate: spike function (forward Heaviside, surrogate backward).
+      alpha_learnable: make the surrogate's alpha a learnable :class:`SurrogateAlpha`.
+      param_dtype: dtype of ``k`` (and of a learnable alpha). ``jnp.float64`` needs
+        ``jax_enable_x64``; it exists for float64 parity checks against a reference.
+    """
 
     def __init__(
         self,
@@ -232,6 +264,7 @@ class LIF(_SpikingNeuron):
         detach_reset: bool = True,
         surrogate: surrogate_lib.Surrogate = surrogate_lib.ATAN,
         alpha_learnable: bool = False,
+        param_dtype: jnp.dtype = jnp.float32,
     ):
         self.tau_value = _check_tau("tau", tau)
         super().__init__(
@@ -240,11 +273,13 @@ class LIF(_SpikingNeuron):
             detach_reset=detach_reset,
             surrogate=surrogate,
             alpha_learnable=alpha_learnable,
+            param_dtype=param_dtype,
         )
 
     def decay(self) -> Array:
-        return jnp.asarray(1.0 / self.tau_value, jnp.float32)
+        return jnp.asarray(1.0 / self.tau_value, self.param_dtype)
 
     @property
     def tau(self) -> Array:
-        return jnp.asarray(self.tau_value, jnp.float32)
+        """The (fixed) time constant."""
+        return jnp.asarray(self.tau_value, self.param_dtype)

@@ -37,8 +37,10 @@ def _atan_partials(x: Array, alpha: Array) -> tuple[Array, Array]:
 
 
 def _sigmoid_partials(x: Array, alpha: Array) -> tuple[Array, Array]:
-    sg = jax.nn.sigmoid(alpha * x)
-    slope = sg * (1.0 - sg)
+    z = alpha * x
+    # sigmoid(z) * sigmoid(-z) == sg * (1 - sg) without the cancellation in 1 - sg, which costs
+    # float32 ~1% relative error by |z| = 12 (and a zero gradient from |z| ~ 17 on).
+    slope = jax.nn.sigmoid(z) * jax.nn.sigmoid(-z)
     return alpha * slope, x * slope
 
 
@@ -91,7 +93,10 @@ class Surrogate:
                 f"unknown surrogate {self.kind!r}; valid values: {sorted(SPIKE_FUNCTIONS)}"
             )
         if not self.alpha > 0:
-            raise ValueError(f"surrogate alpha must be > 0, got {self.alpha}")
+            raise ValueError(
+                f"surrogate alpha must be > 0 (it scales the gradient's width), got "
+                f"{self.alpha}; use e.g. alpha=2.0 for 'atan' or alpha=4.0 for 'sigmoid'"
+            )
 
     def __call__(self, x: Array, alpha: Array | float | None = None) -> Array:
         a = self.alpha if alpha is None else alpha
