@@ -269,37 +269,55 @@ _SYNAPTIC_TYPES: tuple[type, ...] = (nnx.Conv, nnx.Linear)
 
 
 @contextlib.contextmanager
-def _recording(events: list[tuple[str, Any, Any]]) -> Iterator[None]:
-    """Patches the neuron and synaptic-layer classes to log every call, in call order.
+def _patched_calls(wrappers: Mapping[type, Callable[[Callable], Callable]]) -> Iterator[None]:
+    """Replaces ``cls.__call__`` by ``wrap(cls.__call__)`` for each class; restores them on exit.
 
-    The models call their neurons without ``return_membrane``; patching the class (not the
-    instances: Python looks ``__call__`` up on the type) lets us ask for the trace without any
-    change to the models. Restored on exit, also on error.
+    Patching the class, not the instances: Python looks ``__call__`` up on the type. A class
+    that only inherited ``__call__`` gets it removed again, not a copy left behind.
     """
-    neuron_call = neurons._SpikingNeuron.__call__
-    syn_calls = {cls: cls.__call__ for cls in _SYNAPTIC_TYPES}
+    saved = {cls: cls.__dict__.get("__call__") for cls in wrappers}
+    originals = {cls: cls.__call__ for cls in wrappers}
+    try:
+        for cls, wrap in wrappers.items():
+            cls.__call__ = wrap(originals[cls])
+        yield
+    finally:
+        for cls, own in saved.items():
+            if own is None:
+                del cls.__call__
+            else:
+                cls.__call__ = own
 
-    def recording_neuron_call(self, x_seq, *, return_membrane=False):
-        spikes, trace = neuron_call(self, x_seq, return_membrane=True)
-        events.append(("neuron", self, (x_seq, spikes, trace)))
-        return (spikes, trace) if return_membrane else spikes
 
-    def make_syn_call(original: Callable) -> Callable:
+def _recording(
+    neuron_types: set[type], events: list[tuple[str, Any, Any]]
+) -> contextlib.AbstractContextManager[None]:
+    """Logs every neuron and synaptic-layer call, in call order, into ``events``.
+
+    The models call their neurons without ``return_membrane``; the patched neurons ask for the
+    trace and still return what the caller asked for, so no model needs a recording mode.
+    """
+
+    def wrap_neuron(original: Callable) -> Callable:
+        def recording_neuron_call(self, x_seq, *, return_membrane=False):
+            spikes, trace = original(self, x_seq, return_membrane=True)
+            events.append(("neuron", self, (x_seq, spikes, trace)))
+            return (spikes, trace) if return_membrane else spikes
+
+        return recording_neuron_call
+
+    def wrap_synapse(original: Callable) -> Callable:
         def recording_syn_call(self, x, *args, **kwargs):
             events.append(("synapse", self, x))
             return original(self, x, *args, **kwargs)
 
         return recording_syn_call
 
-    neurons._SpikingNeuron.__call__ = recording_neuron_call
-    for cls, original in syn_calls.items():
-        cls.__call__ = make_syn_call(original)
-    try:
-        yield
-    finally:
-        neurons._SpikingNeuron.__call__ = neuron_call
-        for cls, original in syn_calls.items():
-            cls.__call__ = original
+    wrappers: dict[type, Callable[[Callable], Callable]] = {
+        cls: wrap_synapse for cls in _SYNAPTIC_TYPES
+    }
+    wrappers.update({cls: wrap_neuron for cls in neuron_types})
+    return _patched_calls(wrappers)
 
 
 def synaptic_ops(layer: nnx.Module, x: Array) -> Array:
@@ -356,11 +374,12 @@ def record_forward(model: nnx.Module, x: Array) -> ForwardRecord:
       A :class:`ForwardRecord`; ``record.layers`` is keyed by layer name in depth order.
     """
     model.eval()
-    names = {id(module): name for name, module in spiking_layers(model)}
-    if not names:
+    named = spiking_layers(model)
+    if not named:
         raise ValueError(f"{type(model).__name__} has no LIF/PLIF layer to record.")
+    names = {id(module): name for name, module in named}
     events: list[tuple[str, Any, Any]] = []
-    with _recording(events):
+    with _recording({type(module) for _, module in named}, events):
         output = model(x)
     # Drop the firing rates the neurons sowed into the model, so repeated calls don't pile up.
     nnx.pop(model, nnx.Intermediate)
