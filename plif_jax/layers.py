@@ -1,0 +1,268 @@
+"""Stateless layers of the paper networks, run on time-folded tensors ``[T*B, ...]`` in NHWC.
+
+Only the spiking neurons carry state over time (``plif_jax.neurons``, inside ``lax.scan``); every
+layer here sees all ``T`` time steps at once with time folded into the batch axis, time-major
+(rows ``t*B .. t*B + B - 1`` hold step ``t``). Layers whose result depends on the time structure
+take ``time_steps=T`` so they can unfold it:
+
+* :class:`BatchNorm` in ``'per_step'`` mode (the paper's code: BatchNorm2d called once per time
+  step) normalises each step with its own batch statistics and applies ``T`` sequential running
+  updates; ``'folded'`` mode (newer SpikingJelly's multi-step BN) uses one set of statistics over
+  all ``T*B`` samples.
+* :class:`TimeSharedDropout` draws one mask per sample and reuses it at every time step.
+
+Train / eval follow NNX conventions: ``model.train()`` / ``model.eval()`` set
+``use_running_average`` (BatchNorm) and ``deterministic`` (dropout); ``nnx.view`` works as well.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+
+BN_MODES = ("per_step", "folded")
+POOLINGS = ("max", "avg")
+
+# PyTorch's default init for Conv2d / Linear weights is kaiming_uniform(a=sqrt(5)), i.e.
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)); variance_scaling(1/3, fan_in, uniform) has the same bound.
+torch_default_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def conv3x3(
+    in_channels: int,
+    out_channels: int,
+    *,
+    rngs: nnx.Rngs,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+) -> nnx.Conv:
+    """3x3 convolution, stride 1, padding 1, no bias, NHWC, PyTorch-default init."""
+    return nnx.Conv(
+        in_channels,
+        out_channels,
+        kernel_size=(3, 3),
+        strides=(1, 1),
+        padding=((1, 1), (1, 1)),
+        use_bias=False,
+        kernel_init=torch_default_init,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+    )
+
+
+def linear(
+    in_features: int,
+    out_features: int,
+    *,
+    rngs: nnx.Rngs,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+) -> nnx.Linear:
+    """Linear layer without bias, kernel ``[in, out]``, PyTorch-default init."""
+    return nnx.Linear(
+        in_features,
+        out_features,
+        use_bias=False,
+        kernel_init=torch_default_init,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+    )
+
+
+def pool2x2(x: Array, kind: str = "max") -> Array:
+    """2x2 max or average pooling, stride 2, VALID (floors odd sizes: 17 -> 8), NHWC."""
+    if kind == "max":
+        return nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
+    if kind == "avg":
+        return nnx.avg_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
+    raise ValueError(f"unknown pooling {kind!r}; valid values: {list(POOLINGS)}")
+
+
+def vote(x: Array, group: int = 10) -> Array:
+    """The voting readout: mean of each consecutive group of ``group`` neurons (last axis).
+
+    ``[..., classes * group] -> [..., classes]``; class ``k`` averages neurons
+    ``k*group .. k*group + group - 1`` (PyTorch ``AvgPool1d(group, group)``).
+    """
+    n = x.shape[-1]
+    if n % group:
+        raise ValueError(
+            f"vote: the last axis ({n}) must be a multiple of the group size {group}; "
+            f"the output layer needs num_classes * {group} neurons"
+        )
+    return jnp.mean(x.reshape(*x.shape[:-1], n // group, group), axis=-1)
+
+
+def _unfold_time(x: Array, time_steps: int, who: str) -> Array:
+    if time_steps < 1 or x.shape[0] % time_steps:
+        raise ValueError(
+            f"{who}: leading axis {x.shape[0]} is not T*B for time_steps={time_steps}; pass "
+            "the time-folded tensor [T*B, ...] and the number of time steps T"
+        )
+    return x.reshape(time_steps, x.shape[0] // time_steps, *x.shape[1:])
+
+
+class BatchNorm(nnx.Module):
+    """BatchNorm over the last (channel) axis with PyTorch conventions, per time step or folded.
+
+    Normalisation uses the biased batch variance; the running variance is updated with the
+    unbiased one (``n / (n - 1)``), ``running = (1 - momentum) * running + momentum * batch``.
+
+    Modes (training):
+
+    * ``'per_step'`` (the paper's code): statistics of each time step over ``(B, H, W)``; the
+      running statistics receive ``T`` sequential updates per call (in closed form:
+      ``r_T = (1-m)^T r_0 + m * sum_t (1-m)^(T-1-t) b_t``).
+    * ``'folded'``: statistics over all ``T*B`` samples, one running update per call.
+
+    In eval (``use_running_average=True``) both modes normalise with the running statistics.
+
+    Args:
+      num_features: channels ``C`` (last axis).
+      mode: ``'per_step'`` or ``'folded'``.
+      momentum: PyTorch-style momentum (weight of the new batch statistic), 0.1.
+      epsilon: added to the variance, 1e-5.
+      use_running_average: eval behaviour when True; set by ``model.train()`` / ``model.eval()``.
+      dtype: output dtype (``None``: the input's). Statistics are computed in at least float32.
+      param_dtype: dtype of the scale, bias and running statistics.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        mode: str = "per_step",
+        momentum: float = 0.1,
+        epsilon: float = 1e-5,
+        use_running_average: bool = False,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+    ):
+        if mode not in BN_MODES:
+            raise ValueError(f"unknown bn_mode {mode!r}; valid values: {list(BN_MODES)}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"BatchNorm momentum must be in [0, 1], got {momentum}")
+        self.num_features = int(num_features)
+        self.mode = mode
+        self.momentum = float(momentum)
+        self.epsilon = float(epsilon)
+        self.use_running_average = use_running_average
+        self.dtype = dtype
+        self.scale = nnx.Param(jnp.ones((num_features,), param_dtype))
+        self.bias = nnx.Param(jnp.zeros((num_features,), param_dtype))
+        self.mean = nnx.BatchStat(jnp.zeros((num_features,), param_dtype))
+        self.var = nnx.BatchStat(jnp.ones((num_features,), param_dtype))
+
+    def set_view(self, use_running_average: bool | None = None):
+        """Hook for ``nnx.view``: switches between batch and running statistics."""
+        if use_running_average is not None:
+            self.use_running_average = use_running_average
+
+    def __call__(self, x: Array, *, time_steps: int = 1) -> Array:
+        """Normalises ``x`` ``[T*B, ..., C]``; ``time_steps`` = T (1 outside the time loop)."""
+        if x.shape[-1] != self.num_features:
+            raise ValueError(
+                f"BatchNorm expects {self.num_features} channels on the last axis, got shape "
+                f"{tuple(x.shape)}"
+            )
+        out_dtype = x.dtype if self.dtype is None else self.dtype
+        stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
+        xs = _unfold_time(x, time_steps, "BatchNorm").astype(stat_dtype)  # [T, B, ..., C]
+        scale = self.scale[...].astype(stat_dtype)
+        bias = self.bias[...].astype(stat_dtype)
+        if self.use_running_average:
+            mean = self.mean[...].astype(stat_dtype)
+            var = self.var[...].astype(stat_dtype)
+            y = (xs - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+            return y.reshape(x.shape).astype(out_dtype)
+
+        if self.mode == "per_step":
+            axes = tuple(range(1, xs.ndim - 1))  # all but time and channel
+            keep = (xs.shape[0],) + (1,) * (xs.ndim - 2) + (xs.shape[-1],)
+        else:
+            axes = tuple(range(0, xs.ndim - 1))
+            keep = (1,) * (xs.ndim - 1) + (xs.shape[-1],)
+        n = 1
+        for a in axes:
+            n *= xs.shape[a]
+        if n < 2:
+            raise ValueError(
+                f"BatchNorm in training needs more than one value per channel, got {n} "
+                f"(input shape {tuple(x.shape)}, mode {self.mode!r}); use a batch size > 1"
+            )
+        mean = jnp.mean(xs, axis=axes)  # [T, C] or [C]
+        # Two-pass variance: numerically safer than E[x^2] - E[x]^2 for large activations.
+        var = jnp.mean(jnp.square(xs - mean.reshape(keep)), axis=axes)
+        y = (xs - mean.reshape(keep)) * (
+            jax.lax.rsqrt(var + self.epsilon).reshape(keep) * scale
+        ) + bias
+        self._update_running(mean, var * (n / (n - 1)))
+        return y.reshape(x.shape).astype(out_dtype)
+
+    def _update_running(self, batch_mean: Array, batch_var_unbiased: Array) -> None:
+        m = self.momentum
+        if self.mode == "per_step":
+            t = batch_mean.shape[0]
+            # Weight of step t's statistic after all T updates: m * (1-m)^(T-1-t).
+            w = m * (1.0 - m) ** jnp.arange(t - 1, -1, -1, dtype=batch_mean.dtype)
+            keep_old = (1.0 - m) ** t
+            new_mean = keep_old * self.mean[...] + jnp.tensordot(w, batch_mean, axes=1)
+            new_var = keep_old * self.var[...] + jnp.tensordot(w, batch_var_unbiased, axes=1)
+        else:
+            new_mean = (1.0 - m) * self.mean[...] + m * batch_mean
+            new_var = (1.0 - m) * self.var[...] + m * batch_var_unbiased
+        batch_stop = jax.lax.stop_gradient
+        self.mean[...] = batch_stop(new_mean).astype(self.mean[...].dtype)
+        self.var[...] = batch_stop(new_var).astype(self.var[...].dtype)
+
+
+class TimeSharedDropout(nnx.Module):
+    """Dropout whose mask is drawn once per sample and reused at every time step.
+
+    The mask is ``[B, features]`` with values ``0`` (probability ``rate``) or ``1 / (1 - rate)``,
+    as SpikingJelly's ``layer.Dropout``. Identity when ``deterministic`` (eval) or ``rate == 0``.
+    The keys come from the module's own fork of the ``'dropout'`` stream of the ``nnx.Rngs``
+    given at construction, so the stream is part of the model state (checkpointable).
+
+    Args:
+      rate: probability of zeroing an element, in ``[0, 1)``.
+      rngs: the model's ``nnx.Rngs``; its ``'dropout'`` stream (or ``'default'``) is forked.
+      deterministic: eval behaviour when True; set by ``model.train()`` / ``model.eval()``.
+    """
+
+    def __init__(self, rate: float, *, rngs: nnx.Rngs, deterministic: bool = False):
+        rate = float(rate)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+        self.rate = rate
+        self.deterministic = deterministic
+        self.rngs = rngs["dropout"].fork()
+
+    def set_view(self, deterministic: bool | None = None):
+        """Hook for ``nnx.view``: switches dropout off (True) or on (False)."""
+        if deterministic is not None:
+            self.deterministic = deterministic
+
+    def make_mask(self, batch: int, features: int, dtype: Any = jnp.float32) -> Array:
+        """Draws the next mask ``[batch, features]`` from the module's stream (advances it)."""
+        keep = jax.random.bernoulli(self.rngs(), 1.0 - self.rate, (batch, features))
+        return jnp.where(keep, 1.0 / (1.0 - self.rate), 0.0).astype(dtype)
+
+    def __call__(self, x: Array, *, time_steps: int = 1) -> Array:
+        """Masks ``x`` ``[T*B, features]`` with one ``[B, features]`` mask shared over T."""
+        if self.deterministic or self.rate == 0.0:
+            return x
+        if x.ndim != 2:
+            raise ValueError(
+                f"TimeSharedDropout expects [T*B, features], got shape {tuple(x.shape)}"
+            )
+        xs = _unfold_time(x, time_steps, "TimeSharedDropout")
+        mask = self.make_mask(xs.shape[1], xs.shape[2], x.dtype)
+        return (xs * mask).reshape(x.shape)

@@ -1,0 +1,262 @@
+"""The six paper networks: sizes, shapes, options, train/eval, traces, bad arguments."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from plif_jax import layers, models, neurons
+
+PAPER_PARAM_COUNTS = {
+    "mnist": 13_198_980,
+    "fashion_mnist": 13_198_980,
+    "cifar10": 36_718_344,
+    "nmnist": 17_132_292,
+    "cifar10dvs": 17_427_718,
+    "dvsgesture": 1_698_311,
+}
+PAPER_NUM_SPIKING = {
+    "mnist": 4,
+    "fashion_mnist": 4,
+    "cifar10": 8,
+    "nmnist": 4,
+    "cifar10dvs": 6,
+    "dvsgesture": 7,
+}
+
+# Reduced nets used for shape/behaviour tests: (name, options, input shape).
+SMALL = {
+    "mnist": (dict(channels=4, hidden=16, T=3), (2, 1, 28, 28)),
+    "cifar10": (dict(channels=4, hidden=16, T=2), (2, 3, 32, 32)),
+    "nmnist": (dict(channels=4, input_size=8), (3, 2, 2, 8, 8)),
+    "dvsgesture": (dict(channels=4, input_size=32), (2, 2, 2, 32, 32)),
+}
+
+
+def _abstract(name, **options):
+    return nnx.eval_shape(lambda: models.create_model(name, rngs=nnx.Rngs(0), **options))
+
+
+@pytest.mark.parametrize("name", list(PAPER_PARAM_COUNTS))
+def test_parameter_count_at_paper_size_matches_reference(name):
+    model = _abstract(name)
+    assert models.count_params(model) == PAPER_PARAM_COUNTS[name]
+    taus = jax.tree.leaves(nnx.state(model, neurons.TauParam))
+    assert len(taus) == PAPER_NUM_SPIKING[name]
+    assert [n for n, _ in model.spiking_layers()] == [
+        f"sn{i}" for i in range(PAPER_NUM_SPIKING[name])
+    ]
+
+
+def test_paper_layer_shapes_follow_the_reference_architecture():
+    mnist = _abstract("mnist")
+    assert mnist.conv0.kernel.shape == (3, 3, 1, 128)
+    assert mnist.fc0.kernel.shape == (6272, 2048)
+    assert mnist.fc1.kernel.shape == (2048, 100)
+    cifar = _abstract("cifar10")
+    assert cifar.conv5.kernel.shape == (3, 3, 256, 256)
+    assert cifar.fc0.kernel.shape == (16384, 2048)
+    assert not hasattr(cifar, "dropout1")  # CIFAR-10 has a single dropout
+    dvs = _abstract("cifar10dvs")
+    assert dvs.fc0.kernel.shape == (8192, 2048)  # not newer SpikingJelly's 512
+    gesture = _abstract("dvsgesture")
+    assert gesture.fc0.kernel.shape == (2048, 512)
+    assert gesture.fc1.kernel.shape == (512, 110)
+    nmnist = _abstract("nmnist")
+    assert nmnist.fc0.kernel.shape == (8192, 2048)
+
+
+def test_lif_has_no_tau_parameter_and_learnable_alpha_adds_one_per_layer():
+    lif = _abstract("nmnist", neuron="lif")
+    assert models.count_params(lif) == PAPER_PARAM_COUNTS["nmnist"] - 4
+    alpha = _abstract("nmnist", alpha_learnable=True)
+    assert models.count_params(alpha) == PAPER_PARAM_COUNTS["nmnist"] + 4
+    assert len(jax.tree.leaves(nnx.state(alpha, neurons.SurrogateAlpha))) == 4
+
+
+def test_init_tau_sets_w_and_defaults_match_paper():
+    model = models.create_model(
+        "dvsgesture", rngs=nnx.Rngs(0), init_tau=16.0, channels=4, input_size=32
+    )
+    for _, neuron in model.spiking_layers():
+        np.testing.assert_allclose(float(neuron.w[...]), -np.log(15.0), rtol=1e-6)
+    cfg = models.resolve_options("mnist")
+    assert (cfg.T, cfg.pooling, cfg.bn_mode, cfg.dropout, cfg.hidden) == (
+        8,
+        "max",
+        "per_step",
+        0.5,
+        2048,
+    )
+    assert (cfg.init_tau, cfg.detach_reset, cfg.surrogate) == (2.0, True, "atan")
+    assert models.resolve_options("dvsgesture").num_classes == 11
+
+
+def test_conv_and_linear_init_is_pytorch_uniform_bound():
+    model = models.create_model("mnist", rngs=nnx.Rngs(0), channels=64, hidden=512, T=1)
+    k = np.asarray(model.conv1.kernel[...])
+    bound = 1.0 / np.sqrt(64 * 9)
+    assert np.abs(k).max() <= bound
+    assert np.abs(k).max() > 0.95 * bound
+    # Uniform on [-b, b] has std b/sqrt(3).
+    np.testing.assert_allclose(k.std(), bound / np.sqrt(3), rtol=0.05)
+    w = np.asarray(model.fc1.kernel[...])
+    assert np.abs(w).max() <= 1.0 / np.sqrt(512)
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_output_is_count_per_class_in_range(name):
+    options, shape = SMALL[name]
+    model = models.create_model(name, rngs=nnx.Rngs(0), **options)
+    x = 3.0 * jax.random.normal(jax.random.key(1), shape)
+    counts, traces = model(x, return_traces=True)
+    t = options.get("T", shape[0])
+    batch = shape[0] if name in models.STATIC_NETS else shape[1]
+    classes = 11 if name == "dvsgesture" else 10
+    assert counts.shape == (batch, classes)
+    assert counts.dtype == jnp.float32
+    assert float(counts.min()) >= 0.0 and float(counts.max()) <= t
+    assert list(traces) == [n for n, _ in model.spiking_layers()]
+    last = traces[list(traces)[-1]].spikes  # [T, B, classes * 10]
+    np.testing.assert_array_equal(
+        np.asarray(counts),
+        np.asarray(last).reshape(t, batch, classes, 10).mean(-1).sum(0),
+    )
+    for trace in traces.values():
+        assert trace.current.shape == trace.spikes.shape == trace.h.shape == trace.v.shape
+        assert trace.spikes.shape[:2] == (t, batch)
+        assert set(np.unique(np.asarray(trace.spikes))) <= {0.0, 1.0}
+        # S = 1[h >= 1] exactly (v_threshold 1).
+        np.testing.assert_array_equal(
+            np.asarray(trace.spikes), (np.asarray(trace.h) >= 1.0).astype(np.float32)
+        )
+    # The first layer really spikes at this input scale, so the check above is not vacuous.
+    assert float(jnp.mean(traces["sn0"].spikes)) > 0.01
+
+
+def test_static_net_feeds_the_same_encoder_output_at_every_step():
+    options, shape = SMALL["mnist"]
+    model = models.create_model("mnist", rngs=nnx.Rngs(0), **options)
+    x = jax.random.normal(jax.random.key(2), shape)
+    _, traces = model(x, return_traces=True)
+    cur = np.asarray(traces["sn0"].current)
+    for t in range(1, cur.shape[0]):
+        np.testing.assert_array_equal(cur[t], cur[0])
+
+
+def test_static_encoder_bn_updates_once_and_inner_bn_updates_T_times():
+    model = models.create_model("mnist", rngs=nnx.Rngs(0), channels=4, hidden=16, T=3)
+    x = jax.random.normal(jax.random.key(3), (4, 1, 28, 28))
+    model(x)
+    # Encoder output statistics, computed by hand from the conv output.
+    z = np.asarray(model.conv0(jnp.moveaxis(x, 1, -1)))
+    n = z.shape[0] * z.shape[1] * z.shape[2]
+    np.testing.assert_allclose(
+        np.asarray(model.bn0.mean[...]), 0.1 * z.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        np.asarray(model.bn0.var[...]),
+        0.9 + 0.1 * z.var(axis=(0, 1, 2)) * n / (n - 1),
+        rtol=1e-4,
+    )
+
+
+def test_nhwc_input_layout_gives_the_same_counts_as_nchw():
+    x = 3.0 * jax.random.normal(jax.random.key(4), (2, 1, 28, 28))
+    a = models.create_model("mnist", rngs=nnx.Rngs(5), channels=4, hidden=16, T=2)
+    b = models.create_model(
+        "mnist", rngs=nnx.Rngs(5), channels=4, hidden=16, T=2, input_layout="NHWC"
+    )
+    _, ta = a(x, return_traces=True)
+    _, tb = b(jnp.moveaxis(x, 1, -1), return_traces=True)
+    for name in ta:
+        np.testing.assert_array_equal(np.asarray(ta[name].spikes), np.asarray(tb[name].spikes))
+
+
+def test_train_eval_switch_reaches_batchnorm_and_dropout():
+    model = models.create_model("nmnist", rngs=nnx.Rngs(0), channels=4, input_size=8)
+    bns = [m for _, m in nnx.iter_modules(model) if isinstance(m, layers.BatchNorm)]
+    dos = [m for _, m in nnx.iter_modules(model) if isinstance(m, layers.TimeSharedDropout)]
+    assert len(bns) == 2 and len(dos) == 2
+    assert not any(m.use_running_average for m in bns) and not any(m.deterministic for m in dos)
+    model.eval()
+    assert all(m.use_running_average for m in bns) and all(m.deterministic for m in dos)
+    x = 3.0 * jax.random.normal(jax.random.key(1), (2, 2, 2, 8, 8))
+    before = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
+    y1, y2 = model(x), model(x)
+    np.testing.assert_array_equal(np.asarray(y1), np.asarray(y2))  # eval is deterministic
+    after = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
+    jax.tree.map(np.testing.assert_array_equal, before, after)  # eval leaves running stats alone
+    model.train()
+    assert not any(m.use_running_average for m in bns) and not any(m.deterministic for m in dos)
+    view = nnx.view(model, deterministic=True, use_running_average=True)
+    assert all(m.use_running_average for m in nnx_modules(view, layers.BatchNorm))
+
+
+def nnx_modules(model, cls):
+    return [m for _, m in nnx.iter_modules(model) if isinstance(m, cls)]
+
+
+def test_bn_modes_give_different_statistics_on_the_same_input():
+    x = 3.0 * jax.random.normal(jax.random.key(7), (3, 2, 2, 8, 8))
+    stats = {}
+    for mode in layers.BN_MODES:
+        model = models.create_model(
+            "nmnist", rngs=nnx.Rngs(0), channels=4, input_size=8, bn_mode=mode
+        )
+        model(x)
+        stats[mode] = np.asarray(model.bn0.mean[...])
+    assert model.bn0.mode == "folded"
+    assert not np.allclose(stats["per_step"], stats["folded"])
+
+
+def test_dropout_rng_stream_is_part_of_the_model_state():
+    model = models.create_model("nmnist", rngs=nnx.Rngs(0), channels=4, input_size=8)
+    rng_state = nnx.state(model, nnx.RngState)
+    owners = {p[0].key for p, _ in jax.tree_util.tree_flatten_with_path(rng_state)[0]}
+    assert owners == {"dropout0", "dropout1"}
+
+
+BAD_OPTIONS = [
+    ("resnet", {}, "unknown model 'resnet'; valid names"),
+    ("mnist", {"chanels": 4}, "unknown option(s) ['chanels']"),
+    ("mnist", {"T": 0}, "T must be a positive int"),
+    ("nmnist", {"T": -1}, "T must be a positive int"),
+    ("mnist", {"pooling": "min"}, "unknown pooling 'min'"),
+    ("mnist", {"neuron": "izhikevich"}, "unknown neuron 'izhikevich'"),
+    ("mnist", {"bn_mode": "batch"}, "unknown bn_mode 'batch'"),
+    ("mnist", {"surrogate": "relu"}, "unknown surrogate 'relu'"),
+    ("mnist", {"input_layout": "CHW"}, "unknown input_layout 'CHW'"),
+    ("mnist", {"dropout": 1.0}, "dropout must be in [0, 1)"),
+    ("mnist", {"init_tau": 1.0}, "init_tau must be > 1"),
+    ("mnist", {"number_layer": 3}, "number_layer applies to the neuromorphic nets"),
+    ("nmnist", {"number_layer": 0}, "number_layer must be a positive int"),
+    ("nmnist", {"input_size": 3}, "too small for 2 2x2 poolings"),
+    ("nmnist", {"channels": 2.5}, "channels must be a positive int"),
+    ("mnist", {"surrogate_alpha": -1.0}, "surrogate_alpha must be > 0"),
+]
+
+
+@pytest.mark.parametrize("name,options,message", BAD_OPTIONS)
+def test_bad_option_raises_a_clear_error(name, options, message):
+    with pytest.raises(ValueError) as err:
+        models.resolve_options(name, **options)
+    assert message in str(err.value)
+
+
+def test_bad_input_raises_a_clear_error_at_call_time():
+    static = models.create_model("mnist", rngs=nnx.Rngs(0), channels=4, hidden=16, T=2)
+    with pytest.raises(ValueError, match=r"expects input \[B, C, H, W\]"):
+        static(jnp.zeros((1, 28, 28)))
+    with pytest.raises(ValueError, match="expects 1 input channels"):
+        static(jnp.zeros((2, 3, 28, 28)))
+    with pytest.raises(ValueError, match="input_size=32"):
+        static(jnp.zeros((2, 1, 32, 32)))
+    events = models.create_model("nmnist", rngs=nnx.Rngs(0), channels=4, input_size=8, T=3)
+    with pytest.raises(ValueError, match=r"expects input \[T, B, C, H, W\]"):
+        events(jnp.zeros((2, 2, 8, 8)))
+    with pytest.raises(ValueError, match="built for T=3"):
+        events(jnp.zeros((4, 2, 2, 8, 8)))
+    with pytest.raises(ValueError, match="expects 2 input channels"):
+        events(jnp.zeros((3, 2, 1, 8, 8)))
