@@ -203,9 +203,11 @@ def test_plif_module_matches_parametric_lif_node_float64(tau, detach_reset):
 
 
 @pytest.mark.parametrize("detach_reset", [True, False])
-@pytest.mark.parametrize(("T", "shape"), SHAPES)
-@pytest.mark.parametrize("tau", TAUS)
+@pytest.mark.parametrize(
+    ("tau", "T", "shape"), [(tau, *ts) for tau, ts in zip(TAUS, SHAPES, strict=True)]
+)
 def test_lif_module_matches_lif_node_float64(tau, T, shape, detach_reset):
+    # LIF's tau is a static field (one compilation per tau and shape): a diagonal of the grid.
     x, g_s, g_v = _inputs(tau, T, shape, seed=100 + T, dtype=np.float64)
     ref = _oracle("lif", tau, x, g_s, g_v, detach_reset=detach_reset)
     with jax.enable_x64(True):
