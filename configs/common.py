@@ -52,14 +52,22 @@ def get_config() -> ml_collections.ConfigDict:
 
     # --- Data ----------------------------------------------------------------------------------
     config.data = ml_collections.ConfigDict()
-    config.data.root = "~/datasets"  # Where the raw datasets live (tfds data_dir / tonic root).
-    config.data.cache_dir = config_dict.placeholder(str)  # Frame cache (None: <root>/cache).
+    # Where the raw data lies: the tfds data_dir of the static datasets (None: tfds's default,
+    # $TFDS_DATA_DIR or ~/tensorflow_datasets); tonic's save_to for events (None: ~/event_data).
+    config.data.root = config_dict.placeholder(str)
+    # Converted event frames (None: ~/.cache/plif_jax/frames), keyed by every frame setting.
+    config.data.cache_dir = config_dict.placeholder(str)
     config.data.T = 8  # Time steps (static nets: image repeats; events: frames).
     config.data.split_by = "number"  # Event binning: 'number' (equal counts, paper) or 'time'.
     config.data.normalization = config_dict.placeholder(str)  # Frame normalisation (None: counts).
+    # True: drop the last N mod T events (tonic's ToFrame); False: the reference's last frame.
+    config.data.drop_remainder = False
     config.data.val_ratio = 0.15  # Protocol B: per-class fraction of the train set held out.
-    config.data.num_workers = 4  # Host-side loader threads.
+    config.data.num_workers = 4  # Processes converting events to frames (first run only).
     config.data.prefetch = 2  # Batches prepared ahead of the device.
+    # MNIST RandomAffine resampling: 'bilinear' or 'nearest' (torchvision's default).
+    config.data.affine_interpolation = "bilinear"
+    config.data.emulator_seed = 0  # digits_events only: seed of the saccade event emulator.
 
     # --- Model (plif_jax.models.create_model options) ------------------------------------------
     config.model = ml_collections.ConfigDict()

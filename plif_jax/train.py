@@ -100,7 +100,7 @@ def _layer_name(path: tuple[Any, ...]) -> str:
 def firing_rates(intermediates: nnx.State) -> dict[str, Array]:
     """Mean firing rate of every spiking layer from the neurons' sown ``firing_rate``."""
     out = {}
-    for path, var in intermediates.flat_state():
+    for path, var in nnx.to_flat_state(intermediates):
         if path[-1] == "firing_rate":
             values = jax.tree.leaves(var)  # one [T] array per call of the layer
             out[_layer_name(path[:-1])] = jnp.mean(jnp.stack([jnp.mean(v) for v in values]))
@@ -110,7 +110,7 @@ def firing_rates(intermediates: nnx.State) -> dict[str, Array]:
 def layer_taus(params: nnx.State) -> dict[str, float]:
     """``{layer: tau}`` of every PLIF layer (``tau = 1 + exp(-w)``), in depth order."""
     out = {}
-    for path, var in params.flat_state():
+    for path, var in nnx.to_flat_state(params):
         if isinstance(var, neurons.TauParam):
             w = float(np.asarray(jax.tree.leaves(var)[0]))
             out[_layer_name(path[:-1])] = 1.0 + math.exp(-w)
@@ -121,7 +121,7 @@ def layer_alphas(params: nnx.State) -> dict[str, float]:
     """``{layer: alpha}`` of every learnable surrogate alpha."""
     return {
         _layer_name(path[:-1]): float(np.asarray(jax.tree.leaves(var)[0]))
-        for path, var in params.flat_state()
+        for path, var in nnx.to_flat_state(params)
         if isinstance(var, neurons.SurrogateAlpha)
     }
 
@@ -131,7 +131,9 @@ def model_spec(config: ml_collections.ConfigDict, info: Any) -> tuple[str, dict[
     from plif_jax import models
 
     name = config.model.name or info.model_name
-    layout = info.input_layout
+    # The data delivers static images NHWC and event frames time-major 'TBCHW' (channels before
+    # the spatial axes, i.e. the models' 'NCHW').
+    layout = "NHWC" if info.input_layout == "NHWC" else "NCHW"
     shape = tuple(info.sample_shape)
     size, channels = (shape[-3], shape[-1]) if layout == "NHWC" else (shape[-1], shape[-3])
     options = dict(
@@ -224,7 +226,9 @@ def train_step(
         lambda p, d: p - lr.astype(p.dtype) * d, state.params, direction
     )
     correct = jnp.sum((jnp.argmax(counts, axis=-1) == y) * mask).astype(jnp.int32)
-    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+    finite = jnp.isfinite(loss) & jnp.all(
+        jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+    )
     metrics = {
         "loss": loss,
         "correct": correct,
@@ -662,3 +666,25 @@ def _summary(config, meta, state, status, wall, traces, workdir) -> dict[str, An
     out["compilations"] = dict(traces)
     out["workdir"] = workdir
     return out
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """The human-readable end-of-run lines printed by ``experiments/train.py``."""
+    lines = [
+        f"{summary['dataset']} (protocol {summary['protocol']}): {summary['status']} after "
+        f"{summary['epochs_completed']} epochs, {summary['global_step']} steps, "
+        f"{summary['wall_seconds']:.1f} s wall, {summary['train_samples_per_sec']:.1f} train "
+        "samples/s",
+        f"accuracy-A (best test): {100 * summary['best_test_accuracy']:.2f}% at epoch "
+        f"{summary['best_test_epoch']}; final test {100 * summary['final_test_accuracy']:.2f}%",
+    ]
+    if summary["protocol"] == "B":
+        lines.append(
+            f"accuracy-B (test at best val): {100 * summary['test_at_best_val']:.2f}% at epoch "
+            f"{summary['best_val_epoch']} (val {100 * summary['best_val_accuracy']:.2f}%)"
+        )
+    if summary["tau"]:
+        taus = ", ".join(f"{k} {v:.3f}" for k, v in summary["tau"].items())
+        lines.append(f"tau per PLIF layer: {taus}")
+    lines.append(f"summary: {os.path.join(summary['workdir'], 'summary.json')}")
+    return "\n".join(lines)

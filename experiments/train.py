@@ -1,0 +1,40 @@
+"""Trains one of the paper's networks: ``python -m experiments.train --config configs/<name>.py``.
+
+Flags: ``--config`` (a file in ``configs/``; override any field with ``--config.a.b=value``) and
+``--workdir`` (default ``runs/<config file stem>``). Running the same command again on a workdir
+that holds a checkpoint resumes from it. SIGTERM / Ctrl-C checkpoint at the next step and exit.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config file stem>).")
+flags.mark_flags_as_required(["config"])
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    import jax
+
+    from plif_jax import train
+
+    config_file = config_flags.get_config_filename(FLAGS["config"])
+    stem = os.path.splitext(os.path.basename(config_file.split(":")[0]))[0]
+    workdir = FLAGS.workdir or os.path.join("runs", stem)
+    logging.info(
+        "JAX %s, backend %s, devices: %s", jax.__version__, jax.default_backend(), jax.devices()
+    )
+    logging.info("Config %s, workdir %s", config_file, workdir)
+    summary = train.train_and_evaluate(FLAGS.config, workdir)
+    print(train.format_summary(summary))
+
+
+if __name__ == "__main__":
+    app.run(main)
