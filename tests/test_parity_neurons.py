@@ -249,20 +249,22 @@ def test_plif_matches_parametric_lif_node_float32_within_tolerance(tau, detach_r
     model = neurons.PLIF(tau, detach_reset=detach_reset)
     assert float(model.w[...]) == float(ref["w"])  # same float32 rounding of -ln(tau - 1)
     _assert_parity(_ours_module(model, jnp.asarray(x), g_s, g_v), ref, TOL32, jnp.float32)
-    functional = _ours_functional(model.w[...], x, g_s, g_v, detach_reset=detach_reset)
-    _assert_parity(functional, ref, TOL32, jnp.float32)
     _assert_fires(ref["s"], T)
 
 
-@pytest.mark.parametrize("detach_reset", [True, False])
-@pytest.mark.parametrize("tau", TAUS)
+@pytest.mark.parametrize(("tau", "detach_reset"), [(1.5, True), (1.5, False), (2.0, False)])
 def test_lif_matches_lif_node_float32_within_tolerance(tau, detach_reset):
+    # tau = 1.5: k = 1/1.5 is inexact, so the fused multiply-add really changes float32 H.
+    # tau = 2: k = 1/2 makes (X - V) k exact, fused or not, so the membrane is bit-identical.
     T, shape = 13, (2, 5, 7)
     x, g_s, g_v = _inputs(tau, T, shape, seed=5, dtype=np.float32)
     assert _charge_margin(x, tau) > 1e-5
     ref = _oracle("lif", tau, x, g_s, g_v, detach_reset=detach_reset)
     model = neurons.LIF(tau, detach_reset=detach_reset)
-    _assert_parity(_ours_module(model, jnp.asarray(x), g_s, g_v), ref, TOL32, jnp.float32)
+    ours = _ours_module(model, jnp.asarray(x), g_s, g_v)
+    _assert_parity(ours, ref, TOL32, jnp.float32)
+    if tau == 2.0:
+        np.testing.assert_array_equal(np.asarray(ours["v"]), ref["v"])
     _assert_fires(ref["s"], T)
 
 
