@@ -6,10 +6,12 @@ mode ``'m'`` with ``decay_input=True``, an explicit surrogate and an explicit ``
 the reset, our ``MembraneTrace.v``.
 
 Precision. XLA on CPU contracts ``v + (x - v) * k`` into a fused multiply-add, so float32 ``H``
-differs from torch's (unfused) ``H`` in the last bit for ~40% of the elements. The strict parity
-therefore runs in float64 on both sides (x64 enabled only inside those tests); in float64
-SpikingJelly runs its autograd reference path, in float32 its native CPU kernel with a hand-written
-backward, so both oracles are covered. The float32 checks use a tolerance and inputs whose ``H``
+differs from torch's (unfused) ``H`` in the last bit where ``(x - v) * k`` is inexact (~40% of
+the elements at tau = 1.5, measured). The strict parity therefore runs in float64 on both sides
+(x64 enabled only inside those tests). SpikingJelly takes two code paths, both differentiated by
+torch autograd: in float64 its pure-torch reference loop, in float32 its registered
+``sj_plif``/``sj_lif`` operator (on CPU the reference ``_forward_impl`` with the
+``_SurrogateSpike`` autograd function). The float32 checks use a tolerance and inputs whose ``H``
 stays at least 1e-5 away from the threshold (checked), so that a last-bit difference cannot flip
 a spike.
 
