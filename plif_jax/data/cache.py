@@ -1,0 +1,183 @@
+"""On-disk frame cache: computed once, keyed by every setting that changes the frames.
+
+Layout: ``<cache_dir>/<dataset>/<split>-<key>/`` holding one ``<index:06d>.npy`` per sample (in
+the dataset's sorted sample order), ``settings.json`` (what the key was made of, for people) and
+``complete`` once every sample is there. ``key`` is a hash of the settings, which include
+:data:`FORMAT_VERSION` and a fingerprint of the source files, so a changed setting or changed data
+lands in a new directory and can never read stale frames (tonic's own disk cache has served
+stale frames: tonic issues #148, #160).
+
+Conversion runs in worker processes (``num_workers``), shows a tqdm progress bar, and is safe to
+interrupt: each sample is written to a temporary file and renamed into place (``os.replace`` is
+atomic), and a rerun converts only the samples that are missing.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import tqdm
+
+# Bump whenever the frame computation or the file layout changes.
+FORMAT_VERSION = 1
+
+
+class FrameProducer(Protocol):
+    """Computes the frames of samples; must be picklable (it is sent to worker processes)."""
+
+    num_samples: int
+    chunk_size: int
+
+    def frames(self, indices: Sequence[int]) -> list[np.ndarray]:
+        """Frames ``[T, 2, H, W]`` float32 of the given samples, in order."""
+        ...
+
+
+def cache_key(settings: dict[str, Any]) -> str:
+    """A short, stable hash of ``settings`` (JSON with sorted keys) plus the format version."""
+    full = {**settings, "format_version": FORMAT_VERSION}
+    payload = json.dumps(full, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def files_fingerprint(paths: Sequence[str | os.PathLike], root: str | os.PathLike) -> str:
+    """Hash of the source files' paths (relative to ``root``) and sizes, in order.
+
+    New, removed, renamed or resized files change it; moving the whole root does not.
+    """
+    h = hashlib.sha256()
+    for p in paths:
+        rel = os.path.relpath(p, root)
+        h.update(f"{rel}\0{os.path.getsize(p)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _compact(frames: np.ndarray) -> np.ndarray:
+    """Stores integer counts in the smallest unsigned dtype that holds them exactly."""
+    if frames.size and np.all(frames >= 0) and np.all(frames == np.floor(frames)):
+        peak = frames.max()
+        for dt in (np.uint8, np.uint16, np.uint32):
+            if peak <= np.iinfo(dt).max:
+                return frames.astype(dt)
+    return frames.astype(np.float32)
+
+
+class FrameStore:
+    """A directory of per-sample frame files for one (dataset, split, settings) combination."""
+
+    def __init__(self, cache_dir: str | os.PathLike, dataset: str, split: str, settings: dict):
+        self.settings = dict(settings)
+        self.key = cache_key(self.settings)
+        self.directory = Path(cache_dir).expanduser() / dataset / f"{split}-{self.key}"
+
+    def path(self, index: int) -> Path:
+        return self.directory / f"{index:06d}.npy"
+
+    @property
+    def complete(self) -> bool:
+        return (self.directory / "complete").exists()
+
+    def missing(self, num_samples: int) -> list[int]:
+        """Indices whose frame file does not exist yet."""
+        present = {p.name for p in self.directory.glob("*.npy")}
+        return [i for i in range(num_samples) if f"{i:06d}.npy" not in present]
+
+    def save(self, index: int, frames: np.ndarray) -> None:
+        """Writes one sample atomically (temporary file, then ``os.replace``)."""
+        final = self.path(index)
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, _compact(frames))
+        os.replace(tmp, final)
+
+    def load(self, index: int) -> np.ndarray:
+        """Frames of one sample as float32."""
+        return np.load(self.path(index)).astype(np.float32, copy=False)
+
+    def load_many(self, indices: Sequence[int]) -> np.ndarray:
+        """Frames of several samples stacked, ``[B, T, 2, H, W]`` float32."""
+        return np.stack([self.load(int(i)) for i in indices])
+
+    def ensure(self, producer: FrameProducer, num_workers: int = 1, desc: str = "") -> None:
+        """Converts the missing samples (in parallel), then marks the store complete."""
+        if self.complete:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / "settings.json", "w") as f:
+            json.dump({**self.settings, "format_version": FORMAT_VERSION}, f, indent=1, default=str)
+        todo = self.missing(producer.num_samples)
+        size = producer.chunk_size
+        chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
+        bar = tqdm.tqdm(total=len(todo), desc=desc or str(self.directory), unit="sample")
+        try:
+            if num_workers <= 1 or len(chunks) <= 1:
+                for chunk in chunks:
+                    _write_chunk(producer, self, chunk)
+                    bar.update(len(chunk))
+            else:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*fork.*", category=RuntimeWarning)
+                    self._convert_parallel(producer, chunks, num_workers, bar)
+        finally:
+            bar.close()
+        still = self.missing(producer.num_samples)
+        if still:
+            raise RuntimeError(f"{len(still)} samples still missing in {self.directory}.")
+        (self.directory / "complete").touch()
+
+    def _convert_parallel(self, producer, chunks, num_workers: int, bar) -> None:
+        with futures.ProcessPoolExecutor(
+            max_workers=num_workers,
+            mp_context=_mp_context(),
+            initializer=_init_worker,
+            initargs=(producer, self),
+        ) as pool:
+            pending = {pool.submit(_worker_chunk, c): len(c) for c in chunks}
+            try:
+                for fut in futures.as_completed(pending):
+                    fut.result()
+                    bar.update(pending[fut])
+            except BaseException:
+                # Interrupted or failed: drop queued chunks; written samples stay valid.
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+
+
+def _mp_context():
+    """Worker processes: fork on Linux, spawn elsewhere.
+
+    fork starts workers instantly and re-runs nothing (spawn re-imports the caller's main script,
+    which breaks unguarded scripts and costs a JAX import per worker). JAX warns that fork and
+    its threads can deadlock; that applies to children that use JAX. These workers never do:
+    they only read files and run NumPy.
+    """
+    if sys.platform.startswith("linux"):
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+def _write_chunk(producer: FrameProducer, store: FrameStore, indices: Sequence[int]) -> None:
+    for i, frames in zip(indices, producer.frames(indices), strict=True):
+        store.save(i, frames)
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(producer: FrameProducer, store: FrameStore) -> None:
+    _WORKER["producer"], _WORKER["store"] = producer, store
+
+
+def _worker_chunk(indices: Sequence[int]) -> int:
+    _write_chunk(_WORKER["producer"], _WORKER["store"], indices)
+    return len(indices)

@@ -1,0 +1,197 @@
+"""Event-camera datasets (N-MNIST, CIFAR10-DVS, DVS128 Gesture) read with tonic, as frames.
+
+Every sample is read with tonic's own dataset class (``root`` = ``config.data.root``; tonic puts
+each dataset under ``<root>/<ClassName>/``), integrated into ``T`` frames with
+:func:`plif_jax.data.integrate_events` and cached (:mod:`plif_jax.data.cache`). Sample order is
+the natural sort of the file paths (tonic's own order is the filesystem's).
+
+Where to put the data (nothing is downloaded here; tonic checks only that the archive exists and
+that enough files were extracted):
+
+- N-MNIST: ``<root>/NMNIST/train.zip`` + ``Train/<digit>/<id>.bin`` (60,000 files) and
+  ``test.zip`` + ``Test/<digit>/<id>.bin`` (10,000).
+- CIFAR10-DVS: ``<root>/CIFAR10DVS/CIFAR10DVS.zip`` + ``<class>/<file>.aedat4`` (1,000 per class).
+  tonic has no split; the paper's is used: per class, the first 90% of the files in natural
+  sort order (files 0-899 of ``cifar10_<class>_<i>``) train, the rest (900-999) test.
+- DVS128 Gesture: ``<root>/DVSGesture/ibmGestureTrain.tar.gz`` + ``ibmGestureTrain/user<NN>_
+  <lighting>/<label>.npy`` and the same for ``ibmGestureTest``. This is tonic's pre-cut figshare
+  copy: 1,077 training and 264 test samples. The paper's SpikingJelly pipeline cut the original
+  AEDAT recordings itself into 1,176 / 288 samples, and its training run used only 936 of the
+  1,176 (a conversion bug dropped the last ~20 trials, spec §5), so sizes and test accuracy are
+  not directly comparable.
+
+tonic (on a machine with network) fetches them: ``python -c "import tonic;
+tonic.datasets.NMNIST(save_to='ROOT', train=True)"`` (and ``train=False``; ``DVSGesture``,
+``CIFAR10DVS`` likewise).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import tonic
+
+from plif_jax.data.frames import integrate_events
+
+# name -> tonic class name, sensor (W, H, P), classes, paper T, paper network.
+EVENT_DATASETS = {
+    "nmnist": dict(tonic="NMNIST", sensor=(34, 34, 2), num_classes=10, T=10),
+    "cifar10dvs": dict(tonic="CIFAR10DVS", sensor=(128, 128, 2), num_classes=10, T=20),
+    "dvsgesture": dict(tonic="DVSGesture", sensor=(128, 128, 2), num_classes=11, T=20),
+}
+CIFAR10DVS_TRAIN_FRACTION = 0.9
+
+_FETCH_HINT = (
+    'tonic downloads it on a machine with network: python -c "import tonic; '
+    "tonic.datasets.{cls}(save_to='{root}'{train})\"; or copy the archive and its extracted "
+    "files there (see plif_jax/data/events.py)."
+)
+
+
+def _missing(cls: str, location: str, root: str, train: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"{cls} not found (or incomplete) in {location}. "
+        + _FETCH_HINT.format(cls=cls, root=root, train=train)
+    )
+
+
+class NMNIST(tonic.datasets.NMNIST):
+    """tonic's N-MNIST that raises a clear error instead of downloading."""
+
+    def download(self) -> None:
+        train = ", train=True" if self.train else ", train=False"
+        root = os.path.dirname(self.location_on_system)
+        raise _missing("NMNIST", self.location_on_system, root, train)
+
+
+class DVSGesture(tonic.datasets.DVSGesture):
+    """tonic's DVS128 Gesture that raises a clear error instead of downloading."""
+
+    def download(self) -> None:
+        train = ", train=True" if self.train else ", train=False"
+        root = os.path.dirname(self.location_on_system)
+        raise _missing("DVSGesture", self.location_on_system, root, train)
+
+
+class CIFAR10DVS(tonic.datasets.CIFAR10DVS):
+    """tonic's CIFAR10-DVS that raises a clear error instead of downloading."""
+
+    def download(self) -> None:
+        root = os.path.dirname(self.location_on_system)
+        raise _missing("CIFAR10DVS", self.location_on_system, root, "")
+
+
+def natural_key(path: str) -> list:
+    """Sort key comparing digit runs as numbers (``x_2`` before ``x_10``)."""
+    return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", path)]
+
+
+def _check_file(path: str) -> None:
+    """Cheap format checks that tonic's readers skip (they would return garbage or crash)."""
+    if path.endswith(".bin") and os.path.getsize(path) % 5:
+        raise ValueError(
+            f"Truncated or corrupt N-MNIST file {path}: {os.path.getsize(path)} bytes is not a "
+            f"multiple of the 5-byte event record. Re-extract it from the archive."
+        )
+
+
+def read_sample(dataset, index: int) -> np.ndarray:
+    """Events of one tonic sample; any reading failure names the file."""
+    path = dataset.data[index]
+    try:
+        _check_file(path)
+        events, _ = dataset[index]
+        if events.dtype.names is None or not {"x", "y", "t", "p"} <= set(events.dtype.names):
+            raise ValueError(f"unexpected event fields {events.dtype.names}")
+    except Exception as e:
+        if isinstance(e, ValueError) and str(path) in str(e):
+            raise
+        raise ValueError(
+            f"Cannot read event file {path} ({type(e).__name__}: {e}). The file is truncated or "
+            f"corrupt; re-extract it from the dataset archive."
+        ) from e
+    return events
+
+
+@dataclasses.dataclass
+class TonicSplit:
+    """One split of a tonic dataset in sorted order: ``dataset.data[order[i]]`` is sample ``i``."""
+
+    name: str
+    dataset: object
+    order: np.ndarray
+    labels: np.ndarray
+    sensor_size: tuple[int, int, int]
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.dataset.data[i] for i in self.order]
+
+
+def open_split(name: str, root: str, train: bool) -> TonicSplit:
+    """Opens a split of an event dataset with tonic, sorted by natural file-path order."""
+    meta = EVENT_DATASETS[name]
+    root = os.path.expanduser(root)
+    if name == "nmnist":
+        ds = NMNIST(save_to=root, train=train)
+    elif name == "dvsgesture":
+        ds = DVSGesture(save_to=root, train=train)
+    else:
+        ds = CIFAR10DVS(save_to=root)
+    if len(ds.data) == 0:
+        raise FileNotFoundError(
+            f"{meta['tonic']} in {ds.location_on_system} holds no sample files; "
+            f"expected the layout described in plif_jax/data/events.py."
+        )
+    order = np.array(sorted(range(len(ds.data)), key=lambda i: natural_key(ds.data[i])))
+    targets = np.asarray(ds.targets, dtype=np.int32)
+    if name == "cifar10dvs":
+        keep = []
+        for c in np.unique(targets):
+            idx = order[targets[order] == c]  # this class's files in sorted order
+            k = int(round(CIFAR10DVS_TRAIN_FRACTION * len(idx)))
+            keep.append(idx[:k] if train else idx[k:])
+        order = np.array(sorted(np.concatenate(keep), key=lambda i: natural_key(ds.data[i])))
+    return TonicSplit(
+        name=name,
+        dataset=ds,
+        order=order.astype(np.int64),
+        labels=targets[order],
+        sensor_size=tuple(meta["sensor"]),
+    )
+
+
+@dataclasses.dataclass
+class TonicFrames:
+    """Frame producer for the cache: reads tonic samples and integrates them (picklable)."""
+
+    split: TonicSplit
+    T: int
+    split_by: str
+    normalization: str | None
+    drop_remainder: bool
+    chunk_size: int = 16
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.split.order)
+
+    def frames(self, indices: Sequence[int]) -> list[np.ndarray]:
+        out = []
+        for i in indices:
+            events = read_sample(self.split.dataset, int(self.split.order[i]))
+            out.append(
+                integrate_events(
+                    events,
+                    self.split.sensor_size,
+                    self.T,
+                    split_by=self.split_by,
+                    normalization=self.normalization,
+                    drop_remainder=self.drop_remainder,
+                )
+            )
+        return out

@@ -1,0 +1,156 @@
+"""Batching: shuffled training batches, padded evaluation batches, host-to-device prefetch.
+
+A :class:`BatchSource` owns the labels of one split and a ``fetch(indices) -> x`` function that
+reads the samples. Batch order is a pure function of ``(seed, epoch)``, and ``batches(epoch,
+start)`` skips the first ``start`` batches without reading them, so the iterator position is
+``(epoch, start batch)`` and a resumed run sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+
+
+class BatchSource:
+    """One split as batches of ``{'x', 'y', 'mask'}``.
+
+    Training sources (``train=True``) shuffle with ``np.random.default_rng([seed, epoch])`` and
+    drop the last incomplete batch; ``mask`` is all ones. Evaluation sources keep the sample
+    order and pad the last batch to ``batch_size`` with zeros and ``mask`` 0.
+
+    With ``prefetch > 0`` a background thread keeps ``prefetch`` batches ready and already
+    transferred with ``jax.device_put`` (to ``self.sharding`` when set, else the default
+    device), so batches come as ``jax.Array``; with ``prefetch == 0`` they are NumPy arrays read
+    synchronously.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        labels: np.ndarray,
+        fetch: Callable[[np.ndarray], np.ndarray],
+        batch_size: int,
+        train: bool,
+        seed: int = 0,
+        prefetch: int = 2,
+        sample_shape: tuple[int, ...] = (),
+        dtype: np.dtype | type = np.float32,
+    ):
+        self.name = name
+        self.labels = np.asarray(labels, dtype=np.int32)
+        self.fetch = fetch
+        self.batch_size = int(batch_size)
+        self.train = bool(train)
+        self.seed = int(seed)
+        self.prefetch = int(prefetch)
+        self.sample_shape = tuple(sample_shape)
+        self.dtype = np.dtype(dtype)
+        self.sharding = None
+        n = len(self.labels)
+        if self.batch_size <= 0:
+            raise ValueError(f"{name}: batch size must be positive, got {self.batch_size}.")
+        if self.train and self.batch_size > n:
+            raise ValueError(
+                f"{name}: batch size {self.batch_size} is larger than the {n} samples of this "
+                f"split; with drop_last there would be no batch. Use a batch size <= {n}."
+            )
+        if n == 0:
+            raise ValueError(f"{name}: the split holds no samples.")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_batches(self) -> int:
+        n, b = len(self.labels), self.batch_size
+        return n // b if self.train else -(-n // b)
+
+    def batch_indices(self, epoch: int = 0) -> np.ndarray:
+        """``[num_batches, batch_size]`` sample indices of an epoch; -1 marks evaluation padding."""
+        n, b = len(self.labels), self.batch_size
+        if self.train:
+            order = np.random.default_rng([self.seed, int(epoch)]).permutation(n)
+            return order[: self.num_batches * b].reshape(-1, b)
+        order = np.full(self.num_batches * b, -1, dtype=np.int64)
+        order[:n] = np.arange(n)
+        return order.reshape(-1, b)
+
+    def read_batch(self, indices: np.ndarray) -> Batch:
+        """Reads one batch (NumPy); indices -1 become zero padding with mask 0."""
+        valid = indices >= 0
+        take = indices[valid]
+        x_valid = self.fetch(take)
+        if valid.all():
+            x = x_valid
+        else:
+            x = np.zeros((len(indices), *x_valid.shape[1:]), dtype=x_valid.dtype)
+            x[valid] = x_valid
+        y = np.zeros(len(indices), dtype=np.int32)
+        y[valid] = self.labels[take]
+        return {"x": x, "y": y, "mask": valid.astype(np.float32)}
+
+    def batches(self, epoch: int = 0, start: int = 0) -> Iterator[Batch]:
+        """Yields the batches of ``epoch`` from batch number ``start`` on."""
+        if not 0 <= start <= self.num_batches:
+            raise ValueError(f"{self.name}: start {start} outside [0, {self.num_batches}].")
+        plan = self.batch_indices(epoch)[start:]
+        if self.prefetch <= 0:
+            for idx in plan:
+                yield self.read_batch(idx)
+            return
+        yield from _prefetched(plan, self.read_batch, self.prefetch, self.sharding)
+
+
+_DONE = object()
+
+
+def _prefetched(
+    plan: np.ndarray, read: Callable[[np.ndarray], Batch], depth: int, sharding
+) -> Iterator[Batch]:
+    """Reads and ``device_put``s batches in a background thread, ``depth`` ahead."""
+    import jax
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for idx in plan:
+                if stop.is_set():
+                    return
+                batch = jax.device_put(read(idx), sharding)
+                if not put(batch):
+                    return
+            put(_DONE)
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            put(e)
+
+    thread = threading.Thread(target=work, daemon=True, name="plif_jax-prefetch")
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=10)
