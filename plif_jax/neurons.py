@@ -88,6 +88,12 @@ def lif_multistep(
             f"x_seq must be time-major [T, B, ...] with T >= 1, got shape {tuple(x_seq.shape)}; "
             "pass at least one time step along axis 0 (e.g. x[None] for a single step)"
         )
+    if not jnp.issubdtype(x_seq.dtype, jnp.floating):
+        # An integer membrane would truncate k = 1/tau to 0 (scan then fails on mixed dtypes).
+        raise ValueError(
+            f"x_seq must be a floating-point input current, got dtype {x_seq.dtype}; "
+            "cast it first, e.g. x_seq.astype(jnp.float32)"
+        )
     decay = jnp.asarray(decay, dtype=x_seq.dtype)
     v0 = jnp.full(x_seq.shape[1:], v_reset, dtype=x_seq.dtype)
 

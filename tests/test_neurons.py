@@ -292,3 +292,12 @@ def test_empty_time_axis_or_rank_zero_input_raises(shape):
         neurons.lif_multistep(x, 0.5)
     with pytest.raises(ValueError, match=pattern):
         neurons.PLIF(2.0)(x)
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_])
+def test_non_float_input_raises_with_the_fix(dtype):
+    x = jnp.ones((3, 2), dtype)
+    with pytest.raises(ValueError, match=r"floating-point .*got dtype .*astype\(jnp.float32\)"):
+        neurons.lif_multistep(x, 0.5)
+    with pytest.raises(ValueError, match=r"floating-point"):
+        neurons.LIF(2.0)(x)
