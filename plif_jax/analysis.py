@@ -377,51 +377,65 @@ def record_forward(model: nnx.Module, x: Array) -> ForwardRecord:
     named = spiking_layers(model)
     if not named:
         raise ValueError(f"{type(model).__name__} has no LIF/PLIF layer to record.")
-    names = {id(module): name for name, module in named}
-    events: list[tuple[str, Any, Any]] = []
-    with _recording({type(module) for _, module in named}, events):
-        output = model(x)
-    # Drop the firing rates the neurons sowed into the model, so repeated calls don't pile up.
-    nnx.pop(model, nnx.Intermediate)
+    neuron_types = {type(module) for _, module in named}
+    graphdef, state = nnx.split(model)
+    static: dict[str, dict[str, Any]] = {}  # filled while tracing: names, thresholds, fan-out
 
-    layers: dict[str, dict[str, Any]] = {}
-    last: str | None = None
-    for kind, module, payload in events:
-        if kind == "neuron":
-            name = names.get(id(module))
-            if name is None:  # a neuron outside spiking_layers(): not part of the network's layers
-                continue
-            if name in layers:
-                raise ValueError(
-                    f"spiking layer {name!r} was called twice in one forward pass; record_forward "
-                    "expects each layer to run once over all T steps."
+    def run(state, x):
+        # A merged copy: the firing rates its neurons sow are dropped with it.
+        m = nnx.merge(graphdef, state)
+        names = {id(module): name for name, module in spiking_layers(m)}
+        events: list[tuple[str, Any, Any]] = []
+        with _recording(neuron_types, events):
+            output = m(x)
+        arrays: dict[str, dict[str, Array]] = {}
+        last: str | None = None
+        for kind, module, payload in events:
+            if kind == "neuron":
+                name = names.get(id(module))
+                if name is None:  # a neuron outside spiking_layers(): not a network layer
+                    continue
+                if name in arrays:
+                    raise ValueError(
+                        f"spiking layer {name!r} was called twice in one forward pass; "
+                        "record_forward expects each layer to run once over all T steps."
+                    )
+                current, spikes, trace = payload
+                arrays[name] = dict(
+                    current=current,
+                    h=trace.h,
+                    v=trace.v,
+                    spikes=spikes,
+                    firing_rate=jnp.mean(
+                        spikes.reshape(spikes.shape[0], -1).astype(jnp.float32), axis=1
+                    ),
+                    synops=jnp.zeros(spikes.shape[:2], jnp.float32),
                 )
-            current, spikes, trace = payload
-            layers[name] = dict(
-                name=name,
-                tau=float(np.asarray(module.tau)),
-                v_threshold=module.v_threshold,
-                v_reset=module.v_reset,
-                current=np.asarray(current),
-                h=np.asarray(trace.h),
-                v=np.asarray(trace.v),
-                spikes=np.asarray(spikes),
-                firing_rate=np.asarray(
-                    jnp.mean(spikes.reshape(spikes.shape[0], -1).astype(jnp.float32), axis=1)
-                ),
-                synops=np.zeros(spikes.shape[:2], np.float32),
-                fan_out=None,
-            )
-            last = name
-        elif last is not None and layers[last]["fan_out"] is None:
-            t, b = layers[last]["spikes"].shape[:2]
-            # Fold every leading axis (T*B, or T and B) into one: the layer sees [N, *features].
-            feature_ndim = len(module.kernel_size) + 1 if isinstance(module, nnx.Conv) else 1
-            flat = payload.reshape(-1, *payload.shape[payload.ndim - feature_ndim :])
-            ops = synaptic_ops(module, flat)
-            layers[last]["synops"] = np.asarray(ops).reshape(t, b)
-            layers[last]["fan_out"] = _describe(module)
-    ordered = {name: LayerRecord(**layers[name]) for name in names.values() if name in layers}
+                static[name] = dict(
+                    name=name,
+                    tau=module.tau,
+                    v_threshold=module.v_threshold,
+                    v_reset=module.v_reset,
+                    fan_out=None,
+                )
+                last = name
+            elif last is not None and static[last]["fan_out"] is None:
+                t, b = arrays[last]["spikes"].shape[:2]
+                # Fold every leading axis (T*B, or T and B) into one: [N, *features].
+                feature_ndim = len(module.kernel_size) + 1 if isinstance(module, nnx.Conv) else 1
+                flat = payload.reshape(-1, *payload.shape[payload.ndim - feature_ndim :])
+                arrays[last]["synops"] = synaptic_ops(module, flat).reshape(t, b)
+                static[last]["fan_out"] = _describe(module)
+        taus = {name: jnp.asarray(info.pop("tau"), jnp.float32) for name, info in static.items()}
+        return output, arrays, taus
+
+    # One compiled program: much faster than dispatching every op of the network eagerly.
+    output, arrays, taus = jax.jit(run)(state, x)
+    ordered = {}
+    for name, _ in named:
+        if name in arrays:
+            fields = {k: np.asarray(v) for k, v in arrays[name].items()}
+            ordered[name] = LayerRecord(tau=float(taus[name]), **static[name], **fields)
     return ForwardRecord(output=np.asarray(output), layers=ordered)
 
 
