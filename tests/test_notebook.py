@@ -1,0 +1,148 @@
+"""experiments/explore_tau.ipynb runs headless on a tiny real training run and writes its figures.
+
+The run: the offline ``digits_events`` data (emulated events from real digits) on the ``nmnist``
+network at 4 channels, hidden width 16, T = 4, two epochs of 3 steps. To keep the frame conversion
+short the data is cut to the first 50 real digits of each class (40 train, 10 test per class) by
+:data:`FEW_DIGITS`, run both here and, as an extra first cell, in the notebook's kernel (the stored
+notebook is unchanged). The checkpoint is read back through the public
+``plif_jax.checkpoint.restore`` by both the analysis API and the notebook (nbclient, the venv's
+``python3`` kernel, matplotlib Agg).
+"""
+
+import math
+import pathlib
+
+import matplotlib.image
+import nbformat
+import numpy as np
+import pytest
+from nbclient import NotebookClient
+
+from configs import common
+from plif_jax import analysis, train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "experiments" / "explore_tau.ipynb"
+FIGURES = (
+    "tau_per_layer.png",
+    "tau_trajectories.png",
+    "membrane_traces.png",
+    "spike_raster.png",
+    "firing_rate.png",
+    "confusion_matrix.png",
+)
+
+
+FEW_DIGITS = """
+import numpy as _np
+from plif_jax.data import digits as _digits
+
+_all_digits = _digits.load_digits
+
+
+def _few_digits():
+    images, labels = _all_digits()
+    keep = _np.concatenate([_np.flatnonzero(labels == c)[:50] for c in range(10)])
+    return images[keep], labels[keep]
+
+
+_digits.load_digits = _few_digits
+_digits.TRAIN_PER_CLASS = 40
+"""
+
+
+def tiny_config(cache_dir: str):
+    config = common.get_config()
+    config.dataset = "digits_events"
+    config.num_epochs = 2
+    config.steps_per_epoch = 3
+    config.batch_size = 8
+    config.eval_batch_size = 50  # 2 evaluation batches over the 100 test digits
+    config.log_every_steps = 2
+    config.progress_bar = False
+    config.checkpoint.keep = 1
+    config.data.T = 4
+    config.data.cache_dir = cache_dir
+    config.data.num_workers = 2
+    config.model.channels = 4
+    config.model.hidden = 16
+    return config
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("tiny_run")
+    workdir = base / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        from plif_jax.data import digits
+
+        mp.setattr(digits, "load_digits", digits.load_digits)  # restored on exit
+        mp.setattr(digits, "TRAIN_PER_CLASS", digits.TRAIN_PER_CLASS)
+        exec(FEW_DIGITS, {})
+        summary = train.train_and_evaluate(tiny_config(str(base / "frames")), str(workdir))
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 2
+    return workdir, summary
+
+
+def test_layer_taus_from_workdir_equal_the_runs_final_taus(tiny_run):
+    workdir, summary = tiny_run
+    taus = analysis.layer_taus(workdir)
+    assert list(taus) == ["sn0", "sn1", "sn2", "sn3"]
+    assert list(summary["tau"]) == list(taus)
+    for name, entry in taus.items():
+        assert entry["tau"] == pytest.approx(1.0 + math.exp(-entry["w"]), rel=1e-12)
+        assert entry["tau"] == pytest.approx(summary["tau"][name], rel=1e-6)
+    # Training moved tau away from tau_0 = 2 (w away from 0) in at least one layer.
+    assert any(entry["w"] != 0.0 for entry in taus.values())
+
+
+def test_tau_trajectories_of_the_run_end_at_its_final_taus(tiny_run):
+    workdir, summary = tiny_run
+    traj = analysis.tau_trajectories(workdir)
+    assert list(traj) == ["sn0", "sn1", "sn2", "sn3"]
+    for name in traj:
+        epochs, taus = traj[name]
+        np.testing.assert_array_equal(epochs, [0, 1])
+        assert taus[-1] == pytest.approx(summary["tau"][name], rel=1e-6)
+    # The paper's cosine schedule per epoch: lr(e) = 0.5 lr0 (1 + cos(pi e / 64)).
+    lr_epochs, lrs = traj.lr
+    np.testing.assert_array_equal(lr_epochs, [0, 1])
+    np.testing.assert_allclose(lrs, [1e-3, 0.5e-3 * (1 + math.cos(math.pi / 64))], rtol=1e-6)
+
+
+def test_notebook_runs_headless_and_writes_nontrivial_figures(tiny_run, monkeypatch):
+    workdir, summary = tiny_run
+    monkeypatch.setenv("PLIF_WORKDIR", str(workdir))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), (
+        "explore_tau.ipynb must be stored without outputs (clear them before committing)"
+    )
+    nb.cells.insert(0, nbformat.v4.new_code_cell(FEW_DIGITS))
+    client = NotebookClient(
+        nb,
+        kernel_name="python3",
+        timeout=120,
+        resources={"metadata": {"path": str(NOTEBOOK.parent)}},
+    )
+    client.execute()  # raises CellExecutionError naming the failing cell
+
+    text = "\n".join(
+        out.get("text", "")
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.outputs
+        if out.get("output_type") == "stream"
+    )
+    # The notebook reports the same accuracy as the run's last evaluation.
+    assert f"test accuracy {summary['final_test_accuracy']:.4f} on 100 samples" in text
+    for name in FIGURES:
+        path = workdir / "figures" / name
+        assert path.exists(), f"{name} not written"
+        image = matplotlib.image.imread(path)
+        assert image.ndim == 3 and min(image.shape[:2]) >= 200, (name, image.shape)
+        rgb = image[..., :3].reshape(-1, 3)
+        # Non-trivial: not one flat colour, and more than a handful of distinct colours drawn.
+        assert rgb.std() > 0.05, name
+        assert len(np.unique(np.round(rgb * 255).astype(np.uint8), axis=0)) > 20, name
+    assert sorted(p.name for p in (workdir / "figures").glob("*.png")) == sorted(FIGURES)
