@@ -22,6 +22,7 @@ Test images are only normalised.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 
@@ -100,6 +101,7 @@ def normalize(x: jax.Array, mean: tuple[float, ...], std: tuple[float, ...]) -> 
     return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
+@functools.partial(jax.jit, static_argnames=("degrees", "translate", "scale", "interpolation"))
 def random_affine(
     x_BHWC: jax.Array,
     rng: jax.Array,
@@ -144,6 +146,7 @@ def random_affine(
     return jax.vmap(one)(x_BHWC, keys)
 
 
+@functools.partial(jax.jit, static_argnames=("padding",))
 def random_crop_flip(x_BHWC: jax.Array, rng: jax.Array, padding: int = 4) -> jax.Array:
     """``RandomCrop(size, padding)`` with zero padding, then ``RandomHorizontalFlip(0.5)``."""
     b, h, w, c = x_BHWC.shape
