@@ -468,11 +468,16 @@ def confusion_matrix(
 
 @dataclasses.dataclass(frozen=True)
 class EvalResult:
-    """Accuracy (fraction in [0, 1]) and confusion matrix (rows: true, columns: predicted)."""
+    """Accuracy (fraction in [0, 1]) and confusion matrix (rows: true, columns: predicted).
+
+    ``num_silent``: samples whose output layer did not spike at all (all counts 0); the argmax
+    assigns them class 0.
+    """
 
     accuracy: float
     confusion: np.ndarray
     num_samples: int
+    num_silent: int
 
 
 def evaluate_split(
@@ -508,14 +513,24 @@ def evaluate_split(
     def predict(state, x, rng):
         # A merged copy: the firing rates it sows are dropped with it, so the model is unchanged.
         m = nnx.merge(graphdef, state)
-        return jnp.argmax(m(preprocess(x, train=False, rng=rng)), axis=-1)
+        counts = m(preprocess(x, train=False, rng=rng))
+        return jnp.argmax(counts, axis=-1), jnp.all(counts == 0, axis=-1)
 
     rng = jax.random.key(seed)
     counts = np.zeros((num_classes, num_classes), np.int64)
+    silent = 0
     for batch in source.batches():
-        pred = predict(state, jnp.asarray(batch["x"]), rng)
-        counts += confusion_matrix(batch["y"], np.asarray(pred), num_classes, batch.get("mask"))
+        pred, no_spike = predict(state, jnp.asarray(batch["x"]), rng)
+        mask = batch.get("mask")
+        keep = np.ones(len(batch["y"]), bool) if mask is None else np.asarray(mask) > 0
+        counts += confusion_matrix(batch["y"], np.asarray(pred), num_classes, keep)
+        silent += int(np.sum(np.asarray(no_spike) & keep))
     total = int(counts.sum())
     if total == 0:
         raise ValueError("the source yielded no (unmasked) sample; nothing to evaluate")
-    return EvalResult(accuracy=float(np.trace(counts)) / total, confusion=counts, num_samples=total)
+    return EvalResult(
+        accuracy=float(np.trace(counts)) / total,
+        confusion=counts,
+        num_samples=total,
+        num_silent=silent,
+    )

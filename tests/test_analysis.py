@@ -192,6 +192,7 @@ def test_evaluate_split_gives_accuracy_and_confusion_of_known_predictions():
     np.testing.assert_array_equal(result.confusion, [[1, 0, 0], [0, 2, 1], [1, 0, 1]])
     assert result.num_samples == 6
     assert result.accuracy == 4 / 6
+    assert result.num_silent == 1  # the all-zero row; the padded rows are not counted
     assert set(calls) == {False}
 
 
