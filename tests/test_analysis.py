@@ -3,6 +3,7 @@
 import json
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -131,8 +132,6 @@ def test_record_forward_counts_conv_fan_out_exactly_at_borders():
 
 
 def jax_tree_leaves(tree):
-    import jax
-
     return jax.tree_util.tree_leaves(tree)
 
 
@@ -244,3 +243,41 @@ def test_paper_taus_cover_the_six_datasets_with_positive_taus_above_one():
     }
     assert all(t > 1 for run in analysis.PAPER_TAU_RUNS.values() for t in run)
     assert analysis.PAPER_TAUS["cifar10"][6] == 55.00
+
+
+def _border_fan_in_counts(size: int) -> np.ndarray:
+    """How many outputs of a 3x3 'SAME' conv each input position of a size x size map drives."""
+    per_axis = np.full(size, 3)
+    per_axis[[0, -1]] = 2
+    return np.outer(per_axis, per_axis)
+
+
+def test_record_forward_on_a_paper_network_matches_its_traces_and_pooled_fan_out():
+    from plif_jax import models
+
+    model = models.create_model("nmnist", rngs=nnx.Rngs(0), channels=3, hidden=8)
+    model.conv1.kernel[...] *= 8.0  # eval-mode BN passes small currents: make sn1 fire too
+    model.eval()
+    rng = np.random.default_rng(0)
+    x = (rng.random((3, 2, 2, 34, 34)) < 0.3).astype(np.float32) * 4.0  # [T, B, 2, H, W]
+    rec = analysis.record_forward(model, jnp.asarray(x))
+    graphdef, state = nnx.split(model)
+    traces = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x, return_traces=True)[1])(state, x)
+    assert list(rec.layers) == ["sn0", "sn1", "sn2", "sn3"]
+    for name, trace in traces.items():
+        np.testing.assert_array_equal(rec.layers[name].spikes, trace.spikes)
+        np.testing.assert_array_equal(rec.layers[name].current, trace.current)
+        np.testing.assert_array_equal(rec.layers[name].h, trace.h)
+        np.testing.assert_array_equal(rec.layers[name].v, trace.v)
+    s0 = rec.layers["sn0"].spikes  # [T, B, 34, 34, 3]
+    assert s0.sum() > 0 and rec.layers["sn1"].spikes.sum() > 0
+    # sn0 -> max pool 2x2 -> conv1 (3x3 SAME, 3 output channels) on a 17x17 map.
+    pooled = s0.reshape(3, 2, 17, 2, 17, 2, 3).max(axis=(3, 5))
+    per_position = _border_fan_in_counts(17)[None, None, :, :, None]
+    expected0 = (pooled * per_position * 3).sum(axis=(2, 3, 4))
+    np.testing.assert_array_equal(rec.layers["sn0"].synops, expected0)
+    # sn1 -> max pool -> flatten -> fc0 (8 outputs): 8 operations per pooled spike.
+    pooled1 = rec.layers["sn1"].spikes[:, :, :16, :16].reshape(3, 2, 8, 2, 8, 2, 3).max((3, 5))
+    np.testing.assert_array_equal(rec.layers["sn1"].synops, pooled1.sum(axis=(2, 3, 4)) * 8)
+    assert rec.layers["sn1"].fan_out == "Linear -> 8"
+    assert rec.layers["sn2"].fan_out == "Linear -> 100"
