@@ -245,6 +245,15 @@ def test_paper_taus_cover_the_six_datasets_with_positive_taus_above_one():
     assert analysis.PAPER_TAUS["cifar10"][6] == 55.00
 
 
+def test_paper_taus_have_one_value_per_spiking_layer_of_each_paper_network():
+    from plif_jax import models
+
+    for name, taus in analysis.PAPER_TAUS.items():
+        # Abstract (shape-only) model at paper size: no 36M-parameter allocation.
+        model = nnx.eval_shape(lambda name=name: models.create_model(name, rngs=nnx.Rngs(0)))
+        assert len(analysis.spiking_layers(model)) == len(taus), name
+
+
 def _border_fan_in_counts(size: int) -> np.ndarray:
     """How many outputs of a 3x3 'SAME' conv each input position of a size x size map drives."""
     per_axis = np.full(size, 3)
