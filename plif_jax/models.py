@@ -391,8 +391,8 @@ class SpikingNet(nnx.Module):
           return_traces: also return ``{name: LayerTrace}`` for every spiking layer.
 
         Returns:
-          ``[B, num_classes]`` float32 counts in ``[0, T]``; with ``return_traces`` also the
-          per-layer :class:`LayerTrace` dict.
+          ``[B, num_classes]`` counts in ``[0, T]``, float32 (float64 for a float64 dtype);
+          with ``return_traces`` also the per-layer :class:`LayerTrace` dict.
         """
         x, t = self._input_to_folded(x)
         traces: dict[str, LayerTrace] = {}
@@ -423,7 +423,9 @@ class SpikingNet(nnx.Module):
             elif kind == "fc":
                 x = getattr(self, op[1])(x)
         out_seq = x.reshape(t, x.shape[0] // t, x.shape[-1])
-        counts = jnp.sum(layers.vote(out_seq.astype(jnp.float32), VOTE_GROUP), axis=0)
+        # float32 for float32/bf16 compute (spike counts are small integers / 10, exact there).
+        out_dtype = jnp.promote_types(jnp.float32, self.config.dtype)
+        counts = jnp.sum(layers.vote(out_seq.astype(out_dtype), VOTE_GROUP), axis=0)
         if return_traces:
             return counts, traces
         return counts
