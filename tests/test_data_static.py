@@ -212,3 +212,12 @@ def test_crop_flip_is_a_padded_crop_possibly_mirrored():
 def test_bad_interpolation_lists_valid_values():
     with pytest.raises(ValueError, match=r"valid values: \['bilinear', 'nearest'\]"):
         static_lib.make_preprocess("mnist", interpolation="bicubic")
+
+
+def test_prepare_data_writes_an_array_record_dataset_the_loader_reads(tmp_path):
+    from experiments import prepare_data
+
+    TinyDigits  # noqa: B018  (the builder must be registered under its name)
+    assert prepare_data.prepare("tiny_digits", str(tmp_path)) == 7
+    images, labels = static_lib.load_tfds_split("tiny_digits", "train", str(tmp_path))
+    assert images.shape == (7, 28, 28, 1) and sorted(labels.tolist()) == list(range(7))

@@ -62,6 +62,19 @@ def files_fingerprint(paths: Sequence[str | os.PathLike], root: str | os.PathLik
     return h.hexdigest()[:16]
 
 
+def aligned_empty(shape: tuple[int, ...], dtype, align: int = 64) -> np.ndarray:
+    """``np.empty`` whose data starts on an ``align``-byte boundary.
+
+    jax's CPU backend adopts such a buffer in ``device_put`` without copying (measured: 0.05 ms
+    instead of ~100 ms for a 21 MB batch); NumPy's large allocations are only 16-byte aligned.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + align, dtype=np.uint8)
+    offset = (-raw.ctypes.data) % align
+    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
+
+
 def _compact(frames: np.ndarray) -> np.ndarray:
     """Stores integer counts in the smallest unsigned dtype that holds them exactly."""
     if frames.size and np.all(frames >= 0) and np.all(frames == np.floor(frames)):
@@ -106,7 +119,15 @@ class FrameStore:
 
     def load_many(self, indices: Sequence[int]) -> np.ndarray:
         """Frames of several samples stacked, ``[B, T, 2, H, W]`` float32."""
-        return np.stack([self.load(int(i)) for i in indices])
+        indices = [int(i) for i in indices]
+        if not indices:
+            raise ValueError("load_many needs at least one index.")
+        first = self.load(indices[0])
+        out = aligned_empty((len(indices), *first.shape), np.float32)
+        out[0] = first
+        for j, i in enumerate(indices[1:], start=1):
+            out[j] = np.load(self.path(i))  # casts the compact dtype while copying, once
+        return out
 
     def ensure(self, producer: FrameProducer, num_workers: int = 1, desc: str = "") -> None:
         """Converts the missing samples (in parallel), then marks the store complete."""
