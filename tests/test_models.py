@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from plif_jax import layers, models, neurons
+from plif_jax import layers, models, neurons, porting
 
 PAPER_PARAM_COUNTS = {
     "mnist": 13_198_980,
@@ -32,6 +32,23 @@ SMALL = {
     "nmnist": (dict(channels=4, input_size=8), (3, 2, 2, 8, 8)),
     "dvsgesture": (dict(channels=4, input_size=32), (2, 2, 2, 32, 32)),
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_compile():
+    """XLA compile time dominates these tiny nets; unoptimised code computes the same values."""
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
+@nnx.jit
+def _forward(model, x):
+    """Forward with traces, compiled (eager dispatch compiles every op separately)."""
+    out = model(x, return_traces=True)
+    nnx.pop(model, nnx.Intermediate)
+    return out
 
 
 def _abstract(name, **options):
@@ -110,7 +127,7 @@ def test_output_is_count_per_class_in_range(name):
     options, shape = SMALL[name]
     model = models.create_model(name, rngs=nnx.Rngs(0), **options)
     x = 3.0 * jax.random.normal(jax.random.key(1), shape)
-    counts, traces = model(x, return_traces=True)
+    counts, traces = _forward(model, x)
     t = options.get("T", shape[0])
     batch = shape[0] if name in models.STATIC_NETS else shape[1]
     classes = 11 if name == "dvsgesture" else 10
@@ -139,7 +156,7 @@ def test_static_net_feeds_the_same_encoder_output_at_every_step():
     options, shape = SMALL["mnist"]
     model = models.create_model("mnist", rngs=nnx.Rngs(0), **options)
     x = jax.random.normal(jax.random.key(2), shape)
-    _, traces = model(x, return_traces=True)
+    _, traces = _forward(model, x)
     cur = np.asarray(traces["sn0"].current)
     for t in range(1, cur.shape[0]):
         np.testing.assert_array_equal(cur[t], cur[0])
@@ -148,7 +165,7 @@ def test_static_net_feeds_the_same_encoder_output_at_every_step():
 def test_static_encoder_bn_updates_once_and_inner_bn_updates_T_times():
     model = models.create_model("mnist", rngs=nnx.Rngs(0), channels=4, hidden=16, T=3)
     x = jax.random.normal(jax.random.key(3), (4, 1, 28, 28))
-    model(x)
+    _forward(model, x)
     # Encoder output statistics, computed by hand from the conv output.
     z = np.asarray(model.conv0(jnp.moveaxis(x, 1, -1)))
     n = z.shape[0] * z.shape[1] * z.shape[2]
@@ -168,8 +185,8 @@ def test_nhwc_input_layout_gives_the_same_counts_as_nchw():
     b = models.create_model(
         "mnist", rngs=nnx.Rngs(5), channels=4, hidden=16, T=2, input_layout="NHWC"
     )
-    _, ta = a(x, return_traces=True)
-    _, tb = b(jnp.moveaxis(x, 1, -1), return_traces=True)
+    _, ta = _forward(a, x)
+    _, tb = _forward(b, jnp.moveaxis(x, 1, -1))
     for name in ta:
         np.testing.assert_array_equal(np.asarray(ta[name].spikes), np.asarray(tb[name].spikes))
 
@@ -184,7 +201,7 @@ def test_train_eval_switch_reaches_batchnorm_and_dropout():
     assert all(m.use_running_average for m in bns) and all(m.deterministic for m in dos)
     x = 3.0 * jax.random.normal(jax.random.key(1), (2, 2, 2, 8, 8))
     before = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
-    y1, y2 = model(x), model(x)
+    (y1, _), (y2, _) = _forward(model, x), _forward(model, x)
     np.testing.assert_array_equal(np.asarray(y1), np.asarray(y2))  # eval is deterministic
     after = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
     jax.tree.map(np.testing.assert_array_equal, before, after)  # eval leaves running stats alone
@@ -205,7 +222,7 @@ def test_bn_modes_give_different_statistics_on_the_same_input():
         model = models.create_model(
             "nmnist", rngs=nnx.Rngs(0), channels=4, input_size=8, bn_mode=mode
         )
-        model(x)
+        _forward(model, x)
         stats[mode] = np.asarray(model.bn0.mean[...])
     assert model.bn0.mode == "folded"
     assert not np.allclose(stats["per_step"], stats["folded"])
@@ -260,3 +277,101 @@ def test_bad_input_raises_a_clear_error_at_call_time():
         events(jnp.zeros((4, 2, 2, 8, 8)))
     with pytest.raises(ValueError, match="expects 2 input channels"):
         events(jnp.zeros((3, 2, 1, 8, 8)))
+
+
+# --- porting: torch (codes/models.py) names and layouts -> plif_jax ---------------------------
+
+
+def test_torch_names_follow_the_original_sequential_indices():
+    mnist = _abstract("mnist")
+    assert porting.torch_layer_names(mnist) == {
+        "conv0": "static_conv.0",
+        "bn0": "static_conv.1",
+        "sn0": "conv.0",
+        "conv1": "conv.2",
+        "bn1": "conv.3",
+        "sn1": "conv.4",
+        "fc0": "fc.2",
+        "sn2": "fc.3",
+        "fc1": "fc.5",
+        "sn3": "fc.6",
+    }
+    cifar = porting.torch_layer_names(_abstract("cifar10"))
+    assert (cifar["sn0"], cifar["conv1"], cifar["bn2"], cifar["sn3"]) == (
+        "conv.0",
+        "conv.1",
+        "conv.5",
+        "conv.10",  # after the pool at conv.7
+    )
+    assert (cifar["conv3"], cifar["sn5"], cifar["fc0"], cifar["sn6"], cifar["fc1"]) == (
+        "conv.8",
+        "conv.16",
+        "fc.2",
+        "fc.3",
+        "fc.4",  # CIFAR-10 has no second dropout
+    )
+    gesture = porting.torch_layer_names(_abstract("dvsgesture"))
+    assert [gesture[f"conv{k}"] for k in range(5)] == [f"conv.{4 * k}" for k in range(5)]
+    assert [gesture[f"sn{k}"] for k in range(5)] == [f"conv.{4 * k + 2}" for k in range(5)]
+    assert (gesture["fc0"], gesture["sn5"], gesture["fc1"], gesture["sn6"]) == (
+        "fc.2",
+        "fc.3",
+        "fc.5",
+        "fc.6",
+    )
+
+
+def _torch_layout_state_dict(model, seed=0):
+    """Random arrays in torch shapes/names for `model` (what a torch state_dict holds)."""
+    rng = np.random.default_rng(seed)
+    sd = {}
+    for attr, prefix in porting.torch_layer_names(model).items():
+        module = getattr(model, attr)
+        if attr.startswith("conv"):
+            kh, kw, i, o = module.kernel.shape
+            sd[f"{prefix}.weight"] = rng.standard_normal((o, i, kh, kw)).astype(np.float32)
+        elif attr.startswith("fc"):
+            i, o = module.kernel.shape
+            sd[f"{prefix}.weight"] = rng.standard_normal((o, i)).astype(np.float32)
+        elif attr.startswith("bn"):
+            c = module.num_features
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                sd[f"{prefix}.{key}"] = rng.uniform(0.5, 1.5, c).astype(np.float32)
+            sd[f"{prefix}.num_batches_tracked"] = np.array(3)
+        else:
+            sd[f"{prefix}.w"] = np.array(rng.uniform(-1, 1), np.float32)
+    return sd
+
+
+def test_load_torch_state_dict_converts_layouts_and_permutes_the_first_fc():
+    model = models.create_model("nmnist", rngs=nnx.Rngs(0), channels=3, input_size=16, hidden=8)
+    sd = _torch_layout_state_dict(model)
+    porting.load_torch_state_dict(model, sd)
+    np.testing.assert_array_equal(
+        np.asarray(model.conv1.kernel[...]), sd["conv.4.weight"].transpose(2, 3, 1, 0)
+    )
+    np.testing.assert_array_equal(np.asarray(model.fc1.kernel[...]), sd["fc.5.weight"].T)
+    np.testing.assert_array_equal(np.asarray(model.bn1.var[...]), sd["conv.5.running_var"])
+    np.testing.assert_array_equal(np.asarray(model.bn0.scale[...]), sd["conv.1.weight"])
+    np.testing.assert_array_equal(np.asarray(model.sn2.w[...]), sd["fc.3.w"])
+    # The first FC sees an NHWC-flattened map here and a CHW-flattened one in torch.
+    fmap = np.random.default_rng(1).standard_normal((4, 4, 3)).astype(np.float32)  # H, W, C
+    ours = fmap.reshape(-1) @ np.asarray(model.fc0.kernel[...])
+    theirs = sd["fc.2.weight"] @ fmap.transpose(2, 0, 1).reshape(-1)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_load_torch_state_dict_rejects_missing_mismatched_and_unexpected_keys():
+    model = models.create_model("nmnist", rngs=nnx.Rngs(0), channels=3, input_size=16, hidden=8)
+    sd = _torch_layout_state_dict(model)
+    missing = {k: v for k, v in sd.items() if k != "conv.6.w"}
+    with pytest.raises(KeyError, match=r"no key 'conv.6.w', needed for sn1.w"):
+        porting.load_torch_state_dict(model, missing)
+    wrong = dict(sd, **{"fc.2.weight": np.zeros((8, 47), np.float32)})
+    with pytest.raises(ValueError, match=r"shape mismatch: torch 'fc.2.weight'.*fc0.kernel"):
+        porting.load_torch_state_dict(model, wrong)
+    extra = dict(sd, **{"fc.2.bias": np.zeros(8, np.float32)})
+    with pytest.raises(KeyError, match=r"unexpected state_dict keys .*'fc.2.bias'"):
+        porting.load_torch_state_dict(model, extra)
+    porting.load_torch_state_dict(model, extra, strict=False)
+    np.testing.assert_array_equal(np.asarray(model.fc0.kernel[...]).shape, (48, 8))
