@@ -18,9 +18,17 @@ flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 
 
+class _QuietLibraries(logging.logging.Filter):
+    """Keeps Orbax's per-save INFO chatter out of the run log (warnings still pass)."""
+
+    def filter(self, record) -> bool:
+        return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_QuietLibraries())
     import jax
 
     from plif_jax import train

@@ -493,6 +493,7 @@ def train_and_evaluate(
             disable=not (config.progress_bar and is_main),
             unit="step",
             dynamic_ncols=True,
+            mininterval=2.0,  # also readable when stderr is a log file
         )
         stop.install()
         steps_this_process = 0

@@ -1,0 +1,348 @@
+r"""Speed and memory of plif_jax, side by side with SpikingJelly 2.0 (torch CPU, multi-step).
+
+Usage::
+
+    python -m experiments.benchmark [--suite neuron,networks,roofline,memory] [--device cpu]
+        [--quick] [--out results.json] [--networks mnist,dvsgesture] [--repeats 3] [--no-sj]
+
+Suites:
+
+* ``neuron``: PLIF alone and Linear(n_in -> n) + PLIF, forward + backward, batch 16, over
+  ``n`` neurons and ``T`` steps (capped on CPU; ``--device gpu`` runs the full grid).
+* ``networks``: each paper network's full train step (``plif_jax.train.train_step``: the paper's
+  MSE-on-firing-rate loss, Adam, state donated) and inference, samples/s.
+* ``roofline``: the machine's peak measured in the same run (f32 matmul, conv forward+backward)
+  and each train step's matmul+conv FLOP/s as a fraction of it.
+* ``memory``: XLA's compiled memory plan and process RSS; DVS128 Gesture at T=20 with and
+  without rematerialisation (when the model offers it); growth with T and batch (N-MNIST).
+
+Timing: compilation is excluded and reported separately (``compile_s``), one warm-up call, then
+the median of ``--repeats`` calls, each ending in ``block_until_ready``; torch uses every core
+and ``no_grad`` for inference. The ratio column is plif_jax throughput / SpikingJelly throughput
+(> 1: plif_jax is faster). The JSON records the date, machine, load, versions and this command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+SUITES = ("neuron", "networks", "roofline", "memory")
+
+# (T, batch) per network. The paper trains every net at batch 16; on this kind of 2-core CPU the
+# 128x128 DVS nets take ~13 s per SpikingJelly step at batch 4, so they run at batch 2 here.
+CPU_NETWORK_SIZES = {
+    "mnist": (8, 16),
+    "fashion_mnist": (8, 16),
+    "cifar10": (8, 8),
+    "nmnist": (10, 16),
+    "cifar10dvs": (20, 2),
+    "dvsgesture": (20, 2),
+}
+GPU_NETWORK_SIZES = {
+    "mnist": (8, 16),
+    "fashion_mnist": (8, 16),
+    "cifar10": (8, 16),
+    "nmnist": (10, 16),
+    "cifar10dvs": (20, 16),
+    "dvsgesture": (20, 16),
+}
+# Reduced-width nets for --quick (a smoke run of every code path in seconds).
+QUICK_OPTIONS = {
+    "mnist": dict(channels=4, hidden=16),
+    "nmnist": dict(channels=4, input_size=16),
+}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m experiments.benchmark", description=__doc__)
+    p.add_argument("--suite", default=",".join(SUITES), help=f"comma list of {SUITES}")
+    p.add_argument("--device", default="cpu", choices=("cpu", "gpu", "tpu"))
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, not figures")
+    p.add_argument("--out", default="benchmark_results.json", help="JSON output path")
+    p.add_argument("--networks", default=None, help="comma list of networks (default: all six)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats (median)")
+    p.add_argument("--no-sj", action="store_true", help="skip the SpikingJelly side")
+    args = p.parse_args(argv)
+    args.suites = [s.strip() for s in args.suite.split(",") if s.strip()]
+    bad = sorted(set(args.suites) - set(SUITES))
+    if bad or not args.suites:
+        p.error(f"unknown suite(s) {bad}; choose from {','.join(SUITES)}")
+    if args.repeats is not None and args.repeats < 1:
+        p.error(f"--repeats must be >= 1, got {args.repeats}")
+    return args
+
+
+def _network_names(args) -> list[str]:
+    from plif_jax import models
+
+    if args.networks is None:
+        return list(QUICK_OPTIONS) if args.quick else list(models.MODEL_NAMES)
+    names = [n.strip() for n in args.networks.split(",") if n.strip()]
+    bad = sorted(set(names) - set(models.MODEL_NAMES))
+    if bad:
+        raise SystemExit(f"unknown network(s) {bad}; choose from {list(models.MODEL_NAMES)}")
+    return names
+
+
+def _sizes(args, name: str) -> tuple[int, int, dict[str, Any]]:
+    if args.quick:
+        return (2, 2, QUICK_OPTIONS.get(name, dict(channels=4, hidden=16)))
+    table = CPU_NETWORK_SIZES if args.device == "cpu" else GPU_NETWORK_SIZES
+    return (*table[name], {})
+
+
+def _ratio(jax_s: float | None, sj_s: float | None) -> float | None:
+    """plif_jax throughput / SpikingJelly throughput (same work): SJ time / plif_jax time."""
+    if not jax_s or not sj_s:
+        return None
+    return sj_s / jax_s
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Suites
+# ---------------------------------------------------------------------------------------------
+def run_neuron(args, sj_note: str | None) -> list[dict[str, Any]]:
+    from benchmarks import timing, workloads
+
+    repeats = args.repeats or 5
+    batch = 2 if args.quick else 16
+    if args.quick:
+        grid, n_in = [(64, 4)], 32
+    elif args.device == "cpu":
+        # The full grid (n up to 16384, T up to 500) needs minutes per point on 2 cores.
+        grid, n_in = [(n, t) for n in (1024, 4096) for t in (8, 32, 128)], 1024
+    else:
+        grid, n_in = [(n, t) for n in (1024, 4096, 16384) for t in (8, 32, 128, 500)], 1024
+    rows = []
+    for with_linear in (False, True):
+        for n, T in grid:
+            kind = f"Linear({n_in}->n)+PLIF" if with_linear else "PLIF"
+            row: dict[str, Any] = dict(
+                suite="neuron",
+                workload=kind,
+                n=n,
+                n_in=n_in if with_linear else None,
+                T=T,
+                batch=batch,
+            )
+            row["jax"] = workloads.jax_neuron_layer(
+                T, batch, n_in, n, with_linear=with_linear, repeats=repeats
+            )
+            if sj_note is None:
+                row["sj"] = workloads.sj_neuron_layer(
+                    T, batch, n_in, n, with_linear=with_linear, repeats=repeats
+                )
+            row["ratio"] = _ratio(row["jax"]["median_s"], row.get("sj", {}).get("median_s"))
+            row["rss_peak_mib"] = timing.peak_rss_mib()
+            rows.append(row)
+            _log(_format_row(row))
+    return rows
+
+
+def _jax_network_cached(cache: dict, name: str, T: int, batch: int, options: dict, **kw):
+    """``workloads.jax_network``, reusing a train measurement already taken in this run."""
+    from benchmarks import workloads
+
+    key = (name, T, batch, tuple(sorted(options.items())))
+    if key in cache and (not kw.get("inference", True) or "infer" in cache[key]):
+        return cache[key]
+    cache[key] = workloads.jax_network(name, T, batch, options=options, **kw)
+    return cache[key]
+
+
+def run_networks(args, sj_note: str | None, cache: dict) -> list[dict[str, Any]]:
+    from benchmarks import timing, workloads
+
+    repeats = args.repeats or 3
+    rows = []
+    for name in _network_names(args):
+        T, batch, options = _sizes(args, name)
+        row: dict[str, Any] = dict(suite="networks", workload=name, T=T, batch=batch)
+        row["jax"] = _jax_network_cached(cache, name, T, batch, options, repeats=repeats)
+        if sj_note is None:
+            # SpikingJelly steps take seconds on CPU: fewer repeats keep the run affordable.
+            row["sj"] = workloads.sj_network(
+                name, T, batch, repeats=max(1, min(repeats, 2)), options=options
+            )
+        for phase in ("train", "infer"):
+            jax_s = row["jax"][phase]["median_s"]
+            sj_s = row.get("sj", {}).get(phase, {}).get("median_s")
+            row[f"{phase}_samples_per_s"] = {
+                "jax": batch / jax_s,
+                "sj": None if sj_s is None else batch / sj_s,
+            }
+            row[f"{phase}_ratio"] = _ratio(jax_s, sj_s)
+        row["train_gflops_per_s"] = (
+            row["jax"]["flops_train"] / row["jax"]["train"]["median_s"] / 1e9
+        )
+        row["rss_peak_mib"] = timing.peak_rss_mib()
+        rows.append(row)
+        _log(_format_row(row))
+    return rows
+
+
+def run_roofline(args, network_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    from benchmarks import roofline
+
+    peak = roofline.measure_peak(quick=args.quick, repeats=args.repeats or 5)
+    _log(
+        f"[roofline] machine peak now: matmul {peak['matmul']['gflops_per_s']:.1f} GFLOP/s, "
+        f"conv fwd+bwd {peak['conv_fwd_bwd']['gflops_per_s']:.1f} GFLOP/s"
+    )
+    conv_peak = peak["conv_fwd_bwd"]["gflops_per_s"]
+    for row in network_rows:
+        row["train_fraction_of_conv_peak"] = row["train_gflops_per_s"] / conv_peak
+        _log(
+            f"[roofline] {row['workload']:>13}: {row['train_gflops_per_s']:.1f} GFLOP/s "
+            f"(matmul+conv) = {100 * row['train_fraction_of_conv_peak']:.0f}% of conv peak"
+        )
+    return peak
+
+
+def run_memory(args, cache: dict) -> dict[str, Any]:
+    from plif_jax import models
+
+    repeats = args.repeats or 3
+    out: dict[str, Any] = {}
+    # Rematerialisation at T=20 on DVS128 Gesture (the paper's T), default vs remat.
+    if args.quick:
+        name, T, batch, opts = "nmnist", 2, 2, dict(QUICK_OPTIONS["nmnist"])
+    else:
+        name, T, batch, opts = "dvsgesture", 20, 2 if args.device == "cpu" else 16, {}
+    remat_rows = []
+    variants = [("default", {})]
+    if "remat" in models.MODEL_OPTIONS:
+        variants.append(("remat", {"remat": True}))
+    else:
+        _log("[memory] models.create_model has no `remat` option: remat row skipped")
+    for label, extra in variants:
+        r = _jax_network_cached(
+            cache, name, T, batch, {**opts, **extra}, repeats=repeats, inference=False
+        )
+        remat_rows.append(
+            dict(
+                variant=label,
+                network=name,
+                T=T,
+                batch=batch,
+                train_median_s=r["train"]["median_s"],
+                peak_mib=(r["train_memory"] or {}).get("peak_mib"),
+                temp_mib=(r["train_memory"] or {}).get("temp_mib"),
+            )
+        )
+        _log(f"[memory] {name} T={T} B={batch} {label}: {_fmt_mem(remat_rows[-1])}")
+    out["remat"] = remat_rows
+
+    # Growth with T and batch (N-MNIST: cheap enough for a sweep on CPU).
+    if args.quick:
+        name, opts, t_grid, b_grid, t0, b0 = (
+            "nmnist",
+            dict(QUICK_OPTIONS["nmnist"]),
+            (2, 4),
+            (2, 4),
+            2,
+            2,
+        )
+    else:
+        name, opts, t_grid, b_grid, t0, b0 = "nmnist", {}, (5, 10, 20), (4, 8, 16), 10, 4
+    growth = []
+    for T, batch in [(t, b0) for t in t_grid] + [(t0, b) for b in b_grid if b != b0]:
+        r = _jax_network_cached(cache, name, T, batch, opts, repeats=repeats, inference=False)
+        growth.append(
+            dict(
+                network=name,
+                T=T,
+                batch=batch,
+                train_median_s=r["train"]["median_s"],
+                peak_mib=(r["train_memory"] or {}).get("peak_mib"),
+                temp_mib=(r["train_memory"] or {}).get("temp_mib"),
+            )
+        )
+        _log(f"[memory] growth {name} T={T} B={batch}: {_fmt_mem(growth[-1])}")
+    out["growth"] = growth
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------------------------
+def _fmt_s(s: float | None) -> str:
+    return "-" if s is None else (f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s")
+
+
+def _fmt_mem(r: dict[str, Any]) -> str:
+    peak = r.get("peak_mib")
+    mem = "?" if peak is None else f"{peak:.0f} MiB"
+    return f"step {_fmt_s(r['train_median_s'])}, XLA peak {mem}"
+
+
+def _format_row(row: dict[str, Any]) -> str:
+    ratio = lambda r: "-" if r is None else f"{r:.2f}x"
+    if row["suite"] == "neuron":
+        sj = row.get("sj", {}).get("median_s")
+        return (
+            f"[neuron] {row['workload']:<22} n={row['n']:<6} T={row['T']:<4} B={row['batch']:<3}"
+            f" plif_jax {_fmt_s(row['jax']['median_s']):>9} (compile {row['jax']['compile_s']:.1f}"
+            f" s)  SJ {_fmt_s(sj):>9}  ratio {ratio(row['ratio'])}"
+        )
+    tr, inf = row["train_samples_per_s"], row["infer_samples_per_s"]
+    f = lambda v: "-" if v is None else f"{v:.1f}"
+    return (
+        f"[networks] {row['workload']:<13} T={row['T']:<3} B={row['batch']:<3} train samples/s "
+        f"plif_jax {f(tr['jax'])} SJ {f(tr['sj'])} ratio {ratio(row['train_ratio'])} | infer "
+        f"plif_jax {f(inf['jax'])} SJ {f(inf['sj'])} ratio {ratio(row['infer_ratio'])} | "
+        f"compile {row['jax']['train']['compile_s']:.1f} s"
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    # The platform must be chosen before jax initialises its backends.
+    os.environ["JAX_PLATFORMS"] = args.device
+
+    from benchmarks import timing, workloads
+
+    t_start = time.perf_counter()
+    result: dict[str, Any] = timing.machine_record(argv)
+    result["quick"] = bool(args.quick)
+    sj_note = "--no-sj given" if args.no_sj else workloads.torch_available()
+    if sj_note:
+        _log(f"[note] SpikingJelly side skipped: {sj_note}")
+    result["sj_skipped"] = sj_note
+    _log(
+        f"[run] {result['command']} | {result['machine']['cpu_model']}, "
+        f"{result['machine']['cpu_count']} cores, load {result['machine']['load_average_1_5_15']}"
+    )
+
+    if "neuron" in args.suites:
+        result["neuron"] = run_neuron(args, sj_note)
+    network_rows: list[dict[str, Any]] = []
+    cache: dict = {}
+    if "networks" in args.suites or "roofline" in args.suites:
+        network_rows = run_networks(args, sj_note, cache)
+        result["networks"] = network_rows
+    if "roofline" in args.suites:
+        result["roofline"] = run_roofline(args, network_rows)
+    if "memory" in args.suites:
+        result["memory"] = run_memory(args, cache)
+    result["rss_peak_mib"] = timing.peak_rss_mib()
+    result["total_s"] = time.perf_counter() - t_start
+    result["load_average_end"] = list(os.getloadavg())
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1, default=str)
+    _log(f"[done] {result['total_s']:.0f} s; wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
