@@ -128,3 +128,33 @@ def test_digits_static_protocol_b(tmp_path, small_digits):
     assert batch["x"].shape == (32, 28, 28, 1) and batch["x"].dtype == np.uint8
     assert batch["mask"].sum() == 20
     np.testing.assert_array_equal(np.bincount(bundle.val.labels), [2] * 10)
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (dict(dataset="imagenet"), r"Unknown dataset 'imagenet'; valid values: \['mnist', "),
+        (dict(protocol="C"), r"Unknown protocol 'C'; valid values: \['A', 'B'\]"),
+        (dict(T=0), r"T \(number of frames\) must be a positive integer, got 0"),
+        (dict(split_by="events"), r"Unknown split_by 'events'; valid values: \['number', 'time'\]"),
+        (dict(normalization="l1"), r"valid values: \[None, 'frequency', 'max', 'norm', 'sum'\]"),
+        (dict(batch_size=200), r"batch size 200 is larger than the 160 samples"),
+    ],
+)
+def test_bad_config_errors_name_the_valid_values(tmp_path, small_digits, change, message):
+    cfg = config(tmp_path, "digits_events", T=4)
+    for key, value in change.items():
+        if key in ("T", "split_by", "normalization"):
+            cfg.data[key] = value
+        else:
+            cfg[key] = value
+    with pytest.raises(ValueError, match=message):
+        get_datasets(cfg)
+
+
+def test_normalization_spelled_none_on_the_command_line_means_none(tmp_path, small_digits):
+    a = get_datasets(config(tmp_path, "digits_events", T=4, normalization="None"))
+    b = get_datasets(config(tmp_path, "digits_events", T=4))
+    np.testing.assert_array_equal(
+        a.train.read_batch(np.arange(3))["x"], b.train.read_batch(np.arange(3))["x"]
+    )

@@ -243,3 +243,11 @@ def test_natural_key_orders_numbers_numerically():
         "a/x_10.bin",
         "b/x_0.bin",
     ]
+
+
+def test_truncated_dvsgesture_npy_error_names_the_file(tmp_path):
+    make_dvsgesture(tmp_path / "raw", np.random.default_rng(6))
+    bad = tmp_path / "raw" / "DVSGesture" / "ibmGestureTest" / "user24_lab" / "3.npy"
+    bad.write_bytes(bad.read_bytes()[:100])
+    with pytest.raises(ValueError, match=f"Cannot read event file {bad}"):
+        get_datasets(event_config(tmp_path, "dvsgesture", T=2))

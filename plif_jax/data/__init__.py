@@ -24,8 +24,8 @@ fields take the default shown):
 - ``config.data.T`` (default None: the paper's T, nmnist 10, cifar10dvs 20, dvsgesture 20,
   digits_events 10): number of frames; ignored by the static datasets.
 - ``config.data.split_by`` (default ``'number'``): ``'number'`` or ``'time'``.
-- ``config.data.normalization`` (default None): None, ``'frequency'``, ``'max'``, ``'norm'``,
-  ``'sum'`` (:func:`integrate_events`).
+- ``config.data.normalization`` (default None): None (also the string ``'none'``),
+  ``'frequency'``, ``'max'``, ``'norm'``, ``'sum'`` (:func:`integrate_events`).
 - ``config.data.drop_remainder`` (default False): True gives tonic ``ToFrame``'s frames.
 - ``config.data.val_ratio`` (default 0.15): protocol B validation fraction.
 - ``config.data.num_workers`` (default ``min(4, os.cpu_count())``): frame-conversion processes.
@@ -164,7 +164,7 @@ def get_datasets(config: Any) -> DataBundle:
         cache_dir=_get(data, "cache_dir", DEFAULT_CACHE_DIR),
         T=_get(data, "T", None),
         split_by=_get(data, "split_by", "number"),
-        normalization=_get(data, "normalization", None),
+        normalization=_normalization(_get(data, "normalization", None)),
         drop_remainder=bool(_get(data, "drop_remainder", False)),
         val_ratio=float(_get(data, "val_ratio", 0.15)),
         num_workers=int(_get(data, "num_workers", min(4, os.cpu_count() or 1))),
@@ -240,6 +240,11 @@ def get_datasets(config: Any) -> DataBundle:
         input_layout=layout,
     )
     return DataBundle(train=train, val=val, test=test, info=info, preprocess=preprocess)
+
+
+def _normalization(value: Any) -> str | None:
+    # A command line can only spell None as a string.
+    return None if isinstance(value, str) and value.lower() == "none" else value
 
 
 def _default_T(name: str) -> int:

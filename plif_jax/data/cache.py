@@ -154,6 +154,8 @@ class FrameStore:
         still = self.missing(producer.num_samples)
         if still:
             raise RuntimeError(f"{len(still)} samples still missing in {self.directory}.")
+        for tmp in self.directory.glob(".*.tmp"):  # left by an interrupted run
+            tmp.unlink(missing_ok=True)
         (self.directory / "complete").touch()
 
     def _convert_parallel(self, producer, chunks, num_workers: int, bar) -> None:
