@@ -13,6 +13,7 @@ PLIF learns one scalar ``w`` per layer with ``k = sigmoid(w)``, i.e. ``tau = 1 +
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -95,6 +96,19 @@ def lif_multistep(
             "cast it first, e.g. x_seq.astype(jnp.float32)"
         )
     decay = jnp.asarray(decay, dtype=x_seq.dtype)
+    if not return_membrane:
+        # Fast path: one scan forward, one hand-written reverse scan backward (same spikes).
+        a = surrogate.alpha if alpha is None else alpha
+        return _lif_scan(
+            x_seq,
+            decay,
+            jnp.asarray(a, dtype=x_seq.dtype),
+            float(v_threshold),
+            float(v_reset),
+            bool(detach_reset),
+            surrogate.kind,
+            int(unroll),
+        )
     v0 = jnp.full(x_seq.shape[1:], v_reset, dtype=x_seq.dtype)
 
     def step(v, x):
@@ -115,6 +129,82 @@ def lif_multistep(
         s, h, v = out
         return s, MembraneTrace(h=h, v=v)
     return out
+
+
+# -----------------------------------------------------------------------------------------------
+# The whole scan with a hand-written backward (custom_vjp). Autodiff through the per-step
+# custom_vjp of the spike saves several residuals per step and runs a long chain of small kernels
+# in the backward scan; the backward below is one reverse scan that reads (grad S, H, X) once per
+# step, carries dL/dH[t+1], and accumulates the gradients of k and alpha elementwise (summed once
+# at the end). Forward numerics are those of `lif_step` exactly: same H formula, same comparison,
+# and where(S, V_reset, H) equals H * (1 - S) + V_reset * S for S in {0, 1}.
+#
+# Backward recursion (t = T-1 .. 0, gH[T] = 0; S_d = S when detach_reset):
+#   dL/dV[t]  = (1 - k) * gH[t+1]
+#   dL/dS[t] += dL/dV[t] * (V_reset - H[t])                     (only without detach_reset)
+#   gH[t]     = dL/dS[t] * sg'(H[t] - V_th) + dL/dV[t] * (1 - S_d[t])
+#   dL/dX[t]  = k * gH[t]
+#   dL/dk     = sum_t gH[t] * (X[t] - V[t-1] + V_reset)
+#             = sum_t [gH[t] * (X[t] + V_reset) - gH[t+1] * V[t]] - V_reset * sum gH[0]
+#   dL/dalpha = sum_t dL/dS[t] * dsg/dalpha(H[t] - V_th)
+# -----------------------------------------------------------------------------------------------
+def _lif_forward_scan(x_seq, decay, v_threshold, v_reset, unroll, keep_h):
+    v_reset_arr = jnp.asarray(v_reset, x_seq.dtype)
+
+    def step(v, x):
+        h = v + (x - (v - v_reset)) * decay
+        fire = h - v_threshold >= 0
+        s = fire.astype(x.dtype)
+        return jnp.where(fire, v_reset_arr, h), ((s, h) if keep_h else s)
+
+    v0 = jnp.full(x_seq.shape[1:], v_reset, dtype=x_seq.dtype)
+    return jax.lax.scan(step, v0, x_seq, unroll=unroll)[1]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
+def _lif_scan(x_seq, decay, alpha, v_threshold, v_reset, detach_reset, kind, unroll):
+    """Spikes of the LIF dynamics over ``x_seq`` (``decay``, ``alpha``: x_seq-dtype scalars)."""
+    del alpha, detach_reset, kind  # forward only needs the dynamics
+    return _lif_forward_scan(x_seq, decay, v_threshold, v_reset, unroll, keep_h=False)
+
+
+def _lif_scan_fwd(x_seq, decay, alpha, v_threshold, v_reset, detach_reset, kind, unroll):
+    s, h = _lif_forward_scan(x_seq, decay, v_threshold, v_reset, unroll, keep_h=True)
+    return s, (x_seq, h, decay, alpha)
+
+
+def _lif_scan_bwd(v_threshold, v_reset, detach_reset, kind, unroll, res, gs_seq):
+    x_seq, h_seq, decay, alpha = res
+    partials = surrogate_lib._PARTIALS[kind]
+    one_minus_k = 1.0 - decay
+    v_reset_arr = jnp.asarray(v_reset, h_seq.dtype)
+    acc_dtype = jnp.promote_types(h_seq.dtype, jnp.float32)
+
+    def step(carry, inputs):
+        gh_next, acc_k, acc_a = carry
+        gs, h, x = inputs
+        z = h - v_threshold
+        fire = z >= 0
+        dsdz, dsda = partials(z, alpha)
+        gv = one_minus_k * gh_next
+        v = jnp.where(fire, v_reset_arr, h)
+        if not detach_reset:
+            gs = gs + gv * (v_reset - h)
+        gh = gs * dsdz + jnp.where(fire, jnp.zeros_like(gv), gv)
+        acc_k = acc_k + (gh * (x + v_reset) - gh_next * v).astype(acc_dtype)
+        acc_a = acc_a + (gs * dsda).astype(acc_dtype)
+        return (gh, acc_k, acc_a), gh * decay
+
+    zeros = jnp.zeros_like(h_seq[0])
+    acc0 = jnp.zeros(h_seq.shape[1:], acc_dtype)
+    (gh0, acc_k, acc_a), gx = jax.lax.scan(
+        step, (zeros, acc0, acc0), (gs_seq, h_seq, x_seq), reverse=True, unroll=unroll
+    )
+    g_decay = jnp.sum(acc_k) - v_reset * jnp.sum(gh0, dtype=acc_dtype)
+    return gx, g_decay.astype(decay.dtype), jnp.sum(acc_a).astype(alpha.dtype)
+
+
+_lif_scan.defvjp(_lif_scan_fwd, _lif_scan_bwd)
 
 
 def w_from_tau(tau: float) -> float:

@@ -1,0 +1,6 @@
+"""Speed and memory benchmarks of plif_jax, side by side with SpikingJelly 2.0 (torch CPU).
+
+``python -m experiments.benchmark`` is the entry point; see ``BENCHMARKS.md`` for the results.
+Modules: ``timing`` (clocks, machine record), ``workloads`` (what is timed, JAX and torch),
+``roofline`` (FLOP counting and the machine's measured peak).
+"""

@@ -1,0 +1,126 @@
+"""The speed work: the fast neuron scan's numerics, and a smoke run of the benchmark harness.
+
+The harness test runs every suite at toy sizes and checks the JSON's structure and internal
+consistency (ratios, samples/s, FLOP counts). It never asserts a timing.
+"""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import roofline
+from plif_jax import neurons, surrogate
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Using 'Module.sow\\(\\)' outside:DeprecationWarning"
+)
+
+
+def _spike_loss_grads(fast: bool, x, w, alpha, coef, **kw):
+    """Gradients of ``sum(coef * spikes)`` w.r.t. (x, w, alpha), fast path or autodiff path."""
+
+    def loss(x, w, alpha):
+        out = neurons.lif_multistep(
+            x, jax.nn.sigmoid(w), alpha=alpha, return_membrane=not fast, **kw
+        )
+        spikes = out if fast else out[0]  # the membrane path differentiates lif_step per step
+        return jnp.sum(coef * spikes), spikes
+
+    return jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(x, w, alpha)
+
+
+@pytest.mark.parametrize("kind", ["atan", "sigmoid"])
+@pytest.mark.parametrize("detach_reset", [True, False])
+def test_fast_scan_matches_autodiff_through_lif_step_in_float64(kind, detach_reset):
+    rng = np.random.default_rng(1)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.normal(0.8, 1.3, (7, 3, 5)))
+        coef = jnp.asarray(rng.normal(size=(7, 3, 5)))
+        w, alpha = jnp.float64(0.4), jnp.float64(1.7)
+        kw = dict(surrogate=surrogate.get(kind), detach_reset=detach_reset, v_reset=0.0)
+        (gx, gw, ga), s_fast = _spike_loss_grads(True, x, w, alpha, coef, **kw)
+        (rx, rw, ra), s_ref = _spike_loss_grads(False, x, w, alpha, coef, **kw)
+        assert 0 < float(jnp.mean(s_ref)) < 1  # both branches of the reset are exercised
+    np.testing.assert_array_equal(np.asarray(s_fast), np.asarray(s_ref))
+    np.testing.assert_allclose(np.asarray(gx), np.asarray(rx), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(float(gw), float(rw), rtol=1e-11)
+    np.testing.assert_allclose(float(ga), float(ra), rtol=1e-11)
+
+
+def test_fast_scan_spikes_equal_reference_with_nonzero_reset_in_float32():
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(0.5, 2.0, (20, 4, 33)), jnp.float32)
+    kw = dict(v_threshold=0.7, v_reset=-0.3, detach_reset=True)
+    fast = neurons.lif_multistep(x, jnp.float32(0.37), **kw)
+    ref, _ = neurons.lif_multistep(x, jnp.float32(0.37), return_membrane=True, **kw)
+    assert fast.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(fast), np.asarray(ref))
+    coef = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+    g_fast = jax.grad(lambda x: jnp.sum(coef * neurons.lif_multistep(x, 0.37, **kw)))(x)
+    g_ref = jax.grad(
+        lambda x: jnp.sum(coef * neurons.lif_multistep(x, 0.37, return_membrane=True, **kw)[0])
+    )(x)
+    np.testing.assert_allclose(np.asarray(g_fast), np.asarray(g_ref), rtol=1e-5, atol=1e-6)
+
+
+def test_flop_count_of_conv_gradient_is_three_forward_convs():
+    x = jnp.ones((2, 8, 8, 4))
+    k = jnp.ones((3, 3, 4, 6))
+
+    def loss(x, k):
+        y = jax.lax.conv_general_dilated(
+            x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        return jnp.sum(y)
+
+    forward = 2 * 2 * 8 * 8 * 6 * (4 * 9)
+    assert roofline.count_flops(loss, x, k) == forward
+    assert roofline.count_flops(jax.grad(loss, argnums=(0, 1)), x, k) == 3 * forward
+    scanned = lambda a: jax.lax.scan(lambda c, m: (c, m @ m), 0.0, a)[1]
+    assert roofline.count_flops(scanned, jnp.ones((5, 4, 4))) == 5 * 2 * 4**3
+
+
+def test_quick_benchmark_writes_consistent_json(tmp_path):
+    from experiments import benchmark
+
+    out = tmp_path / "bench.json"
+    benchmark.main(["--quick", "--networks", "nmnist", "--repeats", "1", "--out", str(out)])
+    result = json.loads(out.read_text())
+
+    assert result["command"].startswith("python -m experiments.benchmark --quick")
+    assert result["machine"]["cpu_count"] >= 1
+    assert result["versions"]["jax"] == jax.__version__
+    sj = result["sj_skipped"] is None
+    assert {"neuron", "networks", "roofline", "memory"} <= set(result)
+
+    assert [r["workload"] for r in result["neuron"]] == ["PLIF", "Linear(32->n)+PLIF"]
+    for row in result["neuron"]:
+        assert row["jax"]["median_s"] > 0 and row["jax"]["compile_s"] > 0
+        assert row["jax"]["min_s"] <= row["jax"]["median_s"] <= row["jax"]["max_s"]
+        if sj:
+            assert math.isclose(row["ratio"], row["sj"]["median_s"] / row["jax"]["median_s"])
+
+    (net,) = result["networks"]
+    assert (net["workload"], net["T"], net["batch"]) == ("nmnist", 2, 2)
+    assert math.isclose(net["train_samples_per_s"]["jax"], 2 / net["jax"]["train"]["median_s"])
+    # Train = forward + two backward convs/matmuls (the first conv needs no input gradient).
+    assert net["jax"]["flops_infer"] < net["jax"]["flops_train"] < 3 * net["jax"]["flops_infer"]
+    assert net["jax"]["train_memory"]["peak_mib"] > 0
+    if sj:
+        assert net["train_ratio"] > 0 and net["infer_ratio"] > 0
+    peak = result["roofline"]
+    assert peak["matmul"]["gflops_per_s"] > 0 and peak["conv_fwd_bwd"]["gflops_per_s"] > 0
+    assert math.isclose(
+        net["train_fraction_of_conv_peak"],
+        net["train_gflops_per_s"] / peak["conv_fwd_bwd"]["gflops_per_s"],
+    )
+
+    growth = result["memory"]["growth"]
+    assert {(g["T"], g["batch"]) for g in growth} == {(2, 2), (4, 2), (2, 4)}
+    by_size = {(g["T"], g["batch"]): g["peak_mib"] for g in growth}
+    assert by_size[(4, 2)] > by_size[(2, 2)] and by_size[(2, 4)] > by_size[(2, 2)]
+    assert result["memory"]["remat"][0]["variant"] == "default"
