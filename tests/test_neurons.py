@@ -66,6 +66,37 @@ def test_scan_equals_python_loop_over_lif_step(detach_reset):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("detach_reset", "kind", "unroll"),
+    [(True, "atan", 1), (False, "atan", 3), (True, "sigmoid", 3), (False, "sigmoid", 1)],
+)
+def test_spikes_only_path_equals_membrane_path(detach_reset, kind, unroll):
+    # return_membrane=False is what models train with; it may take its own (faster) route, which
+    # must give the spikes and gradients of the membrane path (checked against lif_step above).
+    rng = np.random.default_rng(6)
+    x = jnp.asarray(rng.normal(0.9, 1.2, size=(7, 3, 5)), jnp.float32)
+    g_s = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+    kw = dict(v_threshold=0.9, v_reset=0.2, detach_reset=detach_reset, unroll=unroll)
+    kw["surrogate"] = surrogate.get(kind)
+
+    def loss(x, w, alpha, membrane):
+        out = neurons.lif_multistep(
+            x, jax.nn.sigmoid(w), alpha=alpha, return_membrane=membrane, **kw
+        )
+        s = out[0] if membrane else out
+        return jnp.sum(s * g_s), s
+
+    run = jax.jit(jax.value_and_grad(loss, (0, 1, 2), True), static_argnums=3)
+    args = (x, jnp.float32(0.3), jnp.float32(kw["surrogate"].alpha))
+    (_, s_fast), g_fast = run(*args, False)
+    (_, s_ref), g_ref = run(*args, True)
+    assert 10 < int(s_ref.sum()) < s_ref.size - 10
+    np.testing.assert_array_equal(np.asarray(s_fast), np.asarray(s_ref))
+    for name, a, b in zip(("x", "w", "alpha"), g_fast, g_ref, strict=True):
+        assert a.dtype == jnp.float32, name
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 def test_unrolled_scan_matches_unroll_one():
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.normal(0.9, 1.2, size=(7, 5)), jnp.float32)

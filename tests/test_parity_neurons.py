@@ -63,12 +63,17 @@ def _inputs(tau: float, T: int, shape: tuple, seed: int, dtype) -> tuple[np.ndar
     return x, g_s, g_v
 
 
-def _oracle(kind, tau, x, g_s, g_v, *, detach_reset, surrogate_name="atan"):
-    """SpikingJelly's spikes, v_seq, d(loss)/dx and d(loss)/dw for loss = <S, g_s> + <V, g_v>."""
+def _oracle(
+    kind, tau, x, g_s, g_v, *, detach_reset, surrogate_name="atan", v_threshold=1.0, v_reset=0.0
+):
+    """SpikingJelly's spikes, v_seq, d(loss)/dx and d(loss)/dw for loss = <S, g_s> + <V, g_v>.
+
+    ``g_v=None``: the loss is ``<S, g_s>`` alone (the spikes-only path of our neurons).
+    """
     common = dict(
         decay_input=True,
-        v_threshold=1.0,
-        v_reset=0.0,
+        v_threshold=v_threshold,
+        v_reset=v_reset,
         surrogate_function=SURROGATES[surrogate_name][1](),
         detach_reset=detach_reset,
         step_mode="m",
@@ -82,29 +87,33 @@ def _oracle(kind, tau, x, g_s, g_v, *, detach_reset, surrogate_name="atan"):
     node = node.to(dtype)
     xt = torch.tensor(x, requires_grad=True)
     spikes = node(xt)
-    loss = (spikes * torch.tensor(g_s)).sum() + (node.v_seq * torch.tensor(g_v)).sum()
+    loss = (spikes * torch.tensor(g_s)).sum()
+    if g_v is not None:
+        loss = loss + (node.v_seq * torch.tensor(g_v)).sum()
     loss.backward()
-    out = {
-        "s": spikes.detach().numpy(),
-        "v": node.v_seq.detach().numpy(),
-        "gx": xt.grad.numpy(),
-    }
+    out = {"s": spikes.detach().numpy(), "gx": xt.grad.numpy()}
+    if g_v is not None:
+        out["v"] = node.v_seq.detach().numpy()
     if kind == "plif":
         out["w"] = node.w.detach().numpy()
         out["gw"] = node.w.grad.numpy()
     return out
 
 
-def _loss(spikes, trace, g_s, g_v):
-    return jnp.sum(spikes * g_s) + jnp.sum(trace.v * g_v)
+def _loss(out, g_s, g_v):
+    """``<S, g_s> + <V, g_v>`` from ``(S, trace)``, or ``<S, g_s>`` from ``S`` when g_v is None."""
+    if g_v is None:
+        return jnp.sum(out * g_s), (out, None)
+    s, trace = out
+    return jnp.sum(s * g_s) + jnp.sum(trace.v * g_v), (s, trace.v)
 
 
 @jax.jit  # NNX modules are pytrees: the jit caches on the module's static fields (LIF's tau)
 def _module_grads(model, x, g_s, g_v):
     def loss(model, x):
         # Captured, so that the sown firing_rate stays out of the module inside the trace.
-        (s, tr), _ = nnx.capture(model, nnx.Intermediate)(x, return_membrane=True)
-        return _loss(s, tr, g_s, g_v), (s, tr.v)
+        out, _ = nnx.capture(model, nnx.Intermediate)(x, return_membrane=g_v is not None)
+        return _loss(out, g_s, g_v)
 
     (_, (s, v)), (g_model, gx) = nnx.value_and_grad(loss, argnums=(0, 1), has_aux=True)(model, x)
     return s, v, gx, g_model
@@ -113,14 +122,14 @@ def _module_grads(model, x, g_s, g_v):
 @partial(jax.jit, static_argnames=("detach_reset", "surrogate_name"))
 def _functional_grads(w, x, g_s, g_v, *, detach_reset, surrogate_name):
     def loss(w, x):
-        s, tr = neurons.lif_multistep(
+        out = neurons.lif_multistep(
             x,
             jax.nn.sigmoid(w),
             detach_reset=detach_reset,
             surrogate=SURROGATES[surrogate_name][0],
-            return_membrane=True,
+            return_membrane=g_v is not None,
         )
-        return _loss(s, tr, g_s, g_v), (s, tr.v)
+        return _loss(out, g_s, g_v)
 
     (_, (s, v)), (gw, gx) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(w, x)
     return s, v, gx, gw
@@ -131,19 +140,21 @@ def _ours_functional(w, x, g_s, g_v, *, detach_reset, surrogate_name="atan"):
     s, v, gx, gw = _functional_grads(
         w, x, g_s, g_v, detach_reset=detach_reset, surrogate_name=surrogate_name
     )
-    return {"s": s, "v": v, "gx": gx, "gw": gw}
+    out = {"s": s, "gx": gx, "gw": gw}
+    return out if v is None else {**out, "v": v}
 
 
 def _ours_module(model, x, g_s, g_v):
     """An NNX neuron module: spikes, v, d/dx and (PLIF) d/dw."""
     s, v, gx, g_model = _module_grads(model, x, g_s, g_v)
-    out = {"s": s, "v": v, "gx": gx}
+    out = {"s": s, "gx": gx} if v is None else {"s": s, "v": v, "gx": gx}
     if isinstance(model, neurons.PLIF):
         out["gw"] = g_model["w"][...]
     return out
 
 
 def _assert_parity(ours, ref, tol, dtype):
+    assert set(ours) == set(ref) - {"w"}  # every quantity the oracle gives is compared
     for key in ours:
         assert ours[key].dtype == dtype, key
     np.testing.assert_array_equal(np.asarray(ours["s"]), ref["s"])  # spikes identical
@@ -184,6 +195,20 @@ def test_lif_multistep_matches_parametric_lif_node_float64(tau, T, shape, detach
         assert np.float32(neurons.w_from_tau(tau)) == ref["w"]
         w = jnp.asarray(ref["w"], jnp.float64)
         ours = _ours_functional(w, x, g_s, g_v, detach_reset=detach_reset)
+        _assert_parity(ours, ref, TOL64, jnp.float64)
+    _assert_fires(ref["s"], T)
+
+
+@pytest.mark.parametrize("detach_reset", [True, False])
+@pytest.mark.parametrize(("T", "shape"), [SHAPES[0], SHAPES[2]])
+@pytest.mark.parametrize("tau", TAUS)
+def test_spikes_only_lif_multistep_matches_parametric_lif_node_float64(tau, T, shape, detach_reset):
+    # return_membrane=False: the path models train with (the loss sees the spikes only).
+    x, g_s, _ = _inputs(tau, T, shape, seed=50 + T, dtype=np.float64)
+    ref = _oracle("plif", tau, x, g_s, None, detach_reset=detach_reset)
+    with jax.enable_x64(True):
+        w = jnp.asarray(ref["w"], jnp.float64)
+        ours = _ours_functional(w, x, g_s, None, detach_reset=detach_reset)
         _assert_parity(ours, ref, TOL64, jnp.float64)
     _assert_fires(ref["s"], T)
 
@@ -238,14 +263,43 @@ def test_sigmoid_surrogate_matches_spikingjelly_sigmoid_float64(kind, detach_res
     _assert_fires(ref["s"], T)
 
 
+@pytest.mark.parametrize("membrane", [True, False])
+@pytest.mark.parametrize("kind", ["plif", "lif"])
+@pytest.mark.parametrize("detach_reset", [True, False])
+def test_nonzero_v_reset_and_threshold_match_spikingjelly_float64(kind, detach_reset, membrane):
+    # SpikingJelly 2.0 also starts the membrane at v_reset; V_reset - H in the reset-path
+    # gradient is then not just -H.
+    tau, T, shape, v_th, v_reset = 2.0, 7, (2, 5, 7), 0.8, -0.3
+    x, g_s, g_v = _inputs(tau, T, shape, seed=21, dtype=np.float64)
+    g_v = g_v if membrane else None
+    ref = _oracle(
+        kind, tau, x, g_s, g_v, detach_reset=detach_reset, v_threshold=v_th, v_reset=v_reset
+    )
+    make = neurons.PLIF if kind == "plif" else neurons.LIF
+    with jax.enable_x64(True):
+        model = make(
+            tau,
+            v_threshold=v_th,
+            v_reset=v_reset,
+            detach_reset=detach_reset,
+            param_dtype=jnp.float64,
+        )
+        if kind == "plif":
+            model.w[...] = jnp.asarray(ref["w"])
+        _assert_parity(_ours_module(model, jnp.asarray(x), g_s, g_v), ref, TOL64, jnp.float64)
+    _assert_fires(ref["s"], T)
+
+
 # ------------------------------------------------------------------------------------- float32
 
 
+@pytest.mark.parametrize("membrane", [True, False])
 @pytest.mark.parametrize("detach_reset", [True, False])
 @pytest.mark.parametrize("tau", TAUS)
-def test_plif_matches_parametric_lif_node_float32_within_tolerance(tau, detach_reset):
+def test_plif_matches_parametric_lif_node_float32_within_tolerance(tau, detach_reset, membrane):
     T, shape = 13, (2, 5, 7)
     x, g_s, g_v = _inputs(tau, T, shape, seed=3, dtype=np.float32)
+    g_v = g_v if membrane else None
     assert _charge_margin(x, tau) > 1e-5  # no H within float32 rounding of the threshold
     ref = _oracle("plif", tau, x, g_s, g_v, detach_reset=detach_reset)
     model = neurons.PLIF(tau, detach_reset=detach_reset)
