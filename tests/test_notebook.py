@@ -3,7 +3,7 @@
 The run: the offline ``digits_events`` data (emulated events from real digits) on the ``nmnist``
 network at 4 channels, hidden width 16, T = 4, two epochs of 3 steps. To keep the frame conversion
 short the data is cut to the first 50 real digits of each class (40 train, 10 test per class) by
-:data:`FEW_DIGITS`, run both here and, as an extra first cell, in the notebook's kernel (the stored
+``FEW_DIGITS``, run both here and, as an extra first cell, in the notebook's kernel (the stored
 notebook is unchanged). The checkpoint is read back through the public
 ``plif_jax.checkpoint.restore`` by both the analysis API and the notebook (nbclient, the venv's
 ``python3`` kernel, matplotlib Agg).
@@ -12,6 +12,7 @@ notebook is unchanged). The checkpoint is read back through the public
 import math
 import pathlib
 
+import jax
 import matplotlib.image
 import nbformat
 import numpy as np
@@ -20,6 +21,7 @@ from nbclient import NotebookClient
 
 from configs import common
 from plif_jax import analysis, train
+from plif_jax.data import digits
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "experiments" / "explore_tau.ipynb"
@@ -33,22 +35,23 @@ FIGURES = (
 )
 
 
+# Runs in the test process and, as an extra first cell, in the notebook's kernel: both read the
+# same 500 real digits (50 per class) saved once by the fixture, instead of parsing all 5,000.
 FEW_DIGITS = """
 import numpy as _np
 from plif_jax.data import digits as _digits
 
-_all_digits = _digits.load_digits
-
-
-def _few_digits():
-    images, labels = _all_digits()
-    keep = _np.concatenate([_np.flatnonzero(labels == c)[:50] for c in range(10)])
-    return images[keep], labels[keep]
-
-
-_digits.load_digits = _few_digits
+_few = _np.load({path!r})
+_digits.load_digits = lambda: (_few["images"], _few["labels"])
 _digits.TRAIN_PER_CLASS = 40
 """
+
+# XLA's persistent cache, shared by the training run and the kernel: restoring the checkpoint
+# rebuilds the same model, whose initialisers compile to the same programs (only speed).
+CACHE_OPTIONS = {
+    "jax_persistent_cache_min_compile_time_secs": 0.0,
+    "jax_persistent_cache_min_entry_size_bytes": 0,
+}
 
 
 def tiny_config(cache_dir: str):
@@ -71,21 +74,35 @@ def tiny_config(cache_dir: str):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    base = tmp_path_factory.mktemp("tiny_run")
-    workdir = base / "run"
-    with pytest.MonkeyPatch.context() as mp:
-        from plif_jax.data import digits
+    from jax.experimental.compilation_cache import compilation_cache
 
-        mp.setattr(digits, "load_digits", digits.load_digits)  # restored on exit
-        mp.setattr(digits, "TRAIN_PER_CLASS", digits.TRAIN_PER_CLASS)
-        exec(FEW_DIGITS, {})
-        summary = train.train_and_evaluate(tiny_config(str(base / "frames")), str(workdir))
+    base = tmp_path_factory.mktemp("tiny_run")
+    images, labels = digits.load_digits()
+    keep = np.concatenate([np.flatnonzero(labels == c)[:50] for c in range(10)])
+    np.savez(base / "few_digits.npz", images=images[keep], labels=labels[keep])
+    few_digits = FEW_DIGITS.format(path=str(base / "few_digits.npz"))
+    xla_cache = str(base / "xla_cache")
+    saved = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir", *CACHE_OPTIONS)}
+    workdir = base / "run"
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(digits, "load_digits", digits.load_digits)  # restored on exit
+            mp.setattr(digits, "TRAIN_PER_CLASS", digits.TRAIN_PER_CLASS)
+            exec(few_digits, {})
+            for key, value in {"jax_compilation_cache_dir": xla_cache, **CACHE_OPTIONS}.items():
+                jax.config.update(key, value)
+            compilation_cache.reset_cache()
+            summary = train.train_and_evaluate(tiny_config(str(base / "frames")), str(workdir))
+    finally:
+        for key, value in saved.items():
+            jax.config.update(key, value)
+        compilation_cache.reset_cache()
     assert summary["status"] == "completed" and summary["epochs_completed"] == 2
-    return workdir, summary
+    return workdir, summary, few_digits, xla_cache
 
 
 def test_layer_taus_from_workdir_equal_the_runs_final_taus(tiny_run):
-    workdir, summary = tiny_run
+    workdir, summary, *_ = tiny_run
     taus = analysis.layer_taus(workdir)
     assert list(taus) == ["sn0", "sn1", "sn2", "sn3"]
     assert list(summary["tau"]) == list(taus)
@@ -97,7 +114,7 @@ def test_layer_taus_from_workdir_equal_the_runs_final_taus(tiny_run):
 
 
 def test_tau_trajectories_of_the_run_end_at_its_final_taus(tiny_run):
-    workdir, summary = tiny_run
+    workdir, summary, *_ = tiny_run
     traj = analysis.tau_trajectories(workdir)
     assert list(traj) == ["sn0", "sn1", "sn2", "sn3"]
     for name in traj:
@@ -111,14 +128,17 @@ def test_tau_trajectories_of_the_run_end_at_its_final_taus(tiny_run):
 
 
 def test_notebook_runs_headless_and_writes_nontrivial_figures(tiny_run, monkeypatch):
-    workdir, summary = tiny_run
+    workdir, summary, few_digits, xla_cache = tiny_run
     monkeypatch.setenv("PLIF_WORKDIR", str(workdir))
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", xla_cache)
+    for key, value in CACHE_OPTIONS.items():
+        monkeypatch.setenv(key.upper(), str(value))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), (
         "explore_tau.ipynb must be stored without outputs (clear them before committing)"
     )
-    nb.cells.insert(0, nbformat.v4.new_code_cell(FEW_DIGITS))
+    nb.cells.insert(0, nbformat.v4.new_code_cell(few_digits))
     client = NotebookClient(
         nb,
         kernel_name="python3",
