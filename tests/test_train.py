@@ -24,6 +24,7 @@ from plif_jax import metrics as metrics_lib
 from plif_jax import train
 from plif_jax.data import digits as digits_lib
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4  # training steps per epoch
 EPOCHS = 3
 
@@ -95,12 +96,32 @@ def tb_without_timing(workdir: str) -> dict:
     return {k: v for k, v in scalars.items() if not k.startswith("perf/")}
 
 
+@pytest.fixture(scope="session")
+def jax_cache_dir(tmp_path_factory) -> str:
+    """One persistent compilation cache for the session (also passed to subprocesses)."""
+    return str(tmp_path_factory.mktemp("jax_cache"))
+
+
 @pytest.fixture(scope="module")
-def fast(tmp_path_factory):
+def fast(jax_cache_dir):
     with pytest.MonkeyPatch.context() as mp:
-        enable_fast_runs(str(tmp_path_factory.mktemp("jax_cache")), mp)
+        enable_fast_runs(jax_cache_dir, mp)
         yield
     disable_fast_runs()
+
+
+def subprocess_env(jax_cache_dir: str, **extra: str) -> dict[str, str]:
+    """Environment for a training subprocess sharing the compilation cache."""
+    env = dict(os.environ)
+    env.update(
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=jax_cache_dir,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""),
+    )
+    env.update(extra)
+    return env
 
 
 @pytest.fixture(scope="module")
