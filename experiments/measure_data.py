@@ -32,7 +32,7 @@ flags.DEFINE_integer("epochs", 10, "Loader passes over the training split.")
 flags.DEFINE_integer("batch_size", 16, "Loader batch size.")
 flags.DEFINE_float("step_ms", 50.0, "Simulated device step per batch for the overlap check.")
 flags.DEFINE_bool("digits", True, "Also time the digits_events conversion (5,000 digits).")
-flags.DEFINE_string("workdir", None, "Where to write (default: a temporary directory).")
+flags.DEFINE_string("measure_dir", None, "Where to write (default: a temporary directory).")
 FLAGS = flags.FLAGS
 
 
@@ -66,7 +66,7 @@ def main(argv: list[str]) -> None:
     tonic.dataset.Dataset._folder_contains_at_least_n_files_of_type = (
         lambda self, n_files, file_type: original(self, 1, file_type)
     )
-    work = FLAGS.workdir or tempfile.mkdtemp(prefix="plif_measure_")
+    work = FLAGS.measure_dir or tempfile.mkdtemp(prefix="plif_measure_")
     root, cache = os.path.join(work, "raw"), os.path.join(work, "cache")
     try:
         write_samples(root, "ibmGestureTrain", FLAGS.train, FLAGS.events, 0)
@@ -120,7 +120,7 @@ def main(argv: list[str]) -> None:
                 f"= {n / dt:.0f} samples/s ({FLAGS.num_workers} workers)"
             )
     finally:
-        if FLAGS.workdir is None:
+        if FLAGS.measure_dir is None:
             shutil.rmtree(work, ignore_errors=True)
 
 
