@@ -29,7 +29,8 @@ PAPER_NUM_SPIKING = {
 SMALL = {
     "mnist": (dict(channels=4, hidden=16, T=3), (2, 1, 28, 28)),
     "cifar10": (dict(channels=4, hidden=16, T=2), (2, 3, 32, 32)),
-    "nmnist": (dict(channels=4, input_size=8), (3, 2, 2, 8, 8)),
+    # bf16 compute: spikes stay exact 0/1, parameters and BN statistics stay float32.
+    "nmnist": (dict(channels=4, input_size=8, dtype=jnp.bfloat16), (3, 2, 2, 8, 8)),
     "dvsgesture": (dict(channels=4, input_size=32), (2, 2, 2, 32, 32)),
 }
 
@@ -37,7 +38,11 @@ SMALL = {
 @pytest.fixture(scope="module", autouse=True)
 def fast_compile():
     """XLA compile time dominates these tiny nets; unoptimised code computes the same values."""
-    previous = jax.config.read("jax_disable_most_optimizations")
+    try:
+        previous = jax.config.read("jax_disable_most_optimizations")
+    except AttributeError:  # the option may go away in a future jax: then compile as usual
+        yield
+        return
     jax.config.update("jax_disable_most_optimizations", True)
     yield
     jax.config.update("jax_disable_most_optimizations", previous)
@@ -148,6 +153,12 @@ def test_output_is_count_per_class_in_range(name):
         np.testing.assert_array_equal(
             np.asarray(trace.spikes), (np.asarray(trace.h) >= 1.0).astype(np.float32)
         )
+    if options.get("dtype") == jnp.bfloat16:
+        assert traces["sn0"].spikes.dtype == jnp.bfloat16
+        assert {leaf.dtype for leaf in jax.tree.leaves(nnx.state(model, nnx.Param))} == {
+            jnp.dtype(jnp.float32)
+        }
+        assert model.bn0.mean[...].dtype == jnp.float32
     # The first layer really spikes at this input scale, so the check above is not vacuous.
     assert float(jnp.mean(traces["sn0"].spikes)) > 0.01
 
