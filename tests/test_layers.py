@@ -224,3 +224,29 @@ def test_conv3x3_keeps_the_size_and_equals_a_hand_convolution():
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
     lin = layers.linear(5, 7, rngs=nnx.Rngs(0))
     assert lin.kernel.shape == (5, 7) and lin.bias is None
+
+
+def test_pooling_gradients_route_ties_to_the_first_maximum():
+    # Spikes are 0/1, so most max-pool windows tie; PyTorch (CPU) sends the gradient to the first
+    # maximum in row-major window order, and so must we (the parity tests depend on it).
+    rng = np.random.default_rng(4)
+    x = (rng.uniform(size=(2, 5, 5, 3)) < 0.5).astype(np.float32)  # odd size: last row/col unused
+    g = rng.standard_normal((2, 2, 2, 3)).astype(np.float32)
+
+    def loss(kind):
+        return lambda v: jnp.sum(layers.pool2x2(v, kind) * g)
+
+    dmax = np.asarray(jax.grad(loss("max"))(jnp.asarray(x)))
+    davg = np.asarray(jax.grad(loss("avg"))(jnp.asarray(x)))
+    want_max = np.zeros_like(x)
+    want_avg = np.zeros_like(x)
+    for n in range(2):
+        for i in range(2):
+            for j in range(2):
+                for c in range(3):
+                    window = x[n, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2, c].reshape(-1)
+                    first = int(np.argmax(window))  # numpy: first maximum
+                    want_max[n, 2 * i + first // 2, 2 * j + first % 2, c] = g[n, i, j, c]
+                    want_avg[n, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2, c] = g[n, i, j, c] / 4
+    np.testing.assert_array_equal(dmax, want_max)
+    np.testing.assert_allclose(davg, want_avg, rtol=1e-6)
