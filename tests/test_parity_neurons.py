@@ -229,12 +229,12 @@ def test_plif_module_matches_parametric_lif_node_float64(tau, detach_reset):
     _assert_fires(ref["s"], T)
 
 
-@pytest.mark.parametrize("detach_reset", [True, False])
 @pytest.mark.parametrize(
-    ("tau", "T", "shape"), [(tau, *ts) for tau, ts in zip(TAUS, SHAPES, strict=True)]
+    ("tau", "T", "shape", "detach_reset"),
+    [(1.5, *SHAPES[0], True), (2.0, *SHAPES[1], False), (16.0, *SHAPES[2], True)],
 )
 def test_lif_module_matches_lif_node_float64(tau, T, shape, detach_reset):
-    # LIF's tau is a static field (one compilation per tau and shape): a diagonal of the grid.
+    # LIF's tau is a static field (one compilation per case): a diagonal of the grid.
     x, g_s, g_v = _inputs(tau, T, shape, seed=100 + T, dtype=np.float64)
     ref = _oracle("lif", tau, x, g_s, g_v, detach_reset=detach_reset)
     with jax.enable_x64(True):
@@ -243,8 +243,7 @@ def test_lif_module_matches_lif_node_float64(tau, T, shape, detach_reset):
     _assert_fires(ref["s"], T)
 
 
-@pytest.mark.parametrize("kind", ["plif", "lif"])
-@pytest.mark.parametrize("detach_reset", [True, False])
+@pytest.mark.parametrize(("kind", "detach_reset"), [("plif", False), ("lif", True)])
 def test_sigmoid_surrogate_matches_spikingjelly_sigmoid_float64(kind, detach_reset):
     tau, T, shape = 2.0, 13, (4, 6)
     x, g_s, g_v = _inputs(tau, T, shape, seed=7, dtype=np.float64)
@@ -263,9 +262,10 @@ def test_sigmoid_surrogate_matches_spikingjelly_sigmoid_float64(kind, detach_res
     _assert_fires(ref["s"], T)
 
 
-@pytest.mark.parametrize("membrane", [True, False])
-@pytest.mark.parametrize("kind", ["plif", "lif"])
-@pytest.mark.parametrize("detach_reset", [True, False])
+@pytest.mark.parametrize(
+    ("kind", "detach_reset", "membrane"),
+    [("plif", True, True), ("plif", False, False), ("lif", True, False), ("lif", False, True)],
+)
 def test_nonzero_v_reset_and_threshold_match_spikingjelly_float64(kind, detach_reset, membrane):
     # SpikingJelly 2.0 also starts the membrane at v_reset; V_reset - H in the reset-path
     # gradient is then not just -H.
@@ -337,14 +337,15 @@ def _errors(a, b) -> tuple[float, float]:
 
 
 def _report() -> None:
-    """Prints the largest errors against SpikingJelly over the tested grid (both surrogates)."""
+    """Largest errors against SpikingJelly: both surrogates, with and without the membrane."""
     for dtype in (np.float64, np.float32):
         same_spikes, worst = True, {k: (0.0, 0.0) for k in ("v", "gx", "gw")}
         with jax.enable_x64(dtype == np.float64):
-            for kind, tau, (T, shape), detach, sg in itertools.product(
-                ("plif", "lif"), TAUS, SHAPES, (True, False), SURROGATES
+            for kind, tau, (T, shape), detach, sg, membrane in itertools.product(
+                ("plif", "lif"), TAUS, SHAPES, (True, False), SURROGATES, (True, False)
             ):
                 x, g_s, g_v = _inputs(tau, T, shape, seed=T, dtype=dtype)
+                g_v = g_v if membrane else None
                 ref = _oracle(kind, tau, x, g_s, g_v, detach_reset=detach, surrogate_name=sg)
                 make = neurons.PLIF if kind == "plif" else neurons.LIF
                 model = make(
