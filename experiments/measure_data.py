@@ -17,6 +17,7 @@ the consumer takes them, then with a consumer that spends ``--step_ms`` per batc
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -54,6 +55,13 @@ def write_samples(root: str, folder: str, n: int, events: int, seed: int) -> Non
         np.save(os.path.join(d, f"{i % 11}.npy"), np.stack([x, y, p, t], 1).astype(np.int32))
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (load-independent)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def main(argv: list[str]) -> None:
     del argv
     import jax
@@ -81,13 +89,14 @@ def main(argv: list[str]) -> None:
                 data=dict(root=root, cache_dir=cache, T=20, num_workers=FLAGS.num_workers),
             )
         )
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         bundle = get_datasets(config)
-        dt = time.perf_counter() - t0
+        dt, cpu = time.perf_counter() - t0, cpu_seconds() - c0
         n = FLAGS.train + FLAGS.test
         print(
             f"conversion: {n} samples x {FLAGS.events} events -> [20, 2, 128, 128] in {dt:.2f} s "
-            f"= {n / dt:.1f} samples/s ({FLAGS.num_workers} workers, read + integrate + write)"
+            f"= {n / dt:.1f} samples/s ({FLAGS.num_workers} workers, read + integrate + write; "
+            f"{cpu:.1f} CPU s, load average {os.getloadavg()[0]:.1f})"
         )
         # step 0: batches as fast as they come; step > 0: the consumer spends step_ms per batch
         # (as a device step would), which prefetching overlaps with reading the next batches.
@@ -111,13 +120,14 @@ def main(argv: list[str]) -> None:
             config.dataset = "digits_events"
             config.data.T = 10
             config.data.cache_dir = os.path.join(work, "digits_cache")
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), cpu_seconds()
             bundle = get_datasets(config)
-            dt = time.perf_counter() - t0
+            dt, cpu = time.perf_counter() - t0, cpu_seconds() - c0
             n = bundle.info.num_train + bundle.info.num_test
             print(
                 f"digits_events: {n} digits emulated + integrated (T=10) + written in {dt:.1f} s "
-                f"= {n / dt:.0f} samples/s ({FLAGS.num_workers} workers)"
+                f"= {n / dt:.0f} samples/s ({FLAGS.num_workers} workers; {cpu:.1f} CPU s, "
+                f"load average {os.getloadavg()[0]:.1f})"
             )
     finally:
         if FLAGS.measure_dir is None:
