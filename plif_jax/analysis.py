@@ -320,31 +320,86 @@ def _recording(
     return _patched_calls(wrappers)
 
 
+def _as_tuple(value: Any, n: int) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, tuple | list) else (int(value),) * n
+
+
+def _conv_pads(layer: nnx.Conv, spatial: tuple[int, ...]) -> list[tuple[int, int]]:
+    """The (low, high) zero padding per spatial axis, as ``nnx.Conv`` applies it."""
+    n = len(spatial)
+    kernel = _as_tuple(layer.kernel_size, n)
+    strides = _as_tuple(layer.strides or 1, n)
+    dilation = _as_tuple(layer.kernel_dilation or 1, n)
+    padding = layer.padding
+    if isinstance(padding, str):
+        if padding not in ("SAME", "VALID"):
+            raise NotImplementedError(
+                f"synaptic_ops counts zero-padded convolutions ('SAME', 'VALID', explicit pads), "
+                f"not padding={padding!r}"
+            )
+        window = [(k - 1) * d + 1 for k, d in zip(kernel, dilation, strict=True)]
+        return list(jax.lax.padtype_to_pads(spatial, window, strides, padding))
+    if isinstance(padding, int):
+        return [(padding, padding)] * n
+    return [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
+
+
+def conv_fan_out_map(layer: nnx.Conv, spatial: tuple[int, ...]) -> np.ndarray:
+    """How many output positions of ``layer`` each input position drives, ``[*spatial]`` int64.
+
+    Exact for any kernel size, stride, dilation and zero padding: a 3x3 'SAME' stride-1 conv
+    gives 9 inside, 6 on an edge and 4 in a corner.
+    """
+    if any(d != 1 for d in _as_tuple(layer.input_dilation or 1, len(spatial))):
+        raise NotImplementedError("synaptic_ops does not count input-dilated convolutions")
+    n = len(spatial)
+    kernel = _as_tuple(layer.kernel_size, n)
+    strides = _as_tuple(layer.strides or 1, n)
+    dilation = _as_tuple(layer.kernel_dilation or 1, n)
+    per_axis = []
+    for size, k, s, d, (lo, hi) in zip(
+        spatial, kernel, strides, dilation, _conv_pads(layer, spatial), strict=True
+    ):
+        out_size = (size + lo + hi - (k - 1) * d - 1) // s + 1
+        taps = np.arange(out_size)[:, None] * s - lo + np.arange(k)[None, :] * d
+        per_axis.append(np.bincount(taps[(taps >= 0) & (taps < size)], minlength=size))
+    fan = per_axis[0]
+    for counts in per_axis[1:]:
+        fan = np.multiply.outer(fan, counts)
+    return fan.astype(np.int64)
+
+
 def synaptic_ops(layer: nnx.Module, x: Array) -> Array:
     """Exact synaptic operations per sample of ``layer`` (``nnx.Conv`` / ``nnx.Linear``) on ``x``.
 
-    One operation = one (non-zero input, output unit) connection that the input drives. The count
-    is the layer itself applied to ``x != 0`` with every weight set to 1 (bias 0), summed over its
-    outputs: so it is exact for any padding, stride or grouping. For a 3x3 'SAME' convolution an
-    interior input drives ``out_channels * 9`` operations and a border one fewer (6, or 4 in a
-    corner); a linear layer's input drives ``out_features``.
+    One operation = one (non-zero input, output unit) connection that the input drives. A linear
+    layer's non-zero input drives ``out_features`` operations; a convolution's drives
+    ``out_features / feature_group_count`` times the number of output positions its window
+    reaches (:func:`conv_fan_out_map`): for a 3x3 'SAME' stride-1 convolution ``C * 9`` inside
+    the map, ``C * 6`` on an edge and ``C * 4`` in a corner.
+
+    The count is arithmetic on ``x != 0`` (no product with a matrix of ones: XLA:CPU in
+    jax 0.10.2 miscompiles ``jit(lambda x: jnp.sum(x @ jnp.ones((512, 128))))`` to NaN for 32 or
+    more rows).
 
     Args:
       layer: the synaptic layer.
-      x: its input ``[N, ...]`` (leading axis = samples, e.g. ``T*B`` folded).
+      x: its input ``[N, ...]`` (leading axis = samples, e.g. ``T*B`` folded; channels last).
 
     Returns:
       ``[N]`` float32 operation counts.
     """
-    counter = nnx.clone(layer)
-    counter.kernel[...] = jnp.ones_like(counter.kernel[...])
-    if getattr(counter, "bias", None) is not None:
-        counter.bias[...] = jnp.zeros_like(counter.bias[...])
-    # float32 counts: a bf16 compute dtype would round large counts.
-    if hasattr(counter, "dtype"):
-        counter.dtype = jnp.float32
-    out = counter((x != 0).astype(jnp.float32))
-    return jnp.sum(out.reshape(out.shape[0], -1), axis=1)
+    nonzero = (x != 0).astype(jnp.float32)
+    if isinstance(layer, nnx.Conv):
+        if getattr(layer, "mask", None) is not None:
+            raise NotImplementedError("synaptic_ops does not count masked (sparse) convolutions")
+        spatial = tuple(x.shape[1:-1])
+        fan = jnp.asarray(conv_fan_out_map(layer, spatial), jnp.float32)[..., None]
+        per_input = layer.out_features // layer.feature_group_count
+        return per_input * jnp.sum((nonzero * fan).reshape(x.shape[0], -1), axis=1)
+    if isinstance(layer, nnx.Linear):
+        return layer.out_features * jnp.sum(nonzero.reshape(x.shape[0], -1), axis=1)
+    raise TypeError(f"synaptic_ops counts nnx.Conv and nnx.Linear layers, got {type(layer)}")
 
 
 def _describe(layer: nnx.Module) -> str:

@@ -141,6 +141,33 @@ def test_synaptic_ops_counts_linear_fan_out_per_nonzero_input():
     np.testing.assert_array_equal(analysis.synaptic_ops(layer, x), [21.0, 0.0, 7.0])
 
 
+def test_conv_fan_out_map_counts_window_coverage_for_padding_and_stride():
+    rngs = nnx.Rngs(0)
+    same = nnx.Conv(1, 1, (3, 3), padding="SAME", rngs=rngs)
+    np.testing.assert_array_equal(analysis.conv_fan_out_map(same, (4, 4))[0], [4, 6, 6, 4])
+    np.testing.assert_array_equal(analysis.conv_fan_out_map(same, (4, 4))[1], [6, 9, 9, 6])
+    # VALID, stride 2 on 5 inputs: windows [0..2] and [2..4]; input 2 is in both.
+    valid = nnx.Conv(1, 1, (3, 3), strides=2, padding="VALID", rngs=rngs)
+    np.testing.assert_array_equal(analysis.conv_fan_out_map(valid, (5, 5))[0], [1, 1, 2, 1, 1])
+    explicit = nnx.Conv(1, 1, (3, 3), padding=((1, 1), (0, 0)), rngs=rngs)
+    np.testing.assert_array_equal(analysis.conv_fan_out_map(explicit, (3, 3))[0], [2, 2, 2])
+
+
+def test_synaptic_ops_under_jit_on_many_rows_equal_numpy_counts():
+    # Regression: a product with a matrix of ones miscompiles to NaN under jit on XLA:CPU
+    # (jax 0.10.2) from 32 rows on; the counts must not depend on such a product.
+    rng = np.random.default_rng(0)
+    linear = nnx.Linear(512, 128, rngs=nnx.Rngs(0))
+    x = (rng.random((128, 512)) < 0.1).astype(np.float32)
+    ops = jax.jit(lambda x: analysis.synaptic_ops(linear, x))(jnp.asarray(x))
+    np.testing.assert_array_equal(ops, (x != 0).sum(1) * 128)
+    conv = nnx.Conv(3, 5, (3, 3), padding="SAME", rngs=nnx.Rngs(0))
+    xc = (rng.random((64, 8, 8, 3)) < 0.2).astype(np.float32)
+    ops = jax.jit(lambda x: analysis.synaptic_ops(conv, x))(jnp.asarray(xc))
+    expected = (xc * _border_fan_in_counts(8)[None, :, :, None]).sum((1, 2, 3)) * 5
+    np.testing.assert_array_equal(ops, expected)
+
+
 def test_confusion_matrix_counts_known_predictions_and_skips_padding():
     labels = np.array([0, 0, 1, 2, 2, 2, 1])
     preds = np.array([0, 1, 1, 2, 0, 2, 0])
