@@ -158,3 +158,9 @@ def test_bad_settings_list_valid_values():
         integrate_events(SEVEN, (2, 2, 2), 3)
     with pytest.raises(ValueError, match="fields x, y, t, p"):
         integrate_events(np.zeros(3, dtype=[("x", int), ("t", int)]), SENSOR, 1)
+
+
+def test_time_split_shorter_than_T_ticks_puts_all_events_in_the_last_frame():
+    ev = make_events([(0, 0, 5, 1), (1, 1, 6, 0), (2, 0, 7, 1)])  # span 2 < T = 4 -> dt = 0
+    frames = integrate_events(ev, SENSOR, 4, split_by="time")
+    assert frames[:3].sum() == 0 and frames[3].sum() == 3

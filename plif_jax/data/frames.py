@@ -91,7 +91,9 @@ def integrate_events(
 
     Empty input or fewer events than ``T``: ``'number'`` gives ``d = 0``, so every frame but the
     last is empty and the last holds all events; an empty stream gives all-zero frames (then
-    normalised as above: zeros stay zeros). For ``'time'``, an empty window is an all-zero frame.
+    normalised as above: zeros stay zeros). For ``'time'``, an empty window is an all-zero frame,
+    and a stream shorter than ``T`` timestamp units (``dt = 0``; SpikingJelly asserted against
+    it) puts every event in the last frame.
 
     Args:
       events: tonic structured array with fields ``x``, ``y``, ``t``, ``p``, in event order.
