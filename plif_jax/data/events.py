@@ -12,7 +12,10 @@ that enough files were extracted):
   ``test.zip`` + ``Test/<digit>/<id>.bin`` (10,000).
 - CIFAR10-DVS: ``<root>/CIFAR10DVS/CIFAR10DVS.zip`` + ``<class>/<file>.aedat4`` (1,000 per class).
   tonic has no split; the paper's is used: per class, the first 90% of the files in natural
-  sort order (files 0-899 of ``cifar10_<class>_<i>``) train, the rest (900-999) test.
+  sort order train and the rest test. With files numbered 0-999 per class, as the original
+  ``cifar10_<class>_<i>`` recordings are, that is the paper's 0-899 / 900-999 (tonic's archive
+  was not available here to check its file names, nor its x/y/polarity orientation against the
+  paper's ``x = 127 - x_raw, p = 1 - pol`` conversion, spec §5).
 - DVS128 Gesture: ``<root>/DVSGesture/ibmGestureTrain.tar.gz`` + ``ibmGestureTrain/user<NN>_
   <lighting>/<label>.npy`` and the same for ``ibmGestureTest``. This is tonic's pre-cut figshare
   copy: 1,077 training and 264 test samples. The paper's SpikingJelly pipeline cut the original
@@ -37,7 +40,7 @@ import tonic
 
 from plif_jax.data.frames import integrate_events
 
-# name -> tonic class name, sensor (W, H, P), classes, paper T, paper network.
+# name -> tonic class name, sensor (W, H, P), number of classes, paper T.
 EVENT_DATASETS = {
     "nmnist": dict(tonic="NMNIST", sensor=(34, 34, 2), num_classes=10, T=10),
     "cifar10dvs": dict(tonic="CIFAR10DVS", sensor=(128, 128, 2), num_classes=10, T=20),
