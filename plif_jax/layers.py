@@ -243,7 +243,14 @@ class TimeSharedDropout(nnx.Module):
             raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
         self.rate = rate
         self.deterministic = deterministic
-        self.rngs = rngs["dropout"].fork()
+        try:
+            stream = rngs["dropout"]
+        except KeyError as err:
+            raise ValueError(
+                "TimeSharedDropout needs an nnx.Rngs with a 'dropout' (or 'default') stream, "
+                "e.g. nnx.Rngs(params=0, dropout=1) or nnx.Rngs(0)"
+            ) from err
+        self.rngs = stream.fork()
 
     def set_view(self, deterministic: bool | None = None):
         """Hook for ``nnx.view``: switches dropout off (True) or on (False)."""

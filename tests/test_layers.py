@@ -178,6 +178,8 @@ def test_dropout_masks_are_reproducible_from_the_seed():
 def test_dropout_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match=r"dropout rate must be in \[0, 1\)"):
         layers.TimeSharedDropout(1.0, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="needs an nnx.Rngs with a 'dropout'"):
+        layers.TimeSharedDropout(0.5, rngs=nnx.Rngs(params=0))
     drop = layers.TimeSharedDropout(0.5, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"expects \[T\*B, features\]"):
         drop(jnp.ones((2, 3, 4)), time_steps=1)
