@@ -124,3 +124,25 @@ def test_quick_benchmark_writes_consistent_json(tmp_path):
     by_size = {(g["T"], g["batch"]): g["peak_mib"] for g in growth}
     assert by_size[(4, 2)] > by_size[(2, 2)] and by_size[(2, 4)] > by_size[(2, 2)]
     assert result["memory"]["remat"][0]["variant"] == "default"
+
+
+def _reference_max_pool(x):
+    from flax import nnx
+
+    return nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
+
+
+@pytest.mark.parametrize("shape", [(3, 6, 8, 4), (2, 17, 17, 3), (2, 3, 5, 7, 2)])
+@pytest.mark.parametrize("binary", [True, False])
+def test_fast_max_pool_matches_reduce_window_values_and_tie_gradients(shape, binary):
+    from plif_jax import layers
+
+    rng = np.random.default_rng(3)
+    # 0/1 spikes put ties in most windows: the gradient must go to the first maximum.
+    x = rng.random(shape) < 0.4 if binary else rng.normal(size=shape)
+    x = jnp.asarray(x, jnp.float32)
+    g = jnp.asarray(rng.normal(size=_reference_max_pool(x).shape), jnp.float32)
+    np.testing.assert_array_equal(np.asarray(layers.pool2x2(x)), np.asarray(_reference_max_pool(x)))
+    grad_fast = jax.grad(lambda x: jnp.sum(layers.pool2x2(x) * g))(x)
+    grad_ref = jax.grad(lambda x: jnp.sum(_reference_max_pool(x) * g))(x)
+    np.testing.assert_array_equal(np.asarray(grad_fast), np.asarray(grad_ref))
