@@ -23,7 +23,9 @@ from tests import test_train
 from tests.test_train import EPOCHS, STEPS, model_arrays, subprocess_env, tiny_config
 
 # The training tests' fixtures: a tiny 3-epoch run and the shared compilation cache.
+pytestmark = pytest.mark.usefixtures("fast")
 jax_cache_dir = test_train.jax_cache_dir
+digits_npz = test_train.digits_npz
 fast = test_train.fast
 baseline = test_train.baseline
 
@@ -113,13 +115,13 @@ KILL_DURING_SAVE = textwrap.dedent(
 
 
 def test_kill_9_during_save_resumes_from_last_complete_checkpoint(
-    baseline, tmp_path, jax_cache_dir
+    baseline, tmp_path, jax_cache_dir, digits_npz
 ):
     ref_dir, ref_summary = baseline
     workdir = str(tmp_path / "run")
     proc = subprocess.run(
-        [sys.executable, "-c", KILL_DURING_SAVE, workdir],
-        env=subprocess_env(jax_cache_dir),
+        [sys.executable, "-c", test_train.SUBPROCESS_PRELUDE + KILL_DURING_SAVE, workdir],
+        env=subprocess_env(jax_cache_dir, digits_npz),
         capture_output=True,
         text=True,
         timeout=300,

