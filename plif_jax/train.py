@@ -345,6 +345,30 @@ def _accumulate(acc: dict[str, Any], m: Mapping[str, Any], batch_size: int) -> N
         acc["firing_rate"][name] = acc["firing_rate"].get(name, 0.0) + float(rate)
 
 
+def update_best(
+    meta: dict[str, Any], protocol: str, epoch: int, test_acc: float, val_acc: float | None
+) -> bool:
+    """Updates the best-so-far records; returns whether this epoch is the new best checkpoint.
+
+    Protocol A: the best test accuracy and the FIRST epoch reaching it (spec §6 "best@ep").
+    Protocol B: the test accuracy at the best validation accuracy; ties go to the LATER epoch
+    (the reference's ``max_val_accuracy <= val_accuracy``).
+    """
+    improved = False
+    if test_acc > meta["best_test_accuracy"]:
+        meta["best_test_accuracy"], meta["best_test_epoch"] = test_acc, epoch
+        improved = protocol == "A"
+    meta["last_test_accuracy"] = test_acc
+    if protocol == "B":
+        if val_acc is None:
+            raise ValueError("Protocol B needs the validation accuracy of every epoch.")
+        if val_acc >= meta["best_val_accuracy"]:
+            meta["best_val_accuracy"], meta["best_val_epoch"] = val_acc, epoch
+            meta["test_at_best_val"] = test_acc
+            improved = True
+    return improved
+
+
 def record_run_info(workdir: str, config: ml_collections.ConfigDict, mesh) -> str:
     """Writes ``config.json`` and ``run_info.txt`` (devices, versions) to ``workdir``."""
     import flax
@@ -582,19 +606,15 @@ def train_and_evaluate(
                 "test/loss": test["loss"],
                 "lr": lr,
             }
-            improved = False
-            if test["accuracy"] > meta["best_test_accuracy"]:
-                meta["best_test_accuracy"], meta["best_test_epoch"] = test["accuracy"], epoch
-                improved = config.protocol == "A"
-            meta["last_test_accuracy"] = test["accuracy"]
+            val = None
             if config.protocol == "B":
                 val = evaluate(eval_fn, state, bundle.val.batches(), mesh)
                 scalars["val/accuracy"] = val["accuracy"]
                 scalars["val/loss"] = val["loss"]
-                if val["accuracy"] >= meta["best_val_accuracy"]:  # ties: the later epoch
-                    meta["best_val_accuracy"], meta["best_val_epoch"] = val["accuracy"], epoch
-                    meta["test_at_best_val"] = test["accuracy"]
-                    improved = True
+            improved = update_best(
+                meta, config.protocol, epoch, test["accuracy"], val and val["accuracy"]
+            )
+            if config.protocol == "B":
                 scalars["best/test_at_best_val"] = meta["test_at_best_val"]
             scalars["best/test_accuracy"] = meta["best_test_accuracy"]
             params_host = jax.device_get(state.params)

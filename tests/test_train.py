@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import signal
 
 import jax
 import numpy as np
@@ -347,3 +348,64 @@ def test_incompatible_checkpoint_is_an_error_naming_fields(baseline, tmp_path):
     assert summary["global_step"] == (EPOCHS + 1) * STEPS
     epochs = [r["epoch"] for r in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
     assert sorted(set(epochs)) == [0, 1, 2, 3]
+
+
+def test_update_best_protocol_a_keeps_first_epoch_and_b_takes_later_tie():
+    meta = train._initial_meta()
+    assert train.update_best(meta, "A", 0, 0.5, None) is True
+    assert train.update_best(meta, "A", 1, 0.5, None) is False  # tie: first epoch kept
+    assert (meta["best_test_accuracy"], meta["best_test_epoch"]) == (0.5, 0)
+    assert train.update_best(meta, "A", 2, 0.7, None) is True
+    assert meta["best_test_epoch"] == 2
+
+    meta = train._initial_meta()
+    assert train.update_best(meta, "B", 0, test_acc=0.60, val_acc=0.80) is True
+    assert train.update_best(meta, "B", 1, test_acc=0.90, val_acc=0.70) is False
+    assert train.update_best(meta, "B", 2, test_acc=0.65, val_acc=0.80) is True  # tie: later
+    assert meta["test_at_best_val"] == 0.65 and meta["best_val_epoch"] == 2
+    assert meta["best_test_accuracy"] == 0.90  # accuracy-A is tracked as well
+    with pytest.raises(ValueError, match="Protocol B needs the validation accuracy"):
+        train.update_best(meta, "B", 3, 0.5, None)
+
+
+def test_protocol_b_reports_test_accuracy_at_best_validation(tmp_path):
+    workdir = str(tmp_path / "b")
+    summary = train.train_and_evaluate(tiny_config(protocol="B"), workdir)
+    records = [
+        r
+        for r in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+        if "test/accuracy" in r
+    ]
+    vals = [r["val/accuracy"] for r in records]
+    best_epoch = max(e for e, v in enumerate(vals) if v == max(vals))  # ties: the later
+    assert summary["best_val_epoch"] == best_epoch
+    assert summary["best_val_accuracy"] == max(vals)
+    assert summary["test_at_best_val"] == records[best_epoch]["test/accuracy"]
+    best = os.listdir(os.path.join(workdir, "checkpoints", "best"))
+    assert best == [str((best_epoch + 1) * STEPS)]
+    assert len(vals) == EPOCHS and all(0.0 <= v <= 1.0 for v in vals)
+
+
+def test_sigterm_checkpoints_at_the_next_step_and_resumes_exactly(baseline, tmp_path, monkeypatch):
+    ref_dir, _ = baseline
+    real_lr = train.learning_rate
+
+    def lr_and_sigterm_at_epoch_1(epoch, lr0, t_max):
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # a preemption notice mid-run
+        return real_lr(epoch, lr0, t_max)
+
+    monkeypatch.setattr(train, "learning_rate", lr_and_sigterm_at_epoch_1)
+    workdir = str(tmp_path / "run")
+    handler_before = signal.getsignal(signal.SIGTERM)
+    first = train.train_and_evaluate(tiny_config(), workdir)
+    assert first["status"] == "interrupted"
+    assert first["global_step"] == STEPS + 1  # stopped after epoch 1's first step
+    assert signal.getsignal(signal.SIGTERM) is handler_before  # our handler is uninstalled
+    monkeypatch.setattr(train, "learning_rate", real_lr)
+    second = train.train_and_evaluate(tiny_config(), workdir)
+    assert second["status"] == "completed"
+    ref, got = model_arrays(ref_dir), model_arrays(workdir)
+    for key in ref:
+        np.testing.assert_array_equal(got[key], ref[key], err_msg=key)
+    assert jsonl_without_timing(workdir) == jsonl_without_timing(ref_dir)
