@@ -282,8 +282,8 @@ def evaluate(
 
 
 def _to_device(batch: Mapping[str, Any], mesh: jax.sharding.Mesh) -> dict[str, Array]:
-    if all(isinstance(v, jax.Array) for v in batch.values()):
-        return dict(batch)  # already placed by the loader's prefetch thread
+    if jax.process_count() == 1 and all(isinstance(v, jax.Array) for v in batch.values()):
+        return dict(batch)  # already placed on the mesh by the loader's prefetch thread
     return parallel.put_batch({k: np.asarray(v) for k, v in batch.items()}, mesh)
 
 
