@@ -27,9 +27,30 @@ CONV_GAIN = 3.0
 # name -> (reduced options, input shape, linear-weight gain, input scale)
 CASES = {
     "mnist": (dict(channels=4, hidden=16, T=3), (3, 1, 28, 28), 5.0, 1.5),
-    "fashion_mnist": (dict(channels=4, hidden=16, T=3), (3, 1, 28, 28), 5.0, 1.5),
+    # Fashion-MNIST has MNIST's architecture: use it to cover the non-paper branches
+    # (LIF with a fixed tau, average pooling), and N-MNIST for the sigmoid surrogate with a
+    # non-default alpha and the non-detached reset. (LIF's fixed decay 1/tau is a float32
+    # constant in plif_jax.neurons, so its gradients agree to ~2e-7 here, not ~1e-14.)
+    "fashion_mnist": (
+        dict(channels=4, hidden=16, T=3, neuron="lif", init_tau=3.0, pooling="avg"),
+        (3, 1, 28, 28),
+        20.0,
+        1.5,
+    ),
     "cifar10": (dict(channels=4, hidden=16, T=3), (2, 3, 32, 32), 5.0, 1.5),
-    "nmnist": (dict(channels=4, input_size=16, hidden=16), (3, 3, 2, 16, 16), 5.0, 1.0),
+    "nmnist": (
+        dict(
+            channels=4,
+            input_size=16,
+            hidden=16,
+            surrogate="sigmoid",
+            surrogate_alpha=3.0,
+            detach_reset=False,
+        ),
+        (3, 3, 2, 16, 16),
+        5.0,
+        1.0,
+    ),
     "cifar10dvs": (dict(channels=4, input_size=32, hidden=16), (3, 2, 2, 32, 32), 5.0, 1.0),
     "dvsgesture": (dict(channels=8, input_size=32, hidden=16), (3, 2, 2, 32, 32), 12.0, 1.0),
 }
