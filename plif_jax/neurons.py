@@ -269,8 +269,9 @@ class _SpikingNeuron(nnx.Module):
     ) -> Array | tuple[Array, MembraneTrace]:
         """Spikes ``[T, B, ...]`` for input current ``x_seq`` ``[T, B, ...]``.
 
-        Also sows the firing rate per time step (``[T]``) as ``nnx.Intermediate`` named
-        ``firing_rate``, which ``nnx.pop(model, nnx.Intermediate)`` collects.
+        Under ``nnx.capture(model, nnx.Intermediate)`` it also sows the firing rate per time
+        step (``[T]``, float32) as ``firing_rate``. Outside a capture nothing is stored, so a plain
+        call never grows the module's state (and never retraces a jitted caller).
         """
         out = lif_multistep(
             x_seq,
@@ -283,6 +284,8 @@ class _SpikingNeuron(nnx.Module):
             return_membrane=return_membrane,
             unroll=self.unroll,
         )
+        if not hasattr(self, "__captures__"):  # set on every submodule by nnx.capture
+            return out
         spikes = out[0] if return_membrane else out
         rate = jnp.mean(
             jax.lax.stop_gradient(spikes).reshape(spikes.shape[0], -1).astype(jnp.float32),
