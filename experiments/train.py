@@ -7,6 +7,7 @@ that holds a checkpoint resumes from it. SIGTERM / Ctrl-C checkpoint at the next
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 
 from absl import app, flags, logging
@@ -18,17 +19,17 @@ flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 
 
-class _QuietLibraries(logging.logging.Filter):
+class _QuietLibraries(std_logging.Filter):
     """Keeps Orbax's per-save INFO chatter out of the run log (warnings still pass)."""
 
     def filter(self, record) -> bool:
-        return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+        return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    logging.get_absl_logger().addFilter(_QuietLibraries())
     import jax
 
     from plif_jax import train
