@@ -143,6 +143,7 @@ def test_notebook_runs_headless_and_writes_nontrivial_figures(tiny_run, monkeypa
         nb,
         kernel_name="python3",
         timeout=120,
+        startup_timeout=120,  # a loaded CI machine can be slow to start the kernel
         resources={"metadata": {"path": str(NOTEBOOK.parent)}},
     )
     client.execute()  # raises CellExecutionError naming the failing cell
@@ -154,7 +155,9 @@ def test_notebook_runs_headless_and_writes_nontrivial_figures(tiny_run, monkeypa
         for out in cell.outputs
         if out.get("output_type") == "stream"
     )
-    # The notebook reports the same accuracy as the run's last evaluation.
+    # The notebook reports the run's final tau per layer and its last test accuracy.
+    for name, tau in summary["tau"].items():
+        assert f"{name:>6}: tau = {tau:.4f}" in text, name
     assert f"test accuracy {summary['final_test_accuracy']:.4f} on 100 samples" in text
     for name in FIGURES:
         path = workdir / "figures" / name
