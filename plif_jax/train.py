@@ -582,6 +582,8 @@ def train_and_evaluate(
                         if pending is not None:
                             drain(pending)
                             pending = None
+                        meta["train_seconds"] += time.time() - t_epoch
+                        meta["train_samples"] += (meta["step_in_epoch"] - first_step) * batch_size
                         save(best=False)
                         interrupted = True
                         break
@@ -696,10 +698,15 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         f"{summary['epochs_completed']} epochs, {summary['global_step']} steps, "
         f"{summary['wall_seconds']:.1f} s wall, {summary['train_samples_per_sec']:.1f} train "
         "samples/s",
-        f"accuracy-A (best test): {100 * summary['best_test_accuracy']:.2f}% at epoch "
-        f"{summary['best_test_epoch']}; final test {100 * summary['final_test_accuracy']:.2f}%",
     ]
-    if summary["protocol"] == "B":
+    if summary["best_test_epoch"] < 0:
+        lines.append("no epoch completed yet: no test accuracy")
+    else:
+        lines.append(
+            f"accuracy-A (best test): {100 * summary['best_test_accuracy']:.2f}% at epoch "
+            f"{summary['best_test_epoch']}; final test {100 * summary['final_test_accuracy']:.2f}%"
+        )
+    if summary["protocol"] == "B" and summary["best_val_epoch"] >= 0:
         lines.append(
             f"accuracy-B (test at best val): {100 * summary['test_at_best_val']:.2f}% at epoch "
             f"{summary['best_val_epoch']} (val {100 * summary['best_val_accuracy']:.2f}%)"

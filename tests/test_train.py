@@ -409,3 +409,13 @@ def test_sigterm_checkpoints_at_the_next_step_and_resumes_exactly(baseline, tmp_
     for key in ref:
         np.testing.assert_array_equal(got[key], ref[key], err_msg=key)
     assert jsonl_without_timing(workdir) == jsonl_without_timing(ref_dir)
+
+
+def test_format_summary_prints_accuracy_epoch_and_taus(baseline):
+    _, summary = baseline
+    text = train.format_summary(summary)
+    best = f"{100 * summary['best_test_accuracy']:.2f}%"
+    assert f"accuracy-A (best test): {best} at epoch {summary['best_test_epoch']}" in text
+    assert "tau per PLIF layer: sn0 " in text and "completed after 3 epochs, 12 steps" in text
+    unfinished = dict(summary, best_test_epoch=-1, status="interrupted", epochs_completed=0)
+    assert "no epoch completed yet" in train.format_summary(unfinished)
