@@ -430,6 +430,7 @@ def train_and_evaluate(
         workdir, keep=config.checkpoint.keep, keep_best=config.checkpoint.keep_best
     )
     writer = None
+    progress = None
     stop = _StopRequest()
     try:
         resuming = store.check_config(config)  # raises on an incompatible checkpoint
@@ -651,8 +652,6 @@ def train_and_evaluate(
                 if epoch < num_epochs:
                     status = "interrupted"
                 break
-        progress.close()
-
         summary = _summary(config, meta, state, status, time.time() - t_start, traces, workdir)
         if is_main:
             with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
@@ -661,6 +660,8 @@ def train_and_evaluate(
         return summary
     finally:
         stop.uninstall()
+        if progress is not None:
+            progress.close()
         if writer is not None:
             writer.close()
         store.close()
