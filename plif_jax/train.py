@@ -652,6 +652,7 @@ def train_and_evaluate(
                 if epoch < num_epochs:
                     status = "interrupted"
                 break
+        progress.close()  # before the summary lines
         summary = _summary(config, meta, state, status, time.time() - t_start, traces, workdir)
         if is_main:
             with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
