@@ -9,6 +9,7 @@ torch and spikingjelly are imported inside the ``sj_*`` functions only (optional
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Any
@@ -254,6 +255,36 @@ def sj_network(
 
         result["infer"] = timing.time_torch(infer, repeats=repeats)
     return result
+
+
+@contextlib.contextmanager
+def reference_implementation():
+    """Runs plif_jax with the implementations it had before the speed work (for before/after).
+
+    Inside the context, neurons differentiate ``lif_step`` per time step (autodiff through the
+    per-step surrogate custom_vjp, the ``return_membrane=True`` path) instead of the whole-scan
+    custom_vjp, and 2x2 max pooling is ``nnx.max_pool`` (reduce_window; select_and_scatter
+    gradient) instead of the reshape + first-max-index custom_vjp. Results are the same.
+    """
+    original_multistep = neurons.lif_multistep
+    original_pool = layers.pool2x2
+
+    def autodiff_multistep(x_seq, decay, *, return_membrane=False, **kw):
+        out = original_multistep(x_seq, decay, return_membrane=True, **kw)
+        return out if return_membrane else out[0]
+
+    def reduce_window_pool(x, kind="max"):
+        if kind == "max":
+            return nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
+        return original_pool(x, kind)
+
+    neurons.lif_multistep = autodiff_multistep
+    layers.pool2x2 = reduce_window_pool
+    try:
+        yield
+    finally:
+        neurons.lif_multistep = original_multistep
+        layers.pool2x2 = original_pool
 
 
 def _torch_sj():

@@ -32,6 +32,12 @@ import time
 from typing import Any
 
 SUITES = ("neuron", "networks", "roofline", "memory")
+ALLOCATORS = {
+    "system": None,
+    "tcmalloc": "libtcmalloc_minimal.so.4",  # Debian: apt-get install libtcmalloc-minimal4
+    "jemalloc": "libjemalloc.so.2",  # Debian: apt-get install libjemalloc2
+}
+_LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib")
 
 # (T, batch) per network. The paper trains every net at batch 16; on this kind of 2-core CPU the
 # 128x128 DVS nets take ~13 s per SpikingJelly step at batch 4, so they run at batch 2 here.
@@ -67,6 +73,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--networks", default=None, help="comma list of networks (default: all six)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats (median)")
     p.add_argument("--no-sj", action="store_true", help="skip the SpikingJelly side")
+    p.add_argument(
+        "--impl",
+        default="fast",
+        choices=("fast", "reference"),
+        help="plif_jax as it is (fast) or with its pre-speed-work neuron scan and max pool",
+    )
+    p.add_argument(
+        "--xla-flags",
+        default="",
+        help="added to XLA_FLAGS before jax starts, e.g. "
+        "'--xla_cpu_experimental_ynn_fusion_type=dot' (faster CPU convolutions)",
+    )
+    p.add_argument(
+        "--allocator",
+        default="system",
+        choices=tuple(ALLOCATORS),
+        help="malloc for the whole process (both frameworks): a caching allocator avoids the "
+        "page faults of fresh large buffers; the process re-executes itself with LD_PRELOAD",
+    )
     args = p.parse_args(argv)
     args.suites = [s.strip() for s in args.suite.split(",") if s.strip()]
     bad = sorted(set(args.suites) - set(SUITES))
@@ -304,17 +329,65 @@ def _format_row(row: dict[str, Any]) -> str:
     )
 
 
+def _preload_allocator(name: str, argv: list[str]) -> None:
+    """Re-executes this command with ``LD_PRELOAD`` = the allocator (once; no-op if loaded)."""
+    lib = ALLOCATORS[name]
+    if lib is None or lib in os.environ.get("LD_PRELOAD", ""):
+        return
+    path = next(
+        (os.path.join(d, lib) for d in _LIB_DIRS if os.path.exists(os.path.join(d, lib))), None
+    )
+    if path is None:
+        raise SystemExit(
+            f"--allocator {name}: {lib} not found in {_LIB_DIRS}; install it (Debian: "
+            f"{ALLOCATORS_APT[name]}) or use --allocator system"
+        )
+    env = dict(os.environ, LD_PRELOAD=":".join(filter(None, [path, os.environ.get("LD_PRELOAD")])))
+    _log(f"[run] re-executing with LD_PRELOAD={env['LD_PRELOAD']}")
+    os.execve(sys.executable, [sys.executable, "-m", "experiments.benchmark", *argv], env)
+
+
+ALLOCATORS_APT = {
+    "tcmalloc": "apt-get install libtcmalloc-minimal4",
+    "jemalloc": "apt-get install libjemalloc2",
+}
+
+
+def _jax_backend_initialised() -> bool:
+    try:
+        from jax._src import xla_bridge
+
+        return bool(getattr(xla_bridge, "_backends", {}))
+    except Exception:  # noqa: BLE001 - private API: unknown means "not known to be"
+        return False
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    # The platform must be chosen before jax initialises its backends.
+    _preload_allocator(args.allocator, argv)
+    # The platform and XLA flags must be set before jax initialises its backends (they are
+    # ignored if this process already used jax: the JSON records what was in effect).
     os.environ["JAX_PLATFORMS"] = args.device
+    if args.xla_flags:
+        os.environ["XLA_FLAGS"] = " ".join(
+            filter(None, [os.environ.get("XLA_FLAGS"), args.xla_flags])
+        )
+
+    import contextlib
 
     from benchmarks import timing, workloads
 
     t_start = time.perf_counter()
+    backend_before = _jax_backend_initialised()  # before machine_record starts the backend
     result: dict[str, Any] = timing.machine_record(argv)
     result["quick"] = bool(args.quick)
+    result["impl"] = args.impl
+    result["environment"] = {
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+        "LD_PRELOAD": os.environ.get("LD_PRELOAD", ""),
+        "jax_backend_already_initialised": backend_before,
+    }
     sj_note = "--no-sj given" if args.no_sj else workloads.torch_available()
     if sj_note:
         _log(f"[note] SpikingJelly side skipped: {sj_note}")
@@ -324,17 +397,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{result['machine']['cpu_count']} cores, load {result['machine']['load_average_1_5_15']}"
     )
 
-    if "neuron" in args.suites:
-        result["neuron"] = run_neuron(args, sj_note)
-    network_rows: list[dict[str, Any]] = []
-    cache: dict = {}
-    if "networks" in args.suites or "roofline" in args.suites:
-        network_rows = run_networks(args, sj_note, cache)
-        result["networks"] = network_rows
-    if "roofline" in args.suites:
-        result["roofline"] = run_roofline(args, network_rows)
-    if "memory" in args.suites:
-        result["memory"] = run_memory(args, cache)
+    impl = workloads.reference_implementation() if args.impl == "reference" else None
+    with impl or contextlib.nullcontext():
+        if "neuron" in args.suites:
+            result["neuron"] = run_neuron(args, sj_note)
+        network_rows: list[dict[str, Any]] = []
+        cache: dict = {}
+        if "networks" in args.suites or "roofline" in args.suites:
+            network_rows = run_networks(args, sj_note, cache)
+            result["networks"] = network_rows
+        if "roofline" in args.suites:
+            result["roofline"] = run_roofline(args, network_rows)
+        if "memory" in args.suites:
+            result["memory"] = run_memory(args, cache)
     result["rss_peak_mib"] = timing.peak_rss_mib()
     result["total_s"] = time.perf_counter() - t_start
     result["load_average_end"] = list(os.getloadavg())
