@@ -84,12 +84,19 @@ def test_flop_count_of_conv_gradient_is_three_forward_convs():
     assert roofline.count_flops(scanned, jnp.ones((5, 4, 4))) == 5 * 2 * 4**3
 
 
-def test_quick_benchmark_writes_consistent_json(tmp_path):
+def test_quick_benchmark_writes_consistent_json(tmp_path, capsys):
+    from benchmarks import report
     from experiments import benchmark
 
     out = tmp_path / "bench.json"
     benchmark.main(["--quick", "--networks", "nmnist", "--repeats", "1", "--out", str(out)])
     result = json.loads(out.read_text())
+    assert result["impl"] == "fast"
+    assert set(result["environment"]) == {
+        "XLA_FLAGS",
+        "LD_PRELOAD",
+        "jax_backend_already_initialised",
+    }
 
     assert result["command"].startswith("python -m experiments.benchmark --quick")
     assert result["machine"]["cpu_count"] >= 1
@@ -124,6 +131,13 @@ def test_quick_benchmark_writes_consistent_json(tmp_path):
     by_size = {(g["T"], g["batch"]): g["peak_mib"] for g in growth}
     assert by_size[(4, 2)] > by_size[(2, 2)] and by_size[(2, 4)] > by_size[(2, 2)]
     assert result["memory"]["remat"][0]["variant"] == "default"
+
+    capsys.readouterr()
+    report.main([str(out)])
+    tables = capsys.readouterr().out
+    assert "| nmnist | 2 | 2 |" in tables and "% of conv fwd+bwd peak" in tables
+    if sj:
+        assert f"{net['train_ratio']:.2f}x" in tables
 
 
 def _reference_max_pool(x):
