@@ -1,0 +1,173 @@
+"""Markdown tables from a benchmark JSON: ``python -m benchmarks.report results.json``.
+
+Prints the run record and one table per suite (the tables of ``BENCHMARKS.md``), and, given a
+second JSON (``--baseline``, e.g. a run with ``--impl reference``), a before/after table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def _s(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v * 1e3:.1f} ms" if v < 1 else f"{v:.2f} s"
+
+
+def _x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def _f(v: float | None, digits: int = 1) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def run_record(r: dict[str, Any]) -> str:
+    m, v, env = r["machine"], r["versions"], r.get("environment", {})
+    load_end = r.get("load_average_end")
+    return "\n".join(
+        [
+            f"- command: `{r['command']}`",
+            f"- date (UTC): {r['date_utc']}; total {r.get('total_s', 0):.0f} s",
+            f"- machine: {m['cpu_model']}, {m['cpu_count']} cores ({', '.join(m['cpu_flags'])})",
+            f"- load average (1/5/15 min) at start: {_fmt_load(m['load_average_1_5_15'])}"
+            + (f"; at end: {_fmt_load(load_end)}" if load_end else ""),
+            f"- versions: {', '.join(f'{k} {val}' for k, val in v.items() if val)}",
+            f"- XLA_FLAGS: `{env.get('XLA_FLAGS') or '(none)'}`; LD_PRELOAD: "
+            f"`{env.get('LD_PRELOAD') or '(none)'}`; plif_jax implementation: {r.get('impl')}",
+        ]
+    )
+
+
+def _fmt_load(load: list[float]) -> str:
+    return " / ".join(f"{x:.2f}" for x in load)
+
+
+def neuron_table(rows: list[dict[str, Any]]) -> str:
+    out = [
+        "| workload | n | T | B | plif_jax fwd+bwd | SpikingJelly fwd+bwd | ratio | compile |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        sj = r.get("sj", {}).get("median_s")
+        out.append(
+            f"| {r['workload']} | {r['n']} | {r['T']} | {r['batch']} | {_s(r['jax']['median_s'])} "
+            f"| {_s(sj)} | {_x(r['ratio'])} | {r['jax']['compile_s']:.1f} s |"
+        )
+    return "\n".join(out)
+
+
+def network_table(rows: list[dict[str, Any]]) -> str:
+    out = [
+        "| network | T | B | train step plif_jax | train step SJ | train samples/s plif_jax / SJ "
+        "| ratio | inference samples/s plif_jax / SJ | ratio | compile train / infer | XLA peak "
+        "train |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        tr, inf = r["train_samples_per_s"], r["infer_samples_per_s"]
+        sj_train = r.get("sj", {}).get("train", {}).get("median_s")
+        mem = (r["jax"].get("train_memory") or {}).get("peak_mib")
+        out.append(
+            f"| {r['workload']} | {r['T']} | {r['batch']} | {_s(r['jax']['train']['median_s'])} "
+            f"| {_s(sj_train)} | {_f(tr['jax'])} / {_f(tr['sj'])} | {_x(r['train_ratio'])} "
+            f"| {_f(inf['jax'])} / {_f(inf['sj'])} | {_x(r['infer_ratio'])} "
+            f"| {r['jax']['train']['compile_s']:.1f} s / {r['jax']['infer']['compile_s']:.1f} s "
+            f"| {_f(mem, 0)} MiB |"
+        )
+    return "\n".join(out)
+
+
+def roofline_table(peak: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    out = [
+        f"Measured peak in this run: matmul {peak['matmul']['gflops_per_s']:.1f} GFLOP/s "
+        f"({peak['matmul']['problem']}); conv forward+backward "
+        f"{peak['conv_fwd_bwd']['gflops_per_s']:.1f} GFLOP/s ({peak['conv_fwd_bwd']['problem']}).",
+        "",
+        "| network | train step matmul+conv GFLOP (counted) | XLA cost_analysis GFLOP | "
+        "GFLOP/s | % of conv fwd+bwd peak |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        xla = r["jax"].get("xla_flops_train")
+        out.append(
+            f"| {r['workload']} | {r['jax']['flops_train'] / 1e9:.1f} | "
+            f"{'-' if xla is None else f'{xla / 1e9:.1f}'} | {r['train_gflops_per_s']:.1f} | "
+            f"{100 * r.get('train_fraction_of_conv_peak', float('nan')):.0f}% |"
+        )
+    return "\n".join(out)
+
+
+def memory_tables(mem: dict[str, Any]) -> str:
+    out = [
+        "| variant | network | T | B | train step | XLA peak | XLA temp |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in mem["remat"]:
+        out.append(
+            f"| {r['variant']} | {r['network']} | {r['T']} | {r['batch']} | "
+            f"{_s(r['train_median_s'])} | {_f(r['peak_mib'], 0)} MiB | {_f(r['temp_mib'], 0)} MiB |"
+        )
+    out += [
+        "",
+        "| network | T | B | train step | XLA peak | XLA temp |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in mem["growth"]:
+        out.append(
+            f"| {r['network']} | {r['T']} | {r['batch']} | {_s(r['train_median_s'])} | "
+            f"{_f(r['peak_mib'], 0)} MiB | {_f(r['temp_mib'], 0)} MiB |"
+        )
+    return "\n".join(out)
+
+
+def before_after_table(after: dict[str, Any], before: dict[str, Any]) -> str:
+    out = [
+        f"| network | T | B | train step before ({before.get('impl')}) | after "
+        f"({after.get('impl')}) | speed-up | inference before | after | speed-up |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    base = {r["workload"]: r for r in before.get("networks", [])}
+    for r in after.get("networks", []):
+        b = base.get(r["workload"])
+        if b is None or (b["T"], b["batch"]) != (r["T"], r["batch"]):
+            continue
+        tb, ta = b["jax"]["train"]["median_s"], r["jax"]["train"]["median_s"]
+        ib, ia = b["jax"]["infer"]["median_s"], r["jax"]["infer"]["median_s"]
+        out.append(
+            f"| {r['workload']} | {r['T']} | {r['batch']} | {_s(tb)} | {_s(ta)} | {_x(tb / ta)} "
+            f"| {_s(ib)} | {_s(ia)} | {_x(ib / ia)} |"
+        )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.report")
+    p.add_argument("results", help="JSON written by python -m experiments.benchmark")
+    p.add_argument("--baseline", help="a second JSON (e.g. --impl reference) for before/after")
+    args = p.parse_args(argv)
+    with open(args.results, encoding="utf-8") as f:
+        r = json.load(f)
+    print(run_record(r) + "\n")
+    if r.get("sj_skipped"):
+        print(f"SpikingJelly side skipped: {r['sj_skipped']}\n")
+    if "neuron" in r:
+        print(neuron_table(r["neuron"]) + "\n")
+    if "networks" in r:
+        print(network_table(r["networks"]) + "\n")
+    if "roofline" in r:
+        print(roofline_table(r["roofline"], r.get("networks", [])) + "\n")
+    if "memory" in r:
+        print(memory_tables(r["memory"]) + "\n")
+    if args.baseline:
+        with open(args.baseline, encoding="utf-8") as f:
+            before = json.load(f)
+        print(run_record(before) + "\n")
+        print(before_after_table(r, before) + "\n")
+
+
+if __name__ == "__main__":
+    main()
