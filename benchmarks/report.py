@@ -124,6 +124,23 @@ def memory_tables(mem: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def variants_tables(var: dict[str, Any]) -> str:
+    out = ["| PLIF fwd+bwd: n | T | B | unroll | time |", "|---|---|---|---|---|"]
+    for r in var["unroll"]:
+        out.append(f"| {r['n']} | {r['T']} | {r['batch']} | {r['unroll']} | {_s(r['median_s'])} |")
+    out += [
+        "",
+        "| network | T | B | compute dtype | train step | inference |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in var["dtype"]:
+        out.append(
+            f"| {r['network']} | {r['T']} | {r['batch']} | {r['dtype']} | "
+            f"{_s(r['train_median_s'])} | {_s(r['infer_median_s'])} |"
+        )
+    return "\n".join(out)
+
+
 def before_after_table(after: dict[str, Any], before: dict[str, Any]) -> str:
     out = [
         f"| network | T | B | train step before ({before.get('impl')}) | after "
@@ -162,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
         print(roofline_table(r["roofline"], r.get("networks", [])) + "\n")
     if "memory" in r:
         print(memory_tables(r["memory"]) + "\n")
+    if "variants" in r:
+        print(variants_tables(r["variants"]) + "\n")
     if args.baseline:
         with open(args.baseline, encoding="utf-8") as f:
             before = json.load(f)

@@ -55,11 +55,12 @@ class _NeuronLayer(nnx.Module):
 
 
 def jax_neuron_layer(
-    T: int, batch: int, n_in: int, n: int, *, with_linear: bool, repeats: int
+    T: int, batch: int, n_in: int, n: int, *, with_linear: bool, repeats: int, unroll: int = 1
 ) -> dict[str, Any]:
     """plif_jax: gradients of ``sum(coef * spikes)`` w.r.t. the weight, PLIF's ``w`` and ``x``."""
     data = neuron_inputs(T, batch, n_in if with_linear else n, n)
     layer = _NeuronLayer(data["kernel"] if with_linear else None, n, rngs=nnx.Rngs(0))
+    layer.plif.unroll = unroll  # lax.scan unroll factor of the neuron (a speed knob)
     graphdef, params, rest = nnx.split(layer, nnx.Param, ...)
     x = jnp.asarray(data["x"])
     coef = jnp.asarray(data["coef"])

@@ -4,6 +4,7 @@ Usage::
 
     python -m experiments.benchmark [--suite neuron,networks,roofline,memory] [--device cpu]
         [--quick] [--out results.json] [--networks mnist,dvsgesture] [--repeats 3] [--no-sj]
+        [--impl fast|reference] [--xla-flags FLAGS] [--allocator system|tcmalloc|jemalloc]
 
 Suites:
 
@@ -15,6 +16,7 @@ Suites:
   and each train step's matmul+conv FLOP/s as a fraction of it.
 * ``memory``: XLA's compiled memory plan and process RSS; DVS128 Gesture at T=20 with and
   without rematerialisation (when the model offers it); growth with T and batch (N-MNIST).
+* ``variants`` (not in the default set): the neuron scan's unroll factor; bf16 compute.
 
 Timing: compilation is excluded and reported separately (``compile_s``), one warm-up call, then
 the median of ``--repeats`` calls, each ending in ``block_until_ready``; torch uses every core
@@ -31,7 +33,8 @@ import sys
 import time
 from typing import Any
 
-SUITES = ("neuron", "networks", "roofline", "memory")
+SUITES = ("neuron", "networks", "roofline", "memory", "variants")
+DEFAULT_SUITES = ("neuron", "networks", "roofline", "memory")
 ALLOCATORS = {
     "system": None,
     "tcmalloc": "libtcmalloc_minimal.so.4",  # Debian: apt-get install libtcmalloc-minimal4
@@ -66,7 +69,7 @@ QUICK_OPTIONS = {
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m experiments.benchmark", description=__doc__)
-    p.add_argument("--suite", default=",".join(SUITES), help=f"comma list of {SUITES}")
+    p.add_argument("--suite", default=",".join(DEFAULT_SUITES), help=f"comma list of {SUITES}")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu", "tpu"))
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, not figures")
     p.add_argument("--out", default="benchmark_results.json", help="JSON output path")
@@ -297,6 +300,42 @@ def run_memory(args, cache: dict) -> dict[str, Any]:
     return out
 
 
+def run_variants(args) -> dict[str, Any]:
+    """Speed knobs that are not the default: the neuron scan's unroll, bf16 compute."""
+    from benchmarks import workloads
+
+    repeats = args.repeats or 5
+    n, T, batch = (64, 4, 2) if args.quick else (4096, 32, 16)
+    unroll = []
+    for u in (1, 2, 4, 8):
+        t = workloads.jax_neuron_layer(T, batch, n, n, with_linear=False, repeats=repeats, unroll=u)
+        unroll.append(dict(unroll=u, n=n, T=T, batch=batch, median_s=t["median_s"]))
+        _log(f"[variants] PLIF fwd+bwd n={n} T={T} B={batch} unroll={u}: {_fmt_s(t['median_s'])}")
+    dtypes = []
+    name = "nmnist" if args.quick else "mnist"
+    T_net, b_net, opts = _sizes(args, name)
+    for dtype in ("float32", "bfloat16"):
+        r = workloads.jax_network(
+            name, T_net, b_net, repeats=args.repeats or 3, options={**opts, "dtype": dtype}
+        )
+        dtypes.append(
+            dict(
+                dtype=dtype,
+                network=name,
+                T=T_net,
+                batch=b_net,
+                train_median_s=r["train"]["median_s"],
+                infer_median_s=r["infer"]["median_s"],
+                peak_mib=(r["train_memory"] or {}).get("peak_mib"),
+            )
+        )
+        _log(
+            f"[variants] {name} compute dtype {dtype}: train {_fmt_s(r['train']['median_s'])}, "
+            f"infer {_fmt_s(r['infer']['median_s'])}"
+        )
+    return {"unroll": unroll, "dtype": dtypes}
+
+
 # ---------------------------------------------------------------------------------------------
 # Output
 # ---------------------------------------------------------------------------------------------
@@ -410,6 +449,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result["roofline"] = run_roofline(args, network_rows)
         if "memory" in args.suites:
             result["memory"] = run_memory(args, cache)
+        if "variants" in args.suites:
+            result["variants"] = run_variants(args)
     result["rss_peak_mib"] = timing.peak_rss_mib()
     result["total_s"] = time.perf_counter() - t_start
     result["load_average_end"] = list(os.getloadavg())

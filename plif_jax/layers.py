@@ -112,11 +112,13 @@ def _max_pool2x2(x: Array) -> Array:
 def _max_pool2x2_bwd(res, g: Array) -> tuple[Array]:
     idx, shape = res
     *lead, h, w, c = shape
-    zero = jnp.zeros_like(g)
-    a, b, cc, d = (jnp.where(idx == i, g, zero) for i in range(4))
-    top = jnp.stack([a, b], axis=-2)  # [..., H/2, W/2, 2, C]
-    bottom = jnp.stack([cc, d], axis=-2)
-    dx = jnp.stack([top, bottom], axis=-4)  # [..., H/2, 2, W/2, 2, C]
+    # One elementwise pass over [..., H/2, 2, W/2, 2, C]: the window position (row * 2 + col)
+    # that won receives the gradient (a stack of four masked copies costs a concatenate).
+    position = (2 * jnp.arange(2)[:, None, None, None] + jnp.arange(2)[None, None, :, None]).astype(
+        idx.dtype
+    )  # [2, 1, 2, 1]
+    won = idx[..., :, None, :, None, :] == position
+    dx = jnp.where(won, g[..., :, None, :, None, :], jnp.zeros((), g.dtype))
     dx = dx.reshape(*lead, h // 2 * 2, w // 2 * 2, c)
     pad = [(0, 0)] * len(lead) + [(0, h % 2), (0, w % 2), (0, 0)]
     return (jnp.pad(dx, pad),)
