@@ -27,6 +27,7 @@ and ``no_grad`` for inference. The ratio column is plif_jax throughput / Spiking
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -392,6 +393,18 @@ ALLOCATORS_APT = {
 }
 
 
+@contextlib.contextmanager
+def _fewer_xla_optimisations():
+    import jax
+
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", previous)
+
+
 def _jax_backend_initialised() -> bool:
     try:
         from jax._src import xla_bridge
@@ -412,8 +425,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         os.environ["XLA_FLAGS"] = " ".join(
             filter(None, [os.environ.get("XLA_FLAGS"), args.xla_flags])
         )
-
-    import contextlib
 
     from benchmarks import timing, workloads
 
@@ -437,7 +448,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
 
     impl = workloads.reference_implementation() if args.impl == "reference" else None
-    with impl or contextlib.nullcontext():
+    # --quick is a smoke run: its timings are not figures, so compile with fewer optimisations.
+    quick = _fewer_xla_optimisations() if args.quick else contextlib.nullcontext()
+    with impl or contextlib.nullcontext(), quick:
         if "neuron" in args.suites:
             result["neuron"] = run_neuron(args, sj_note)
         network_rows: list[dict[str, Any]] = []

@@ -146,7 +146,7 @@ def _reference_max_pool(x):
     return nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
 
 
-@pytest.mark.parametrize("shape", [(3, 6, 8, 4), (2, 17, 17, 3), (2, 3, 5, 7, 2)])
+@pytest.mark.parametrize("shape", [(2, 17, 17, 3), (2, 3, 5, 7, 2)])
 @pytest.mark.parametrize("binary", [True, False])
 def test_fast_max_pool_matches_reduce_window_values_and_tie_gradients(shape, binary):
     from plif_jax import layers
