@@ -111,6 +111,15 @@ def memory_tables(mem: dict[str, Any]) -> str:
             f"| {r['variant']} | {r['network']} | {r['T']} | {r['batch']} | "
             f"{_s(r['train_median_s'])} | {_f(r['peak_mib'], 0)} MiB | {_f(r['temp_mib'], 0)} MiB |"
         )
+    probe = mem.get("remat_probe")
+    if probe:
+        out += [
+            "",
+            f"`jax.checkpoint` probe ({probe['layers']}-layer dense chain, "
+            f"{probe['activation_mib']:.0f} MiB per activation, gradient compiled only): XLA temp "
+            f"{_f(probe['temp_mib_plain'], 0)} MiB plain, {_f(probe['temp_mib_remat'], 0)} MiB "
+            "with every layer under `jax.checkpoint`.",
+        ]
     out += [
         "",
         "| network | T | B | train step | XLA peak | XLA temp |",
@@ -161,6 +170,23 @@ def before_after_table(after: dict[str, Any], before: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def same_run_before_after_table(rows: list[dict[str, Any]]) -> str:
+    out = [
+        "| network | T | B | train step: reference impl | fast impl | speed-up | inference: "
+        "reference | fast | speed-up |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ref, fast = r["jax_reference"], r["jax"]
+        out.append(
+            f"| {r['workload']} | {r['T']} | {r['batch']} | {_s(ref['train']['median_s'])} | "
+            f"{_s(fast['train']['median_s'])} | {_x(r['speedup_vs_reference']['train'])} | "
+            f"{_s(ref['infer']['median_s'])} | {_s(fast['infer']['median_s'])} | "
+            f"{_x(r['speedup_vs_reference']['infer'])} |"
+        )
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.report")
     p.add_argument("results", help="JSON written by python -m experiments.benchmark")
@@ -175,6 +201,9 @@ def main(argv: list[str] | None = None) -> None:
         print(neuron_table(r["neuron"]) + "\n")
     if "networks" in r:
         print(network_table(r["networks"]) + "\n")
+    both = [row for row in r.get("networks", []) if "jax_reference" in row]
+    if both:
+        print(same_run_before_after_table(both) + "\n")
     if "roofline" in r:
         print(roofline_table(r["roofline"], r.get("networks", [])) + "\n")
     if "memory" in r:

@@ -258,6 +258,34 @@ def sj_network(
     return result
 
 
+def remat_probe(layers_count: int = 8, rows: int = 8192, width: int = 512) -> dict[str, Any]:
+    """Does ``jax.checkpoint`` lower XLA's planned memory on this backend? (compile only)
+
+    A chain of ``layers_count`` dense+sin+tanh layers on ``[rows, width]``; the gradient with
+    respect to the weights is compiled plain and with every layer under ``jax.checkpoint``.
+    Returns XLA's temp allocation (MiB) of both and the size of one activation.
+    """
+    x = jnp.ones((rows, width), jnp.float32)
+    ws = [jnp.full((width, width), 0.01, jnp.float32) for _ in range(layers_count)]
+
+    def layer(w, h):
+        return jnp.tanh(jnp.sin(h @ w) * 2.0)
+
+    def loss(ws, x, remat):
+        for w in ws:
+            x = (jax.checkpoint(layer) if remat else layer)(w, x)
+        return jnp.sum(x)
+
+    out = {"layers": layers_count, "activation_mib": rows * width * 4 / 2**20}
+    for remat in (False, True):
+        compiled = jax.jit(jax.grad(functools.partial(loss, remat=remat))).lower(ws, x).compile()
+        mem = timing.compiled_memory(compiled)
+        out["temp_mib_remat" if remat else "temp_mib_plain"] = (
+            None if mem is None else mem["temp_mib"]
+        )
+    return out
+
+
 @contextlib.contextmanager
 def reference_implementation():
     """Runs plif_jax with the implementations it had before the speed work (for before/after).

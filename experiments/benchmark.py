@@ -80,8 +80,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--impl",
         default="fast",
-        choices=("fast", "reference"),
-        help="plif_jax as it is (fast) or with its pre-speed-work neuron scan and max pool",
+        choices=("fast", "reference", "both"),
+        help="plif_jax as it is (fast), with its pre-speed-work neuron scan and max pool "
+        "(reference), or both side by side in the networks suite (before/after, same run)",
     )
     p.add_argument(
         "--xla-flags",
@@ -196,7 +197,24 @@ def run_networks(args, sj_note: str | None, cache: dict) -> list[dict[str, Any]]
     for name in _network_names(args):
         T, batch, options = _sizes(args, name)
         row: dict[str, Any] = dict(suite="networks", workload=name, T=T, batch=batch)
+        if args.impl == "both":  # before/after of the speed work, measured back to back
+            with workloads.reference_implementation():
+                row["jax_reference"] = workloads.jax_network(
+                    name, T, batch, repeats=repeats, options=options
+                )
         row["jax"] = _jax_network_cached(cache, name, T, batch, options, repeats=repeats)
+        if "jax_reference" in row:
+            row["speedup_vs_reference"] = {
+                phase: row["jax_reference"][phase]["median_s"] / row["jax"][phase]["median_s"]
+                for phase in ("train", "infer")
+            }
+            _log(
+                f"[networks] {name}: fast vs reference implementation: train "
+                f"{_fmt_s(row['jax_reference']['train']['median_s'])} -> "
+                f"{_fmt_s(row['jax']['train']['median_s'])} "
+                f"({row['speedup_vs_reference']['train']:.2f}x), infer "
+                f"{row['speedup_vs_reference']['infer']:.2f}x"
+            )
         if sj_note is None:
             # SpikingJelly steps take seconds on CPU: fewer repeats keep the run affordable.
             row["sj"] = workloads.sj_network(
@@ -238,6 +256,7 @@ def run_roofline(args, network_rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_memory(args, cache: dict) -> dict[str, Any]:
+    from benchmarks import workloads
     from plif_jax import models
 
     repeats = args.repeats or 3
@@ -270,6 +289,13 @@ def run_memory(args, cache: dict) -> dict[str, Any]:
         )
         _log(f"[memory] {name} T={T} B={batch} {label}: {_fmt_mem(remat_rows[-1])}")
     out["remat"] = remat_rows
+    out["remat_probe"] = workloads.remat_probe()
+    probe = out["remat_probe"]
+    _log(
+        f"[memory] jax.checkpoint probe ({probe['layers']}-layer chain, "
+        f"{probe['activation_mib']:.0f} MiB activations): XLA temp {probe['temp_mib_plain']:.0f} "
+        f"MiB plain, {probe['temp_mib_remat']:.0f} MiB with jax.checkpoint"
+    )
 
     # Growth with T and batch (N-MNIST: cheap enough for a sweep on CPU).
     if args.quick:

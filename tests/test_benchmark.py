@@ -131,6 +131,10 @@ def test_quick_benchmark_writes_consistent_json(tmp_path, capsys):
     by_size = {(g["T"], g["batch"]): g["peak_mib"] for g in growth}
     assert by_size[(4, 2)] > by_size[(2, 2)] and by_size[(2, 4)] > by_size[(2, 2)]
     assert result["memory"]["remat"][0]["variant"] == "default"
+    probe = result["memory"]["remat_probe"]
+    # Eight 16 MiB activations: the plain gradient keeps at least one per layer alive.
+    assert probe["activation_mib"] == 16 and probe["temp_mib_plain"] >= 8 * 16
+    assert probe["temp_mib_remat"] > 0
 
     capsys.readouterr()
     report.main([str(out)])
