@@ -187,6 +187,67 @@ def same_run_before_after_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def targets_section(r: dict[str, Any]) -> str:
+    """Each speed target of the project with the figure measured in this run: met or missed."""
+    out = []
+    nets = r.get("networks", [])
+    if nets and all(n.get("train_ratio") for n in nets):
+        met = [n for n in nets if n["train_ratio"] >= 2.0]
+        worst = min(nets, key=lambda n: n["train_ratio"])
+        out.append(
+            f"- **Every paper network's train step >= 2x SpikingJelly's samples/s**: "
+            f"{'met' if len(met) == len(nets) else 'missed'} ({len(met)}/{len(nets)} networks). "
+            + "; ".join(f"{n['workload']} {n['train_ratio']:.2f}x" for n in nets)
+            + (
+                f". Worst: {worst['workload']}, a factor {2.0 / worst['train_ratio']:.2f} below 2x."
+                if len(met) < len(nets)
+                else "."
+            )
+        )
+    rows = r.get("neuron", [])
+    if rows and all(x.get("ratio") for x in rows):
+        met = [x for x in rows if x["ratio"] >= 3.0]
+        lo = min(rows, key=lambda x: x["ratio"])
+        out.append(
+            f"- **Neuron layer >= 3x SpikingJelly forward+backward**: "
+            f"{'met' if len(met) == len(rows) else 'missed'} in {len(rows) - len(met)} of "
+            f"{len(rows)} rows; range {lo['ratio']:.2f}x ({lo['workload']}, n={lo['n']}, "
+            f"T={lo['T']}) to {max(x['ratio'] for x in rows):.2f}x."
+        )
+    if nets and "roofline" in r:
+        met = [n for n in nets if n.get("train_fraction_of_conv_peak", 0) >= 0.6]
+        out.append(
+            f"- **Conv networks' train step >= 60% of the measured conv fwd+bwd FLOP/s** "
+            f"({r['roofline']['conv_fwd_bwd']['gflops_per_s']:.0f} GFLOP/s): "
+            f"{'met' if len(met) == len(nets) else 'missed'} ({len(met)}/{len(nets)}). "
+            + "; ".join(
+                f"{n['workload']} {100 * n['train_fraction_of_conv_peak']:.0f}%" for n in nets
+            )
+            + "."
+        )
+    mem = r.get("memory")
+    if mem:
+        variants = {v["variant"]: v for v in mem["remat"]}
+        if "remat" in variants:
+            d, m = variants["default"], variants["remat"]
+            ratio_mem, ratio_t = (
+                m["peak_mib"] / d["peak_mib"],
+                m["train_median_s"] / d["train_median_s"],
+            )
+            ok = ratio_mem <= 1 / 3 and ratio_t <= 1.4
+            out.append(
+                f"- **Remat: peak memory <= 1/3 of default for <= 1.4x the time** "
+                f"({d['network']}, T={d['T']}): {'met' if ok else 'missed'}: memory "
+                f"{ratio_mem:.2f}x, time {ratio_t:.2f}x."
+            )
+        else:
+            out.append(
+                "- **Remat: peak memory <= 1/3 of default for <= 1.4x the time**: missed: no "
+                "rematerialisation option (see the memory section)."
+            )
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.report")
     p.add_argument("results", help="JSON written by python -m experiments.benchmark")
@@ -195,6 +256,9 @@ def main(argv: list[str] | None = None) -> None:
     with open(args.results, encoding="utf-8") as f:
         r = json.load(f)
     print(run_record(r) + "\n")
+    targets = targets_section(r)
+    if targets:
+        print(targets + "\n")
     if r.get("sj_skipped"):
         print(f"SpikingJelly side skipped: {r['sj_skipped']}\n")
     if "neuron" in r:
