@@ -464,7 +464,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "LD_PRELOAD": os.environ.get("LD_PRELOAD", ""),
         "jax_backend_already_initialised": backend_before,
     }
-    sj_note = "--no-sj given" if args.no_sj else workloads.torch_available()
+    if args.no_sj:
+        sj_note = "--no-sj given"
+    elif args.device != "cpu":
+        # The SpikingJelly side is torch on CPU; beside an accelerator it would not be a pair.
+        sj_note = f"the SpikingJelly side runs torch on CPU only, not for --device {args.device}"
+    else:
+        sj_note = workloads.torch_available()
     if sj_note:
         _log(f"[note] SpikingJelly side skipped: {sj_note}")
     result["sj_skipped"] = sj_note
