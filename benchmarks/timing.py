@@ -127,16 +127,6 @@ def peak_rss_mib() -> float:
     return kib / 1024.0 if sys.platform != "darwin" else kib / 2**20
 
 
-def current_rss_mib() -> float:
-    """The process's current resident set size, MiB (Linux ``/proc``; else the peak)."""
-    try:
-        with open("/proc/self/statm") as f:
-            pages = int(f.read().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError):
-        return peak_rss_mib()
-
-
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
