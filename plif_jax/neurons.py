@@ -122,13 +122,10 @@ def lif_multistep(
             surrogate=surrogate,
             alpha=alpha,
         )
-        return v_next, ((s, h, v_next) if return_membrane else s)
+        return v_next, (s, h, v_next)
 
-    _, out = jax.lax.scan(step, v0, x_seq, unroll=unroll)
-    if return_membrane:
-        s, h, v = out
-        return s, MembraneTrace(h=h, v=v)
-    return out
+    _, (s, h, v) = jax.lax.scan(step, v0, x_seq, unroll=unroll)
+    return s, MembraneTrace(h=h, v=v)
 
 
 # -----------------------------------------------------------------------------------------------
