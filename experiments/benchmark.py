@@ -276,17 +276,7 @@ def run_memory(args, cache: dict) -> dict[str, Any]:
         r = _jax_network_cached(
             cache, name, T, batch, {**opts, **extra}, repeats=repeats, inference=False
         )
-        remat_rows.append(
-            dict(
-                variant=label,
-                network=name,
-                T=T,
-                batch=batch,
-                train_median_s=r["train"]["median_s"],
-                peak_mib=(r["train_memory"] or {}).get("peak_mib"),
-                temp_mib=(r["train_memory"] or {}).get("temp_mib"),
-            )
-        )
+        remat_rows.append(dict(variant=label, **_memory_row(r, name, T, batch)))
         _log(f"[memory] {name} T={T} B={batch} {label}: {_fmt_mem(remat_rows[-1])}")
     out["remat"] = remat_rows
     out["remat_probe"] = workloads.remat_probe()
@@ -312,16 +302,7 @@ def run_memory(args, cache: dict) -> dict[str, Any]:
     growth = []
     for T, batch in [(t, b0) for t in t_grid] + [(t0, b) for b in b_grid if b != b0]:
         r = _jax_network_cached(cache, name, T, batch, opts, repeats=repeats, inference=False)
-        growth.append(
-            dict(
-                network=name,
-                T=T,
-                batch=batch,
-                train_median_s=r["train"]["median_s"],
-                peak_mib=(r["train_memory"] or {}).get("peak_mib"),
-                temp_mib=(r["train_memory"] or {}).get("temp_mib"),
-            )
-        )
+        growth.append(_memory_row(r, name, T, batch))
         _log(f"[memory] growth {name} T={T} B={batch}: {_fmt_mem(growth[-1])}")
     out["growth"] = growth
     return out
@@ -368,6 +349,19 @@ def run_variants(args) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 def _fmt_s(s: float | None) -> str:
     return "-" if s is None else (f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s")
+
+
+def _memory_row(r: dict[str, Any], name: str, T: int, batch: int) -> dict[str, Any]:
+    """A memory-table row: the train step's median time and XLA memory plan."""
+    memory = r["train_memory"] or {}
+    return dict(
+        network=name,
+        T=T,
+        batch=batch,
+        train_median_s=r["train"]["median_s"],
+        peak_mib=memory.get("peak_mib"),
+        temp_mib=memory.get("temp_mib"),
+    )
 
 
 def _fmt_mem(r: dict[str, Any]) -> str:

@@ -104,6 +104,19 @@ def build_sj_model(name: str, *, step_mode: str | None = None, **options: Any):
 
     c = cfg.channels
     out = cfg.num_classes * models.VOTE_GROUP
+
+    def two_fc_head(flat):
+        # flatten DO FC(flat, hidden) P DO FC(hidden, out) P (CIFAR-10 has no second dropout).
+        return [
+            layer.Flatten(step_mode=sm),
+            layer.Dropout(cfg.dropout, step_mode=sm),
+            fc(flat, cfg.hidden),
+            spiking(),
+            layer.Dropout(cfg.dropout, step_mode=sm),
+            fc(cfg.hidden, out),
+            spiking(),
+        ]
+
     net = nn.Module()
     if cfg.is_static:
         size = cfg.input_size // 4
@@ -128,29 +141,13 @@ def build_sj_model(name: str, *, step_mode: str | None = None, **options: Any):
             ]
         else:
             body = [spiking(), pool(), conv(c, c), bn(c), spiking(), pool()]
-            head = [
-                layer.Flatten(step_mode=sm),
-                layer.Dropout(cfg.dropout, step_mode=sm),
-                fc(c * size * size, cfg.hidden),
-                spiking(),
-                layer.Dropout(cfg.dropout, step_mode=sm),
-                fc(cfg.hidden, out),
-                spiking(),
-            ]
+            head = two_fc_head(c * size * size)
     else:
         size = cfg.input_size >> cfg.number_layer
         body = []
         for k in range(cfg.number_layer):
             body += [conv(cfg.in_channels if k == 0 else c, c), bn(c), spiking(), pool()]
-        head = [
-            layer.Flatten(step_mode=sm),
-            layer.Dropout(cfg.dropout, step_mode=sm),
-            fc(c * size * size, cfg.hidden),
-            spiking(),
-            layer.Dropout(cfg.dropout, step_mode=sm),
-            fc(cfg.hidden, out),
-            spiking(),
-        ]
+        head = two_fc_head(c * size * size)
     net.conv = nn.Sequential(*body)
     net.fc = nn.Sequential(*head)
     net.boost = nn.AvgPool1d(models.VOTE_GROUP, models.VOTE_GROUP)
