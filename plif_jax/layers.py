@@ -209,21 +209,50 @@ class BatchNorm(nnx.Module):
 
     def __call__(self, x: Array, *, time_steps: int = 1) -> Array:
         """Normalises ``x`` ``[T*B, ..., C]``; ``time_steps`` = T (1 outside the time loop)."""
+        y, running = self.normalize(x, time_steps=time_steps)
+        if running is not None:
+            self.mean[...], self.var[...] = running
+        return y
+
+    def normalize(
+        self,
+        x: Array,
+        *,
+        time_steps: int = 1,
+        running: tuple[Array, Array] | None = None,
+    ) -> tuple[Array, tuple[Array, Array] | None]:
+        """The functional form of ``__call__``: normalises without writing the running statistics.
+
+        The time-chunked (rematerialised) forward of :mod:`plif_jax.models` carries the running
+        statistics through a ``lax.scan`` and applies each chunk's updates itself; a module write
+        inside the scan body would leak the body's tracers.
+
+        Args:
+          x: ``[T*B, ..., C]``.
+          time_steps: T (1 outside the time loop).
+          running: ``(mean, var)`` to read (eval) and update (training) in place of the
+            module's own statistics; the updated ones keep their dtype.
+
+        Returns:
+          ``(y, (new_mean, new_var))`` in training (gradient-stopped), ``(y, None)`` in eval.
+        """
         if x.shape[-1] != self.num_features:
             raise ValueError(
                 f"BatchNorm expects {self.num_features} channels on the last axis, got shape "
                 f"{tuple(x.shape)}"
             )
+        if running is None:
+            running = (self.mean[...], self.var[...])
         out_dtype = x.dtype if self.dtype is None else self.dtype
         stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
         xs = _unfold_time(x, time_steps, "BatchNorm").astype(stat_dtype)  # [T, B, ..., C]
         scale = self.scale[...].astype(stat_dtype)
         bias = self.bias[...].astype(stat_dtype)
         if self.use_running_average:
-            mean = self.mean[...].astype(stat_dtype)
-            var = self.var[...].astype(stat_dtype)
+            mean = running[0].astype(stat_dtype)
+            var = running[1].astype(stat_dtype)
             y = (xs - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
-            return y.reshape(x.shape).astype(out_dtype)
+            return y.reshape(x.shape).astype(out_dtype), None
 
         if self.mode == "per_step":
             axes = tuple(range(1, xs.ndim - 1))  # all but time and channel
@@ -245,24 +274,29 @@ class BatchNorm(nnx.Module):
         y = (xs - mean.reshape(keep)) * (
             jax.lax.rsqrt(var + self.epsilon).reshape(keep) * scale
         ) + bias
-        self._update_running(mean, var * (n / (n - 1)))
-        return y.reshape(x.shape).astype(out_dtype)
+        new_mean, new_var = self._update_running(*running, mean, var * (n / (n - 1)))
+        return y.reshape(x.shape).astype(out_dtype), (new_mean, new_var)
 
-    def _update_running(self, batch_mean: Array, batch_var_unbiased: Array) -> None:
+    def _update_running(
+        self, mean: Array, var: Array, batch_mean: Array, batch_var_unbiased: Array
+    ) -> tuple[Array, Array]:
+        """The running statistics after this call's update(s), gradient-stopped, in their dtype."""
         m = self.momentum
         if self.mode == "per_step":
             t = batch_mean.shape[0]
             # Weight of step t's statistic after all T updates: m * (1-m)^(T-1-t).
             w = m * (1.0 - m) ** jnp.arange(t - 1, -1, -1, dtype=batch_mean.dtype)
             keep_old = (1.0 - m) ** t
-            new_mean = keep_old * self.mean[...] + jnp.tensordot(w, batch_mean, axes=1)
-            new_var = keep_old * self.var[...] + jnp.tensordot(w, batch_var_unbiased, axes=1)
+            new_mean = keep_old * mean + jnp.tensordot(w, batch_mean, axes=1)
+            new_var = keep_old * var + jnp.tensordot(w, batch_var_unbiased, axes=1)
         else:
-            new_mean = (1.0 - m) * self.mean[...] + m * batch_mean
-            new_var = (1.0 - m) * self.var[...] + m * batch_var_unbiased
+            new_mean = (1.0 - m) * mean + m * batch_mean
+            new_var = (1.0 - m) * var + m * batch_var_unbiased
         batch_stop = jax.lax.stop_gradient
-        self.mean[...] = batch_stop(new_mean).astype(self.mean[...].dtype)
-        self.var[...] = batch_stop(new_var).astype(self.var[...].dtype)
+        return (
+            batch_stop(new_mean).astype(mean.dtype),
+            batch_stop(new_var).astype(var.dtype),
+        )
 
 
 class TimeSharedDropout(nnx.Module):

@@ -74,6 +74,7 @@ _COMMON_DEFAULTS: dict[str, Any] = dict(
     input_size=None,
     in_channels=None,
     dtype=jnp.float32,
+    remat_chunk=None,
 )
 MODEL_OPTIONS = tuple(_COMMON_DEFAULTS)
 """Every keyword option :func:`create_model` accepts."""
@@ -117,6 +118,7 @@ class NetConfig:
     input_size: int
     in_channels: int
     dtype: Any
+    remat_chunk: int | None = None
 
     @property
     def is_static(self) -> bool:
@@ -193,6 +195,22 @@ def resolve_options(name: str, **options: Any) -> NetConfig:
                     f"{spatial}//4 is 0 for {name!r}; pass hidden=<width> or more channels"
                 )
     _check_positive_int("hidden", opts["hidden"])
+    chunk = opts["remat_chunk"]
+    if chunk is not None:
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(
+                f"remat_chunk must be a positive int (time steps per rematerialised chunk) or "
+                f"None (no rematerialisation), got {chunk!r}"
+            )
+        if opts["bn_mode"] != "per_step":
+            raise ValueError(
+                f"remat_chunk={chunk} needs bn_mode='per_step': with bn_mode="
+                f"{opts['bn_mode']!r} the BatchNorm statistics span all T steps, so a chunk of "
+                "time steps cannot be normalised on its own; use bn_mode='per_step' (the "
+                "paper's) or remat_chunk=None"
+            )
+        if opts["T"] is not None:
+            _check_chunk_divides(chunk, opts["T"])
     return NetConfig(
         name=name,
         channels=opts["channels"],
@@ -213,7 +231,17 @@ def resolve_options(name: str, **options: Any) -> NetConfig:
         input_size=opts["input_size"],
         in_channels=opts["in_channels"],
         dtype=jnp.dtype(opts["dtype"]),
+        remat_chunk=chunk,
     )
+
+
+def _check_chunk_divides(chunk: int, t: int) -> None:
+    if t % chunk:
+        divisors = [d for d in range(1, t + 1) if t % d == 0]
+        raise ValueError(
+            f"remat_chunk={chunk} does not divide the number of time steps T={t}; use a "
+            f"divisor of T ({divisors}) or remat_chunk=None"
+        )
 
 
 def _final_spatial_size(name: str, input_size: int, number_layer: int | None) -> int:
@@ -393,8 +421,26 @@ class SpikingNet(nnx.Module):
         Returns:
           ``[B, num_classes]`` counts in ``[0, T]``, float32 (float64 for a float64 dtype);
           with ``return_traces`` also the per-layer :class:`LayerTrace` dict.
+
+        Raises:
+          ValueError: a bad input shape, or (with ``remat_chunk``) a T it does not divide.
         """
         x, t = self._input_to_folded(x)
+        if self.config.remat_chunk is None:
+            out_seq, traces = self._forward(x, t, return_traces)
+        else:
+            out_seq, traces = self._forward_chunked(x, t, return_traces)
+        # float32 for float32/bf16 compute (spike counts are small integers / 10, exact there).
+        out_dtype = jnp.promote_types(jnp.float32, self.config.dtype)
+        counts = jnp.sum(layers.vote(out_seq.astype(out_dtype), VOTE_GROUP), axis=0)
+        if return_traces:
+            return counts, traces
+        return counts
+
+    def _forward(
+        self, x: Array, t: int, return_traces: bool
+    ) -> tuple[Array, dict[str, LayerTrace]]:
+        """Every layer on all T steps at once: the output spikes ``[T, B, N]`` (and traces)."""
         traces: dict[str, LayerTrace] = {}
         for op in self.plan:
             kind = op[0]
@@ -422,13 +468,189 @@ class SpikingNet(nnx.Module):
                 x = getattr(self, op[1])(x, time_steps=t)
             elif kind == "fc":
                 x = getattr(self, op[1])(x)
-        out_seq = x.reshape(t, x.shape[0] // t, x.shape[-1])
-        # float32 for float32/bf16 compute (spike counts are small integers / 10, exact there).
-        out_dtype = jnp.promote_types(jnp.float32, self.config.dtype)
-        counts = jnp.sum(layers.vote(out_seq.astype(out_dtype), VOTE_GROUP), axis=0)
-        if return_traces:
-            return counts, traces
-        return counts
+        return x.reshape(t, x.shape[0] // t, x.shape[-1]), traces
+
+    def _state_shapes(self, ops: tuple[tuple[str, ...], ...], batch: int) -> dict[str, tuple]:
+        """Shape of each neuron's membrane ``[B, ...]`` and each dropout mask ``[B, F]`` in ops."""
+        cfg = self.config
+        size = cfg.input_size
+        channels = cfg.channels if self.is_static else cfg.in_channels
+        features = None
+        shapes: dict[str, tuple] = {}
+        for op in ops:
+            kind = op[0]
+            if kind == "conv":
+                channels = cfg.channels
+            elif kind == "pool":
+                size //= 2
+            elif kind == "flatten":
+                features = channels * size * size
+            elif kind == "fc":
+                features = getattr(self, op[1]).out_features
+            elif kind == "sn":
+                shapes[op[1]] = (
+                    (batch, size, size, channels)
+                    if features is None
+                    else (
+                        batch,
+                        features,
+                    )
+                )
+            elif kind == "dropout":
+                shapes[op[1]] = (batch, features)
+        return shapes
+
+    def _forward_chunked(
+        self, x: Array, t: int, return_traces: bool
+    ) -> tuple[Array, dict[str, LayerTrace]]:
+        """The rematerialised forward (``remat_chunk=L``): same results as :meth:`_forward`.
+
+        The layers from the first time-dependent one to the last neuron run as a ``lax.scan``
+        over ``T / L`` chunks of ``L`` time steps, the chunk under ``jax.checkpoint``: the
+        forward keeps only the carries between chunks (each neuron's membrane, the BatchNorm
+        running statistics) and the backward recomputes one chunk at a time, so the activation
+        memory is that of ``L`` steps instead of ``T``. Exact for ``bn_mode='per_step'``, whose
+        statistics are per time step. Dropout masks are drawn before the scan (one per call, in
+        the order of the default path) and shared by every chunk.
+        """
+        cfg = self.config
+        chunk = cfg.remat_chunk
+        plan = self.plan
+        encoded = None
+        if self.is_static:
+            # The encoder (conv0 + bn0) sees the image once; each chunk repeats it L times.
+            start = plan.index(("repeat",)) + 1
+            for op in plan[: start - 1]:
+                if op[0] == "conv":
+                    x = getattr(self, op[1])(x)
+                else:
+                    x = getattr(self, op[1])(x, time_steps=1)
+            t = self.T
+            encoded, batch = x, x.shape[0]
+            xs = None
+        else:
+            start = 0
+            batch = x.shape[0] // t
+        _check_chunk_divides(chunk, t)
+        n_chunks = t // chunk
+        if encoded is None:
+            xs = x.reshape(n_chunks, chunk * batch, *x.shape[1:])
+        ops = plan[start:]
+        shapes = self._state_shapes(ops, batch)
+
+        masks: dict[str, Array | None] = {}
+        v0: dict[str, Array] = {}
+        stats0: dict[str, tuple[Array, Array]] = {}
+        stat_dtype = jnp.promote_types(cfg.dtype, jnp.float32)
+        for op in ops:
+            if op[0] == "dropout":
+                drop = getattr(self, op[1])
+                off = drop.deterministic or drop.rate == 0.0
+                masks[op[1]] = None if off else drop.make_mask(*shapes[op[1]], cfg.dtype)
+            elif op[0] == "sn":
+                v0[op[1]] = jnp.full(shapes[op[1]], getattr(self, op[1]).v_reset, cfg.dtype)
+            elif op[0] == "bn" and not getattr(self, op[1]).use_running_average:
+                bn = getattr(self, op[1])
+                # Carried at statistics precision; cast to the parameter dtype once at the end.
+                stats0[op[1]] = (bn.mean[...].astype(stat_dtype), bn.var[...].astype(stat_dtype))
+        capturing = {
+            op[1]: hasattr(getattr(self, op[1]), "__captures__") for op in ops if op[0] == "sn"
+        }
+
+        def run_chunk(carry, x_in):
+            v_carry, stats = dict(carry[0]), dict(carry[1])
+            if encoded is None:
+                x = x_in
+            else:
+                x = jnp.broadcast_to(encoded[None], (chunk, *encoded.shape))
+                x = x.reshape(chunk * batch, *encoded.shape[1:])
+            rates: dict[str, Array] = {}
+            chunk_traces: dict[str, LayerTrace] = {}
+            for op in ops:
+                kind = op[0]
+                if kind == "conv":
+                    x = getattr(self, op[1])(x)
+                elif kind == "bn":
+                    x, new_stats = getattr(self, op[1]).normalize(
+                        x, time_steps=chunk, running=stats.get(op[1])
+                    )
+                    if new_stats is not None:
+                        stats[op[1]] = new_stats
+                elif kind == "sn":
+                    x_seq = x.reshape(chunk, batch, *x.shape[1:])
+                    spikes, v_last, mem = _neuron_chunk(
+                        getattr(self, op[1]), x_seq, v_carry[op[1]], return_traces
+                    )
+                    v_carry[op[1]] = v_last
+                    if mem is not None:
+                        chunk_traces[op[1]] = LayerTrace(x_seq, spikes, mem.h, mem.v)
+                    if capturing[op[1]]:
+                        rates[op[1]] = _firing_rate(spikes)
+                    x = spikes.reshape(x.shape)
+                elif kind == "pool":
+                    x = layers.pool2x2(x, cfg.pooling)
+                elif kind == "flatten":
+                    x = x.reshape(x.shape[0], -1)
+                elif kind == "dropout":
+                    if masks[op[1]] is not None:
+                        x = (x.reshape(chunk, batch, -1) * masks[op[1]]).reshape(x.shape)
+                elif kind == "fc":
+                    x = getattr(self, op[1])(x)
+            out = x.reshape(chunk, batch, x.shape[-1])
+            return (v_carry, stats), (out, rates, chunk_traces)
+
+        body = jax.checkpoint(run_chunk, prevent_cse=REMAT_PREVENT_CSE)
+        (_, stats), (out, rates, chunk_traces) = jax.lax.scan(
+            body, (v0, stats0), xs, length=n_chunks
+        )
+        for name, (mean, var) in stats.items():
+            bn = getattr(self, name)
+            bn.mean[...] = mean.astype(bn.mean[...].dtype)
+            bn.var[...] = var.astype(bn.var[...].dtype)
+        for name, rate in rates.items():
+            # What the neuron sows itself on the default path: its firing rate per step, [T].
+            getattr(self, name).sow(nnx.Intermediate, "firing_rate", rate.reshape(t))
+        merge = lambda a: a.reshape(t, *a.shape[2:])  # [T/L, L, ...] -> [T, ...]
+        traces = {name: LayerTrace(*map(merge, tr)) for name, tr in chunk_traces.items()}
+        return merge(out), traces
+
+
+# jax.checkpoint's prevent_cse: inside lax.scan the loop already keeps XLA from merging the
+# recomputation with the forward, so the barrier it adds is not needed (measured: see BENCHMARKS).
+REMAT_PREVENT_CSE = False
+
+
+def _neuron_chunk(
+    neuron: nnx.Module, x_seq: Array, v_init: Array, with_membrane: bool
+) -> tuple[Array, Array, neurons_lib.MembraneTrace | None]:
+    """One neuron over one chunk from membrane ``v_init``: ``(spikes, v_final, trace or None)``.
+
+    Calls the pure dynamics with the module's settings rather than the module itself: the
+    module sows its firing rate under ``nnx.capture``, and a write inside the scan body would
+    leak the body's tracers (the chunked forward sows the whole-T rate after the scan).
+    """
+    kwargs = dict(
+        v_threshold=neuron.v_threshold,
+        v_reset=neuron.v_reset,
+        detach_reset=neuron.detach_reset,
+        surrogate=neuron.surrogate,
+        alpha=None if neuron.alpha is None else neuron.alpha[...],
+        unroll=neuron.unroll,
+        v_init=v_init,
+    )
+    if with_membrane:
+        spikes, mem = neurons_lib.lif_multistep(
+            x_seq, neuron.decay(), return_membrane=True, **kwargs
+        )
+        return spikes, mem.v[-1], mem
+    spikes, v_final = neurons_lib.lif_multistep(x_seq, neuron.decay(), return_final=True, **kwargs)
+    return spikes, v_final, None
+
+
+def _firing_rate(spikes: Array) -> Array:
+    """Fraction of neurons firing at each step, ``[T]`` float32 (as the neurons sow it)."""
+    flat = jax.lax.stop_gradient(spikes).reshape(spikes.shape[0], -1)
+    return jnp.mean(flat.astype(jnp.float32), axis=1)
 
 
 def create_model(name: str, *, rngs: nnx.Rngs, **options: Any) -> SpikingNet:
