@@ -450,7 +450,7 @@ class SpikingNet(nnx.Module):
                 x = getattr(self, op[1])(x, time_steps=t)
             elif kind == "repeat":
                 t = self.T
-                x = jnp.broadcast_to(x[None], (t, *x.shape)).reshape(t * x.shape[0], *x.shape[1:])
+                x = layers.repeat_time(x, t).reshape(t * x.shape[0], *x.shape[1:])
             elif kind == "sn":
                 x_seq = x.reshape(t, x.shape[0] // t, *x.shape[1:])
                 neuron = getattr(self, op[1])

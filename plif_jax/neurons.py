@@ -67,22 +67,30 @@ def lif_multistep(
     alpha: Array | None = None,
     return_membrane: bool = False,
     unroll: int = 1,
-) -> Array | tuple[Array, MembraneTrace]:
-    """Runs LIF dynamics over time with ``jax.lax.scan``.
+    v_init: Array | None = None,
+    return_final: bool = False,
+) -> Array | tuple:
+    """Runs LIF dynamics over time.
 
     Args:
       x_seq: input current ``[T, B, ...]``.
       decay: ``k = 1/tau``, a (differentiable) scalar.
       v_threshold: firing threshold ``V_th``.
-      v_reset: reset potential, also the initial membrane potential.
+      v_reset: reset potential, and the initial membrane potential when ``v_init`` is None.
       detach_reset: cut the gradient through the spike in the reset path.
       surrogate: spike function (forward Heaviside, surrogate backward).
       alpha: learnable surrogate alpha; ``None`` uses ``surrogate.alpha``.
       return_membrane: also return the :class:`MembraneTrace`.
-      unroll: ``lax.scan`` unroll factor (a speed knob; results are identical).
+      unroll: loop unroll factor over time (a speed knob; results are identical).
+      v_init: membrane before the first step, ``[B, ...]`` (differentiable); None starts at
+        ``v_reset``. With ``return_final`` this continues a sequence in chunks exactly.
+      return_final: also return the membrane after the last step's reset, ``[B, ...]``
+        (differentiable), to carry into the next chunk.
 
     Returns:
-      Spikes ``[T, B, ...]`` in ``x_seq.dtype`` (0/1), and the membrane trace when asked.
+      Spikes ``[T, B, ...]`` in ``x_seq.dtype`` (0/1); ``(spikes, MembraneTrace)`` with
+      ``return_membrane``; ``(spikes, v_final)`` with ``return_final``; ``(spikes,
+      MembraneTrace, v_final)`` with both.
     """
     if x_seq.ndim < 1 or x_seq.shape[0] == 0:
         raise ValueError(
@@ -95,12 +103,23 @@ def lif_multistep(
             f"x_seq must be a floating-point input current, got dtype {x_seq.dtype}; "
             "cast it first, e.g. x_seq.astype(jnp.float32)"
         )
+    if v_init is not None and tuple(v_init.shape) != tuple(x_seq.shape[1:]):
+        raise ValueError(
+            f"v_init must have the shape of one time step of x_seq, {tuple(x_seq.shape[1:])}, "
+            f"got {tuple(v_init.shape)}; pass the v_final of the previous chunk (or None)"
+        )
     decay = jnp.asarray(decay, dtype=x_seq.dtype)
+    v0 = (
+        jnp.full(x_seq.shape[1:], v_reset, dtype=x_seq.dtype)
+        if v_init is None
+        else jnp.asarray(v_init, x_seq.dtype)
+    )
     if not return_membrane:
-        # Fast path: one scan forward, one hand-written reverse scan backward (same spikes).
+        # Fast path: one in-place loop forward, one hand-written reverse loop backward.
         a = surrogate.alpha if alpha is None else alpha
-        return _lif_scan(
+        spikes, v_final = _lif_loop(
             x_seq,
+            v0,
             decay,
             jnp.asarray(a, dtype=x_seq.dtype),
             float(v_threshold),
@@ -109,7 +128,7 @@ def lif_multistep(
             surrogate.kind,
             int(unroll),
         )
-    v0 = jnp.full(x_seq.shape[1:], v_reset, dtype=x_seq.dtype)
+        return (spikes, v_final) if return_final else spikes
 
     def step(v, x):
         v_next, s, h = lif_step(
@@ -124,84 +143,121 @@ def lif_multistep(
         )
         return v_next, (s, h, v_next)
 
-    _, (s, h, v) = jax.lax.scan(step, v0, x_seq, unroll=unroll)
-    return s, MembraneTrace(h=h, v=v)
+    v_final, (s, h, v) = jax.lax.scan(step, v0, x_seq, unroll=unroll)
+    trace = MembraneTrace(h=h, v=v)
+    return (s, trace, v_final) if return_final else (s, trace)
 
 
 # -----------------------------------------------------------------------------------------------
-# The whole scan with a hand-written backward (custom_vjp). Autodiff through the per-step
-# custom_vjp of the spike saves several residuals per step and runs a long chain of small kernels
-# in the backward scan; the backward below is one reverse scan that reads (grad S, H, X) once per
-# step, carries dL/dH[t+1], and accumulates the gradients of k and alpha elementwise (summed once
-# at the end). Forward numerics are those of `lif_step` exactly: same H formula, same comparison,
-# and where(S, V_reset, H) equals H * (1 - S) + V_reset * S for S in {0, 1}.
+# The fast path: the whole time loop with a hand-written backward (custom_vjp).
 #
-# Backward recursion (t = T-1 .. 0, gH[T] = 0; S_d = S when detach_reset):
-#   dL/dV[t]  = (1 - k) * gH[t+1]
+# XLA:CPU runs a `lax.scan` body as separate kernels (one per output: the carry and each stacked
+# output recompute the step), each reading and writing through the loop state. The formulation
+# below keeps ONE buffer in the loop: the forward loop reads H[t-1] and X[t] and writes H[t] into
+# the same [T, ...] buffer in place (one fused kernel per step, minimal traffic); the spikes
+# S = H >= V_th are then computed by one vectorised (multi-threaded) kernel, and V[t] is a function
+# of H[t]. The backward loop likewise carries only dL/dH in a [T, ...] buffer; the gradients of
+# k and alpha and dL/dX = k dL/dH are vectorised reductions/maps outside the loop. Forward
+# numerics are those of `lif_step` exactly: the same H formula and comparison, and
+# where(S, V_reset, H) equals H * (1 - S) + V_reset * S for S in {0, 1}.
+#
+# Backward (t = T-1 .. 0; dL/dV[T-1] = the cotangent of v_final; S_d = S when detach_reset):
+#   dL/dV[t]  = (1 - k) * gH[t+1]                               (t < T-1)
 #   dL/dS[t] += dL/dV[t] * (V_reset - H[t])                     (only without detach_reset)
 #   gH[t]     = dL/dS[t] * sg'(H[t] - V_th) + dL/dV[t] * (1 - S_d[t])
-#   dL/dX[t]  = k * gH[t]
-#   dL/dk     = sum_t gH[t] * (X[t] - V[t-1] + V_reset)
-#             = sum_t [gH[t] * (X[t] + V_reset) - gH[t+1] * V[t]] - V_reset * sum gH[0]
+#   dL/dX[t]  = k * gH[t];   dL/dv_init = (1 - k) * gH[0]
+#   dL/dk     = sum_t gH[t] * (X[t] - V[t-1] + V_reset)        (V[-1] = v_init)
 #   dL/dalpha = sum_t dL/dS[t] * dsg/dalpha(H[t] - V_th)
 # -----------------------------------------------------------------------------------------------
-def _lif_forward_scan(x_seq, decay, v_threshold, v_reset, unroll, keep_h):
-    v_reset_arr = jnp.asarray(v_reset, x_seq.dtype)
-
-    def step(v, x):
-        h = v + (x - (v - v_reset)) * decay
-        fire = h - v_threshold >= 0
-        s = fire.astype(x.dtype)
-        return jnp.where(fire, v_reset_arr, h), ((s, h) if keep_h else s)
-
-    v0 = jnp.full(x_seq.shape[1:], v_reset, dtype=x_seq.dtype)
-    return jax.lax.scan(step, v0, x_seq, unroll=unroll)[1]
+def _reset(h, v_threshold, v_reset):
+    """``V[t]`` from ``H[t]``: the hard reset."""
+    return jnp.where(h - v_threshold >= 0, jnp.asarray(v_reset, h.dtype), h)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
-def _lif_scan(x_seq, decay, alpha, v_threshold, v_reset, detach_reset, kind, unroll):
-    """Spikes of the LIF dynamics over ``x_seq`` (``decay``, ``alpha``: x_seq-dtype scalars)."""
-    del alpha, detach_reset, kind  # forward only needs the dynamics
-    return _lif_forward_scan(x_seq, decay, v_threshold, v_reset, unroll, keep_h=False)
+def _lif_forward_loop(x_seq, v0, decay, v_threshold, v_reset, unroll):
+    """``H[t]`` for every step, ``[T, ...]`` (the only quantity the loop has to produce)."""
+
+    def charge(v, x):
+        return v + (x - (v - v_reset)) * decay
+
+    def body(t, h_buf):
+        v = _reset(jax.lax.dynamic_index_in_dim(h_buf, t - 1, keepdims=False), v_threshold, v_reset)
+        x = jax.lax.dynamic_index_in_dim(h_buf, t, keepdims=False)
+        return jax.lax.dynamic_update_index_in_dim(h_buf, charge(v, x), t, 0)
+
+    # The buffer starts as X itself: step t reads X[t] before overwriting it with H[t], so XLA can
+    # run the loop in place in X's buffer when X is not needed afterwards.
+    h_buf = x_seq.at[0].set(charge(v0, x_seq[0]))
+    return jax.lax.fori_loop(1, x_seq.shape[0], body, h_buf, unroll=unroll)
 
 
-def _lif_scan_fwd(x_seq, decay, alpha, v_threshold, v_reset, detach_reset, kind, unroll):
-    s, h = _lif_forward_scan(x_seq, decay, v_threshold, v_reset, unroll, keep_h=True)
-    return s, (x_seq, h, decay, alpha)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
+def _lif_loop(x_seq, v0, decay, alpha, v_threshold, v_reset, detach_reset, kind, unroll):
+    """``(spikes, v_final)`` of the LIF dynamics (``decay``, ``alpha``: x_seq-dtype scalars)."""
+    del alpha, detach_reset, kind  # the forward only needs the dynamics
+    h = _lif_forward_loop(x_seq, v0, decay, v_threshold, v_reset, unroll)
+    return (h - v_threshold >= 0).astype(x_seq.dtype), _reset(h[-1], v_threshold, v_reset)
 
 
-def _lif_scan_bwd(v_threshold, v_reset, detach_reset, kind, unroll, res, gs_seq):
-    x_seq, h_seq, decay, alpha = res
+def _lif_loop_fwd(x_seq, v0, decay, alpha, v_threshold, v_reset, detach_reset, kind, unroll):
+    h = _lif_forward_loop(x_seq, v0, decay, v_threshold, v_reset, unroll)
+    out = ((h - v_threshold >= 0).astype(x_seq.dtype), _reset(h[-1], v_threshold, v_reset))
+    # X is not kept: the backward needs X[t] - V[t-1] + V_reset only, which is (H[t] - V[t-1]) / k.
+    return out, (v0, h, decay, alpha)
+
+
+def _lif_loop_bwd(v_threshold, v_reset, detach_reset, kind, unroll, res, cotangents):
+    v0, h_seq, decay, alpha = res
+    gs_seq, gv_final = cotangents
     partials = surrogate_lib._PARTIALS[kind]
     one_minus_k = 1.0 - decay
-    v_reset_arr = jnp.asarray(v_reset, h_seq.dtype)
     acc_dtype = jnp.promote_types(h_seq.dtype, jnp.float32)
+    T = h_seq.shape[0]
 
-    def step(carry, inputs):
-        gh_next, acc_k, acc_a = carry
-        gs, h, x = inputs
+    def grad_h(gs, h, gv):
         z = h - v_threshold
         fire = z >= 0
-        dsdz, dsda = partials(z, alpha)
-        gv = one_minus_k * gh_next
-        v = jnp.where(fire, v_reset_arr, h)
         if not detach_reset:
             gs = gs + gv * (v_reset - h)
-        gh = gs * dsdz + jnp.where(fire, jnp.zeros_like(gv), gv)
-        acc_k = acc_k + (gh * (x + v_reset) - gh_next * v).astype(acc_dtype)
-        acc_a = acc_a + (gs * dsda).astype(acc_dtype)
-        return (gh, acc_k, acc_a), gh * decay
+        return gs * partials(z, alpha)[0] + jnp.where(fire, jnp.zeros_like(gv), gv)
 
-    zeros = jnp.zeros_like(h_seq[0])
-    acc0 = jnp.zeros(h_seq.shape[1:], acc_dtype)
-    (gh0, acc_k, acc_a), gx = jax.lax.scan(
-        step, (zeros, acc0, acc0), (gs_seq, h_seq, x_seq), reverse=True, unroll=unroll
+    def body(i, gh_buf):
+        t = T - 2 - i  # t = T-2 .. 0
+        gh_next = jax.lax.dynamic_index_in_dim(gh_buf, t + 1, keepdims=False)
+        gs = jax.lax.dynamic_index_in_dim(gh_buf, t, keepdims=False)  # still dL/dS[t]
+        h = jax.lax.dynamic_index_in_dim(h_seq, t, keepdims=False)
+        return jax.lax.dynamic_update_index_in_dim(
+            gh_buf, grad_h(gs, h, one_minus_k * gh_next), t, 0
+        )
+
+    gh_last = grad_h(gs_seq[-1], h_seq[-1], gv_final.astype(h_seq.dtype))
+    # The buffer starts as dL/dS (in place when the cotangent is dead afterwards): step t reads
+    # dL/dS[t] before overwriting it with gH[t].
+    gh = gs_seq.at[-1].set(gh_last)
+    gh = jax.lax.fori_loop(0, T - 1, body, gh, unroll=unroll)
+
+    # Everything below is vectorised over time (outside the loop).
+    v_prev = jnp.concatenate([v0[None], _reset(h_seq[:-1], v_threshold, v_reset)])
+    # dL/dk = sum gH[t] (X[t] - V[t-1] + V_reset) = sum gH[t] (H[t] - V[t-1]) / k.
+    g_decay = jnp.sum((gh * (h_seq - v_prev)).astype(acc_dtype), dtype=acc_dtype) / decay.astype(
+        acc_dtype
     )
-    g_decay = jnp.sum(acc_k) - v_reset * jnp.sum(gh0, dtype=acc_dtype)
-    return gx, g_decay.astype(decay.dtype), jnp.sum(acc_a).astype(alpha.dtype)
+    gs_eff = gs_seq
+    if not detach_reset:
+        gv_seq = jnp.concatenate([one_minus_k * gh[1:], gv_final[None].astype(h_seq.dtype)])
+        gs_eff = gs_seq + gv_seq * (v_reset - h_seq)
+    g_alpha = jnp.sum(
+        (gs_eff * partials(h_seq - v_threshold, alpha)[1]).astype(acc_dtype), dtype=acc_dtype
+    )
+    return (
+        gh * decay,
+        (one_minus_k * gh[0]).astype(v0.dtype),
+        g_decay.astype(decay.dtype),
+        g_alpha.astype(alpha.dtype),
+    )
 
 
-_lif_scan.defvjp(_lif_scan_fwd, _lif_scan_bwd)
+_lif_loop.defvjp(_lif_loop_fwd, _lif_loop_bwd)
 
 
 def w_from_tau(tau: float) -> float:
@@ -262,9 +318,17 @@ class _SpikingNeuron(nnx.Module):
         raise NotImplementedError
 
     def __call__(
-        self, x_seq: Array, *, return_membrane: bool = False
-    ) -> Array | tuple[Array, MembraneTrace]:
+        self,
+        x_seq: Array,
+        *,
+        return_membrane: bool = False,
+        v_init: Array | None = None,
+        return_final: bool = False,
+    ) -> Array | tuple:
         """Spikes ``[T, B, ...]`` for input current ``x_seq`` ``[T, B, ...]``.
+
+        ``v_init`` / ``return_final`` continue a sequence in time chunks (see
+        :func:`lif_multistep` for the return forms).
 
         Under ``nnx.capture(model, nnx.Intermediate)`` it also sows the firing rate per time
         step (``[T]``, float32) as ``firing_rate``. Outside a capture nothing is stored, so a plain
@@ -280,10 +344,12 @@ class _SpikingNeuron(nnx.Module):
             alpha=None if self.alpha is None else self.alpha[...],
             return_membrane=return_membrane,
             unroll=self.unroll,
+            v_init=v_init,
+            return_final=return_final,
         )
         if not hasattr(self, "__captures__"):  # set on every submodule by nnx.capture
             return out
-        spikes = out[0] if return_membrane else out
+        spikes = out[0] if (return_membrane or return_final) else out
         rate = jnp.mean(
             jax.lax.stop_gradient(spikes).reshape(spikes.shape[0], -1).astype(jnp.float32),
             axis=1,

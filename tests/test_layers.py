@@ -252,3 +252,18 @@ def test_pooling_gradients_route_ties_to_the_first_maximum():
                     want_avg[n, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2, c] = g[n, i, j, c] / 4
     np.testing.assert_array_equal(dmax, want_max)
     np.testing.assert_allclose(davg, want_avg, rtol=1e-6)
+
+
+@pytest.mark.parametrize("t", [1, 3, 8, 37])
+def test_repeat_time_is_a_broadcast_whose_gradient_sums_over_time(t):
+    # 37 exercises the halving fold (odd lengths above 16) before the add chain.
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(2, 3, 4)), jnp.float32)
+    coef = jnp.asarray(rng.normal(size=(t, 2, 3, 4)), jnp.float32)
+    out = layers.repeat_time(x, t)
+    assert out.shape == (t, 2, 3, 4)
+    np.testing.assert_array_equal(np.asarray(out), np.broadcast_to(np.asarray(x), (t, 2, 3, 4)))
+    grad = jax.jit(jax.grad(lambda x: jnp.sum(layers.repeat_time(x, t) * coef)))(x)
+    np.testing.assert_allclose(
+        np.asarray(grad), np.asarray(coef, np.float64).sum(0), rtol=1e-5, atol=1e-6
+    )
