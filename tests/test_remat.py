@@ -16,7 +16,7 @@ import optax
 import pytest
 from flax import nnx
 
-from plif_jax import models, neurons, train
+from plif_jax import layers, models, neurons, train
 
 T = 4
 BATCH = 3
@@ -325,3 +325,35 @@ def test_remat_chunk_none_is_the_default_and_keeps_the_plain_forward():
     assert models.resolve_options("dvsgesture").remat_chunk is None
     assert models.resolve_options("dvsgesture", remat_chunk=5).remat_chunk == 5
     assert "remat_chunk" in models.MODEL_OPTIONS
+
+
+def test_loop_friendly_conv_matches_module_forward_and_autodiff_gradients():
+    conv = layers.conv3x3(3, 5, rngs=nnx.Rngs(0), dtype=jnp.float64, param_dtype=jnp.float64)
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=(2, 7, 6, 3)))
+    coef = jnp.asarray(rng.normal(size=(2, 7, 6, 5)))
+    np.testing.assert_array_equal(
+        np.asarray(layers.apply_conv3x3_in_loop(conv, x)), np.asarray(conv(x))
+    )
+    kernel = conv.kernel[...]
+    ref = jax.grad(
+        lambda x, k: jnp.sum(
+            coef
+            * jax.lax.conv_general_dilated(
+                x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+        ),
+        argnums=(0, 1),
+    )(x, kernel)
+    got = jax.grad(lambda x, k: jnp.sum(coef * layers.conv3x3_loop_friendly(x, k)), argnums=(0, 1))(
+        x, kernel
+    )
+    for g, r in zip(got, ref, strict=True):
+        assert g.shape == r.shape
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-12, atol=1e-12)
+
+
+def test_loop_friendly_conv_refuses_other_convolutions():
+    strided = nnx.Conv(2, 4, kernel_size=(3, 3), strides=(2, 2), use_bias=False, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="3x3, stride 1, padding 1, bias-free"):
+        layers.apply_conv3x3_in_loop(strided, jnp.zeros((1, 8, 8, 2)))
