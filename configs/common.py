@@ -80,6 +80,10 @@ def get_config() -> ml_collections.ConfigDict:
     # or 'folded' (one over T*B, faster, not the paper's).
     config.model.bn_mode = "per_step"
     config.model.dropout = 0.5  # Time-shared dropout probability before each FC layer.
+    # Rematerialisation: run the spiking layers as a scan over chunks of this many time steps,
+    # recomputing each chunk in the backward: the same results in less memory for more time
+    # (BENCHMARKS.md, memory). None: off. Must divide T; needs bn_mode 'per_step'.
+    config.model.remat_chunk = config_dict.placeholder(int)
 
     # --- Neuron --------------------------------------------------------------------------------
     config.neuron = ml_collections.ConfigDict()

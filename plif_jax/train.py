@@ -148,6 +148,8 @@ def model_spec(config: ml_collections.ConfigDict, info: Any) -> tuple[str, dict[
         bn_mode=config.model.bn_mode,
         dropout=float(config.model.dropout),
         hidden=config.model.hidden,
+        # .get: configs saved before the option existed restore without it.
+        remat_chunk=config.model.get("remat_chunk"),
         input_layout=layout,
         num_classes=int(info.num_classes),
         input_size=int(size),

@@ -357,3 +357,19 @@ def test_loop_friendly_conv_refuses_other_convolutions():
     strided = nnx.Conv(2, 4, kernel_size=(3, 3), strides=(2, 2), use_bias=False, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="3x3, stride 1, padding 1, bias-free"):
         layers.apply_conv3x3_in_loop(strided, jnp.zeros((1, 8, 8, 2)))
+
+
+def test_config_remat_chunk_reaches_the_model_from_the_command_line():
+    from tests import test_configs
+
+    config = test_configs.load_config("dvsgesture", "--config.model.remat_chunk=5")
+    assert test_configs.load_config("dvsgesture").model.remat_chunk is None
+    name, options = train.model_spec(config, test_configs.dataset_info("dvsgesture", 20))
+    assert options["remat_chunk"] == 5
+    abstract = nnx.eval_shape(lambda: train.build_model(name, options, seed=0))
+    assert abstract.config.remat_chunk == 5 and abstract.config.T == 20
+    # The option adds no state: checkpoints of either setting hold the same tree.
+    plain = nnx.eval_shape(
+        lambda: train.build_model(name, {**options, "remat_chunk": None}, seed=0)
+    )
+    assert jax.tree.structure(nnx.state(abstract)) == jax.tree.structure(nnx.state(plain))
