@@ -14,8 +14,9 @@ Suites:
   MSE-on-firing-rate loss, Adam, state donated) and inference, samples/s.
 * ``roofline``: the machine's peak measured in the same run (f32 matmul, conv forward+backward)
   and each train step's matmul+conv FLOP/s as a fraction of it.
-* ``memory``: XLA's compiled memory plan and process RSS; DVS128 Gesture at T=20 with and
-  without rematerialisation (when the model offers it); growth with T and batch (N-MNIST).
+* ``memory``: XLA's compiled memory plan and process RSS; DVS128 Gesture at T=20 by default
+  and with rematerialisation (``remat_chunk`` in 1, 2, 4, 5, 10: peak, temp, step time, ratios
+  to the default); a ``jax.checkpoint`` probe; growth with T and batch (N-MNIST).
 * ``variants`` (not in the default set): the neuron scan's unroll factor; bf16 compute.
 
 Timing: compilation is excluded and reported separately (``compile_s``), one warm-up call, then
@@ -61,6 +62,8 @@ GPU_NETWORK_SIZES = {
     "cifar10dvs": (20, 16),
     "dvsgesture": (20, 16),
 }
+# Time steps per rematerialised chunk in the memory suite (those dividing its T are run).
+REMAT_CHUNKS = (1, 2, 4, 5, 10)
 # Reduced-width nets for --quick (a smoke run of every code path in seconds).
 QUICK_OPTIONS = {
     "mnist": dict(channels=4, hidden=16),
@@ -256,29 +259,32 @@ def run_roofline(args, network_rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_memory(args, cache: dict) -> dict[str, Any]:
-    from benchmarks import workloads
-    from plif_jax import models
+    from benchmarks import report, workloads
 
     repeats = args.repeats or 3
     out: dict[str, Any] = {}
-    # Rematerialisation at T=20 on DVS128 Gesture (the paper's T), default vs remat.
+    # Rematerialisation at T=20 on DVS128 Gesture (the paper's T): the default step, then the
+    # time-chunked one (models' remat_chunk) at each chunk length dividing T.
     if args.quick:
         name, T, batch, opts = "nmnist", 2, 2, dict(QUICK_OPTIONS["nmnist"])
     else:
         name, T, batch, opts = "dvsgesture", 20, 2 if args.device == "cpu" else 16, {}
     remat_rows = []
-    variants = [("default", {})]
-    if "remat" in models.MODEL_OPTIONS:
-        variants.append(("remat", {"remat": True}))
-    else:
-        _log("[memory] models.create_model has no `remat` option: remat row skipped")
-    for label, extra in variants:
+    for chunk in (None, *[c for c in REMAT_CHUNKS if T % c == 0]):
+        extra = {} if chunk is None else {"remat_chunk": chunk}
+        label = "default" if chunk is None else f"remat_chunk={chunk}"
         r = _jax_network_cached(
             cache, name, T, batch, {**opts, **extra}, repeats=repeats, inference=False
         )
-        remat_rows.append(dict(variant=label, **_memory_row(r, name, T, batch)))
-        _log(f"[memory] {name} T={T} B={batch} {label}: {_fmt_mem(remat_rows[-1])}")
+        row = dict(variant=label, remat_chunk=chunk, **_memory_row(r, name, T, batch))
+        if remat_rows:  # relative to the default (the first row)
+            base = remat_rows[0]
+            row["peak_ratio"] = _safe_ratio(row["peak_mib"], base["peak_mib"])
+            row["time_ratio"] = row["train_median_s"] / base["train_median_s"]
+        remat_rows.append(row)
+        _log(f"[memory] {name} T={T} B={batch} {label}: {_fmt_mem(row)}")
     out["remat"] = remat_rows
+    _log(f"[memory] remat target: {report.remat_verdict(remat_rows)}")
     out["remat_probe"] = workloads.remat_probe()
     probe = out["remat_probe"]
     _log(
@@ -306,6 +312,10 @@ def run_memory(args, cache: dict) -> dict[str, Any]:
         _log(f"[memory] growth {name} T={T} B={batch}: {_fmt_mem(growth[-1])}")
     out["growth"] = growth
     return out
+
+
+def _safe_ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
 
 
 def run_variants(args) -> dict[str, Any]:

@@ -130,7 +130,24 @@ def test_quick_benchmark_writes_consistent_json(tmp_path, capsys):
     assert {(g["T"], g["batch"]) for g in growth} == {(2, 2), (4, 2), (2, 4)}
     by_size = {(g["T"], g["batch"]): g["peak_mib"] for g in growth}
     assert by_size[(4, 2)] > by_size[(2, 2)] and by_size[(2, 4)] > by_size[(2, 2)]
-    assert result["memory"]["remat"][0]["variant"] == "default"
+    remat = result["memory"]["remat"]
+    # The default, then every chunk length of REMAT_CHUNKS dividing the quick run's T=2.
+    assert [(r["variant"], r["remat_chunk"]) for r in remat] == [
+        ("default", None),
+        ("remat_chunk=1", 1),
+        ("remat_chunk=2", 2),
+    ]
+    for r in remat:
+        assert (r["network"], r["T"], r["batch"]) == ("nmnist", 2, 2)
+        assert r["peak_mib"] > 0 and r["temp_mib"] > 0 and r["train_median_s"] > 0
+    for r in remat[1:]:
+        assert math.isclose(r["peak_ratio"], r["peak_mib"] / remat[0]["peak_mib"])
+        assert math.isclose(r["time_ratio"], r["train_median_s"] / remat[0]["train_median_s"])
+    best = report.best_remat(remat)
+    assert best in remat[1:]
+    verdict = report.remat_verdict(remat)
+    assert verdict.startswith(("met with remat_chunk=", "missed with remat_chunk="))
+    assert f"remat_chunk={best['remat_chunk']}" in verdict
     probe = result["memory"]["remat_probe"]
     # Eight 16 MiB activations: the plain gradient keeps at least one per layer alive.
     assert probe["activation_mib"] == 16 and probe["temp_mib_plain"] >= 8 * 16
@@ -140,8 +157,40 @@ def test_quick_benchmark_writes_consistent_json(tmp_path, capsys):
     report.main([str(out)])
     tables = capsys.readouterr().out
     assert "| nmnist | 2 | 2 |" in tables and "% of conv fwd+bwd peak" in tables
+    assert "| remat_chunk=2 | nmnist | 2 | 2 |" in tables
+    target = "**Remat: peak memory <= 1/3 of default for <= 1.4x the time**"
+    assert f"{target} (nmnist, T=2, B=2): {verdict}." in tables
     if sj:
         assert f"{net['train_ratio']:.2f}x" in tables
+
+
+def _remat_row(chunk, peak_ratio, time_ratio):
+    return dict(
+        variant=f"remat_chunk={chunk}",
+        remat_chunk=chunk,
+        peak_mib=300.0 * peak_ratio,
+        train_median_s=2.0 * time_ratio,
+        peak_ratio=peak_ratio,
+        time_ratio=time_ratio,
+    )
+
+
+def test_remat_verdict_picks_the_fastest_chunk_meeting_both_bounds_or_the_closest():
+    from benchmarks import report
+
+    default = dict(variant="default", remat_chunk=None, peak_mib=300.0, train_median_s=2.0)
+    rows = [default, _remat_row(1, 0.30, 1.6), _remat_row(2, 0.25, 1.35), _remat_row(4, 0.3, 1.3)]
+    assert report.best_remat(rows)["remat_chunk"] == 4
+    verdict = report.remat_verdict(rows)
+    assert verdict.startswith("met with remat_chunk=4: peak 90 MiB vs 300 MiB = 0.30x")
+    assert verdict.endswith("chunks meeting both: [2, 4]")
+    # None meets both: the closest (worst ratio-to-bound 1.08 for chunk 2, 1.14 for chunk 1).
+    rows = [default, _remat_row(1, 0.38, 1.2), _remat_row(2, 0.25, 1.51)]
+    assert report.best_remat(rows)["remat_chunk"] == 2
+    verdict = report.remat_verdict(rows)
+    assert verdict.startswith("missed with remat_chunk=2")
+    assert verdict.endswith("over the bound in time by a factor 1.08")
+    assert report.remat_verdict([default]) == "missed: no rematerialisation row measured"
 
 
 def _reference_max_pool(x):
