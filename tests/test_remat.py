@@ -27,7 +27,7 @@ NETS = {
         dict(channels=4, input_size=16, number_layer=2, hidden=16, T=T),
         (T, BATCH, 2, 16, 16),
     ),
-    "mnist": (dict(channels=4, hidden=16, T=T), (BATCH, 1, 28, 28)),
+    "mnist": (dict(channels=4, input_size=16, hidden=16, T=T), (BATCH, 1, 16, 16)),
 }
 CHUNKS = (1, 2, T)
 
