@@ -439,6 +439,11 @@ def record_forward(model: nnx.Module, x: Array) -> ForwardRecord:
     def run(state, x):
         # A merged copy: the firing rates its neurons sow are dropped with it.
         m = nnx.merge(graphdef, state)
+        config = getattr(m, "config", None)
+        if getattr(config, "remat_chunk", None) is not None:
+            # The rematerialised forward runs the neurons inside a time-chunked scan, out of the
+            # recorder's reach; the default forward gives the same spikes and counts exactly.
+            m.config = dataclasses.replace(config, remat_chunk=None)
         names = {id(module): name for name, module in spiking_layers(m)}
         events: list[tuple[str, Any, Any]] = []
         with _recording(neuron_types, events):
