@@ -91,7 +91,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--xla-flags",
         default="",
         help="added to XLA_FLAGS before jax starts, e.g. "
-        "'--xla_cpu_experimental_ynn_fusion_type=dot' (faster CPU convolutions)",
+        "'--xla_cpu_experimental_ynn_fusion_type=dot,reduce' (faster CPU convolutions; "
+        "experiments.train sets it by default on CPU, so pass it to time what training runs)",
     )
     p.add_argument(
         "--allocator",
