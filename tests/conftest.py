@@ -23,3 +23,26 @@ def pytest_runtest_logreport(report):
 def pytest_terminal_summary(terminalreporter):
     counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(_parity_outcomes.items()))
     terminalreporter.write_line(f"SpikingJelly parity tests executed: {counts or 'none'}")
+
+
+def float64_quick_compile():
+    """Generator for a module-scoped fixture: float64, and XLA's optimisations off, then restored.
+
+    Exact comparisons are meaningful in float64; XLA compile time dominates the tiny networks of
+    these tests and unoptimised code computes the same values. Restored afterwards so that other
+    test files see float32 and optimised compilation.
+    """
+    import jax
+
+    previous = {"jax_enable_x64": jax.config.read("jax_enable_x64")}
+    jax.config.update("jax_enable_x64", True)
+    try:
+        previous["jax_disable_most_optimizations"] = jax.config.read(
+            "jax_disable_most_optimizations"
+        )
+        jax.config.update("jax_disable_most_optimizations", True)
+    except AttributeError:  # the option may go away in a future jax: then compile as usual
+        pass
+    yield
+    for option, value in previous.items():
+        jax.config.update(option, value)

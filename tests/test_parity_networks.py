@@ -18,6 +18,7 @@ from flax import nnx
 
 from plif_jax import models, porting
 from plif_jax import sj_reference as sjr
+from tests.conftest import float64_quick_compile
 
 pytestmark = pytest.mark.parity
 
@@ -60,19 +61,7 @@ BN_TO_STEP = {"per_step": "s", "folded": "m"}
 @pytest.fixture(scope="module", autouse=True)
 def enable_x64():
     """float64 on both sides; restored afterwards so that other test files see float32."""
-    previous = {"jax_enable_x64": jax.config.read("jax_enable_x64")}
-    jax.config.update("jax_enable_x64", True)
-    try:
-        # XLA compile time dominates these tiny nets; unoptimised code computes the same values.
-        previous["jax_disable_most_optimizations"] = jax.config.read(
-            "jax_disable_most_optimizations"
-        )
-        jax.config.update("jax_disable_most_optimizations", True)
-    except AttributeError:  # the option may go away in a future jax: then compile as usual
-        pass
-    yield
-    for option, value in previous.items():
-        jax.config.update(option, value)
+    yield from float64_quick_compile()
 
 
 def _randomise(net, seed: int, gain: float) -> None:

@@ -17,6 +17,7 @@ import pytest
 from flax import nnx
 
 from plif_jax import layers, models, neurons, train
+from tests.conftest import float64_quick_compile
 
 T = 4
 BATCH = 3
@@ -35,19 +36,7 @@ CHUNKS = (1, 2, T)
 @pytest.fixture(scope="module", autouse=True)
 def enable_x64():
     """float64 (exact comparisons are meaningful there); restored for the other test files."""
-    previous = {"jax_enable_x64": jax.config.read("jax_enable_x64")}
-    jax.config.update("jax_enable_x64", True)
-    try:
-        # XLA compile time dominates these tiny nets; unoptimised code computes the same values.
-        previous["jax_disable_most_optimizations"] = jax.config.read(
-            "jax_disable_most_optimizations"
-        )
-        jax.config.update("jax_disable_most_optimizations", True)
-    except AttributeError:  # the option may go away in a future jax: then compile as usual
-        pass
-    yield
-    for option, value in previous.items():
-        jax.config.update(option, value)
+    yield from float64_quick_compile()
 
 
 def _build(name: str, chunk: int | None, *, train_mode: bool, dropout_seed: int = 1):
