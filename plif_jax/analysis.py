@@ -466,9 +466,7 @@ def record_forward(model: nnx.Module, x: Array) -> ForwardRecord:
                     h=trace.h,
                     v=trace.v,
                     spikes=spikes,
-                    firing_rate=jnp.mean(
-                        spikes.reshape(spikes.shape[0], -1).astype(jnp.float32), axis=1
-                    ),
+                    firing_rate=neurons.firing_rate(spikes),
                     synops=jnp.zeros(spikes.shape[:2], jnp.float32),
                 )
                 static[name] = dict(

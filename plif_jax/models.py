@@ -489,12 +489,7 @@ class SpikingNet(nnx.Module):
                 features = getattr(self, op[1]).out_features
             elif kind == "sn":
                 shapes[op[1]] = (
-                    (batch, size, size, channels)
-                    if features is None
-                    else (
-                        batch,
-                        features,
-                    )
+                    (batch, size, size, channels) if features is None else (batch, features)
                 )
             elif kind == "dropout":
                 shapes[op[1]] = (batch, features)
@@ -579,14 +574,20 @@ class SpikingNet(nnx.Module):
                         stats[op[1]] = new_stats
                 elif kind == "sn":
                     x_seq = x.reshape(chunk, batch, *x.shape[1:])
-                    spikes, v_last, mem = _neuron_chunk(
-                        getattr(self, op[1]), x_seq, v_carry[op[1]], return_traces
+                    # dynamics, not __call__: the call sows the firing rate under nnx.capture,
+                    # and a write inside the scan body would leak the body's tracers (the rate
+                    # of all T steps is sown after the scan).
+                    out = getattr(self, op[1]).dynamics(
+                        x_seq,
+                        v_init=v_carry[op[1]],
+                        return_final=True,
+                        return_membrane=return_traces,
                     )
-                    v_carry[op[1]] = v_last
-                    if mem is not None:
-                        chunk_traces[op[1]] = LayerTrace(x_seq, spikes, mem.h, mem.v)
+                    spikes, v_carry[op[1]] = out[0], out[-1]
+                    if return_traces:
+                        chunk_traces[op[1]] = LayerTrace(x_seq, spikes, out[1].h, out[1].v)
                     if capturing[op[1]]:
-                        rates[op[1]] = _firing_rate(spikes)
+                        rates[op[1]] = neurons_lib.firing_rate(spikes)
                     x = spikes.reshape(x.shape)
                 elif kind == "pool":
                     x = layers.pool2x2(x, cfg.pooling)
@@ -622,39 +623,6 @@ class SpikingNet(nnx.Module):
 # outputs (a save_only_these_names policy) did not shorten the step either: the recomputed
 # forward's cost is mostly elementwise (BatchNorm, the neuron loop), not convolutions.
 REMAT_PREVENT_CSE = False
-
-
-def _neuron_chunk(
-    neuron: nnx.Module, x_seq: Array, v_init: Array, with_membrane: bool
-) -> tuple[Array, Array, neurons_lib.MembraneTrace | None]:
-    """One neuron over one chunk from membrane ``v_init``: ``(spikes, v_final, trace or None)``.
-
-    Calls the pure dynamics with the module's settings rather than the module itself: the
-    module sows its firing rate under ``nnx.capture``, and a write inside the scan body would
-    leak the body's tracers (the chunked forward sows the whole-T rate after the scan).
-    """
-    kwargs = dict(
-        v_threshold=neuron.v_threshold,
-        v_reset=neuron.v_reset,
-        detach_reset=neuron.detach_reset,
-        surrogate=neuron.surrogate,
-        alpha=None if neuron.alpha is None else neuron.alpha[...],
-        unroll=neuron.unroll,
-        v_init=v_init,
-    )
-    if with_membrane:
-        spikes, mem = neurons_lib.lif_multistep(
-            x_seq, neuron.decay(), return_membrane=True, **kwargs
-        )
-        return spikes, mem.v[-1], mem
-    spikes, v_final = neurons_lib.lif_multistep(x_seq, neuron.decay(), return_final=True, **kwargs)
-    return spikes, v_final, None
-
-
-def _firing_rate(spikes: Array) -> Array:
-    """Fraction of neurons firing at each step, ``[T]`` float32 (as the neurons sow it)."""
-    flat = jax.lax.stop_gradient(spikes).reshape(spikes.shape[0], -1)
-    return jnp.mean(flat.astype(jnp.float32), axis=1)
 
 
 def create_model(name: str, *, rngs: nnx.Rngs, **options: Any) -> SpikingNet:

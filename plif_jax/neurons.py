@@ -194,12 +194,12 @@ def _lif_forward_loop(x_seq, v0, decay, v_threshold, v_reset, unroll):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
 def _lif_loop(x_seq, v0, decay, alpha, v_threshold, v_reset, detach_reset, kind, unroll):
     """``(spikes, v_final)`` of the LIF dynamics (``decay``, ``alpha``: x_seq-dtype scalars)."""
-    del alpha, detach_reset, kind  # the forward only needs the dynamics
-    h = _lif_forward_loop(x_seq, v0, decay, v_threshold, v_reset, unroll)
-    return (h - v_threshold >= 0).astype(x_seq.dtype), _reset(h[-1], v_threshold, v_reset)
+    args = (x_seq, v0, decay, alpha, v_threshold, v_reset, detach_reset, kind, unroll)
+    return _lif_loop_fwd(*args)[0]
 
 
 def _lif_loop_fwd(x_seq, v0, decay, alpha, v_threshold, v_reset, detach_reset, kind, unroll):
+    del detach_reset, kind  # the forward only needs the dynamics
     h = _lif_forward_loop(x_seq, v0, decay, v_threshold, v_reset, unroll)
     out = ((h - v_threshold >= 0).astype(x_seq.dtype), _reset(h[-1], v_threshold, v_reset))
     # X is not kept: the backward needs X[t] - V[t-1] + V_reset only, which is (H[t] - V[t-1]) / k.
@@ -278,6 +278,13 @@ def _check_tau(name: str, tau: float) -> float:
     return tau
 
 
+def firing_rate(spikes: Array) -> Array:
+    """Fraction of neurons firing at each step of ``spikes`` ``[T, ...]``: ``[T]`` float32, no
+    gradient (what a neuron sows as ``firing_rate``)."""
+    flat = jax.lax.stop_gradient(spikes).reshape(spikes.shape[0], -1)
+    return jnp.mean(flat.astype(jnp.float32), axis=1)
+
+
 class TauParam(nnx.Param):
     """The PLIF parameter ``w`` (one scalar per layer); ``tau = 1 + exp(-w)``.
 
@@ -317,6 +324,22 @@ class _SpikingNeuron(nnx.Module):
     def decay(self) -> Array:
         raise NotImplementedError
 
+    def dynamics(self, x_seq: Array, **options) -> Array | tuple:
+        """:func:`lif_multistep` with this neuron's settings; ``options`` are its keyword options
+        (``return_membrane``, ``v_init``, ``return_final``). Records nothing (safe in a scan body).
+        """
+        return lif_multistep(
+            x_seq,
+            self.decay(),
+            v_threshold=self.v_threshold,
+            v_reset=self.v_reset,
+            detach_reset=self.detach_reset,
+            surrogate=self.surrogate,
+            alpha=None if self.alpha is None else self.alpha[...],
+            unroll=self.unroll,
+            **options,
+        )
+
     def __call__(
         self,
         x_seq: Array,
@@ -334,27 +357,13 @@ class _SpikingNeuron(nnx.Module):
         step (``[T]``, float32) as ``firing_rate``. Outside a capture nothing is stored, so a plain
         call never grows the module's state (and never retraces a jitted caller).
         """
-        out = lif_multistep(
-            x_seq,
-            self.decay(),
-            v_threshold=self.v_threshold,
-            v_reset=self.v_reset,
-            detach_reset=self.detach_reset,
-            surrogate=self.surrogate,
-            alpha=None if self.alpha is None else self.alpha[...],
-            return_membrane=return_membrane,
-            unroll=self.unroll,
-            v_init=v_init,
-            return_final=return_final,
+        out = self.dynamics(
+            x_seq, return_membrane=return_membrane, v_init=v_init, return_final=return_final
         )
         if not hasattr(self, "__captures__"):  # set on every submodule by nnx.capture
             return out
         spikes = out[0] if (return_membrane or return_final) else out
-        rate = jnp.mean(
-            jax.lax.stop_gradient(spikes).reshape(spikes.shape[0], -1).astype(jnp.float32),
-            axis=1,
-        )
-        self.sow(nnx.Intermediate, "firing_rate", rate)
+        self.sow(nnx.Intermediate, "firing_rate", firing_rate(spikes))
         return out
 
 

@@ -283,7 +283,7 @@ def test_neuron_membrane_is_carried_across_chunks():
     v = jnp.zeros((1, 1), jnp.float64)
     chunked = []
     for t in range(6):
-        s, v, _ = models._neuron_chunk(neuron, x_seq[t : t + 1], v, False)
+        s, v = neuron.dynamics(x_seq[t : t + 1], v_init=v, return_final=True)
         chunked.append(s)
     np.testing.assert_array_equal(np.concatenate(chunked), np.asarray(spikes_whole))
 
