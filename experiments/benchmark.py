@@ -44,8 +44,9 @@ ALLOCATORS = {
 }
 _LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib")
 
-# (T, batch) per network. The paper trains every net at batch 16; on this kind of 2-core CPU the
-# 128x128 DVS nets take ~13 s per SpikingJelly step at batch 4, so they run at batch 2 here.
+# (T, batch) per network. The paper trains every net at batch 16; on this kind of 2-core CPU a
+# SpikingJelly step of the 128x128 DVS nets takes seconds even at batch 2 (BENCHMARKS.md), so
+# they run at batch 2 here.
 CPU_NETWORK_SIZES = {
     "mnist": (8, 16),
     "fashion_mnist": (8, 16),

@@ -72,8 +72,8 @@ def conv3x3_loop_friendly(x: Array, kernel: Array) -> Array:
     The forward is the same ``conv_general_dilated`` as ``nnx.Conv``'s (identical values). The
     backward writes both gradient convolutions in the canonical NHWC x HWIO form: XLA:CPU
     canonicalises the convolutions autodiff emits only outside loops; inside a ``lax.scan`` body
-    they run on its generic path, 10-20x slower (measured: the time-chunked rematerialised
-    forward of :mod:`plif_jax.models` took 147 s instead of ~2 s per DVS128 Gesture step).
+    they run on its generic path, an order of magnitude slower (development figures in
+    BENCHMARKS.md, "Rematerialisation").
     """
     return _conv3x3_forward(x, kernel)
 
@@ -412,9 +412,9 @@ class TimeSharedDropout(nnx.Module):
 def _sum_over_time(g: Array) -> Array:
     """``sum(g, axis=0)`` as a chain of elementwise adds (XLA:CPU's major-axis reduce is slow).
 
-    Measured on a 2-core x86 CPU (jax 0.10.2) at ``[T, 16, 28, 28, 128]``: ``jnp.sum(g, axis=0)``
-    68-99 ms at T=8 and 520 ms at T=64 (XLA's default and YNN reduce emitters alike); the add
-    chain 1.3-2.1 ms at T=8 and 42 ms at T=64.
+    On a 2-core x86 CPU (jax 0.10.2) the add chain was tens of times faster at MNIST size with
+    XLA's default and YNN reduce emitters alike (development figures in BENCHMARKS.md, "What was
+    changed", item 6).
     """
     while g.shape[0] > 16:  # fold in halves first: keeps each fused add chain short
         half = g.shape[0] // 2

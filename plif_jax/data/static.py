@@ -95,7 +95,7 @@ def load_tfds_split(name: str, split: str, data_dir: str | None) -> tuple[np.nda
 
 
 def _read_chunks(src, n: int, chunk: int = 1024):
-    """Yields ``(start, examples)``; batched reads are ~2x faster than one at a time."""
+    """Yields ``(start, examples)``; read in batches (faster than one example at a time)."""
     batched = True
     for start in range(0, n, chunk):
         keys = list(range(start, min(start + chunk, n)))
