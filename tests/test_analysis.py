@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from plif_jax import analysis, neurons
+from tests.test_models import PAPER_NUM_SPIKING
 
 
 class TinyDense(nnx.Module):
@@ -251,23 +252,10 @@ def test_tau_trajectories_names_missing_file_and_truncated_line(tmp_path):
 
 
 def test_paper_taus_cover_the_six_datasets_with_positive_taus_above_one():
-    assert set(analysis.PAPER_TAUS) == {
-        "mnist",
-        "fashion_mnist",
-        "cifar10",
-        "nmnist",
-        "cifar10dvs",
-        "dvsgesture",
-    }
+    # One tau per spiking layer of each paper net (the counts tests/test_models.py checks).
+    assert set(analysis.PAPER_TAUS) == set(PAPER_NUM_SPIKING)
     lengths = {name: len(t) for name, t in analysis.PAPER_TAUS.items()}
-    assert lengths == {
-        "mnist": 4,
-        "fashion_mnist": 4,
-        "cifar10": 8,
-        "nmnist": 4,
-        "cifar10dvs": 6,
-        "dvsgesture": 7,
-    }
+    assert lengths == PAPER_NUM_SPIKING
     assert all(t > 1 for run in analysis.PAPER_TAU_RUNS.values() for t in run)
     assert analysis.PAPER_TAUS["cifar10"][6] == 55.00
 

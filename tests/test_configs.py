@@ -15,6 +15,7 @@ from ml_collections import config_flags
 from plif_jax import config as config_lib
 from plif_jax import models, train
 from tests import test_train
+from tests.test_models import PAPER_PARAM_COUNTS
 
 # Parsed digits + compilation cache for the one test that loads data.
 jax_cache_dir = test_train.jax_cache_dir
@@ -25,14 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(ROOT, "configs")
 
 # Parameter counts of the paper's networks (spec §3: conv + BN affine + FC + w).
-PAPER_PARAMS = {
-    "mnist": 13_198_980,
-    "fashion_mnist": 13_198_980,
-    "cifar10": 36_718_344,
-    "nmnist": 17_132_292,
-    "cifar10dvs": 17_427_718,
-    "dvsgesture": 1_698_311,
-}
+PAPER_PARAMS = PAPER_PARAM_COUNTS
 PAPER_T = {"mnist": 8, "fashion_mnist": 8, "cifar10": 8, "nmnist": 10, "cifar10dvs": 20}
 PAPER_T["dvsgesture"] = 20
 PAPER_PLIF_LAYERS = {"mnist": 4, "fashion_mnist": 4, "cifar10": 8, "nmnist": 4}
