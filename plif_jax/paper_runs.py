@@ -1,0 +1,640 @@
+"""The paper's own training curves: read them, find the paper's run of a setting, compare a run.
+
+The authors' per-epoch TensorBoard scalars of every logged run (the original repository
+fangwei123456/Parametric-Leaky-Integrate-and-Fire-Spiking-Neuron, commit f644ff6, ``logs/``) ship
+as CSV in ``plif_jax/paper_logs/`` (its README.md describes the files). This module
+
+* lists and loads them (:func:`list_runs`, :func:`load`): per epoch the test accuracy, protocol B's
+  validation accuracy, and ``w`` and ``tau = 1 + exp(-w)`` of every PLIF layer, named ``sn0``,
+  ``sn1``, ... like plif_jax's spiking layers (the logs' ``w0..wN``: conv layers, then the FC
+  layers, in depth order, which is the order of ``models.*.spiking_layers()``);
+* parses run names into settings (:func:`parse_name`) and finds the paper's run of a plif_jax
+  config's setting (:func:`settings_from_config`, :func:`match`, :func:`main_run`);
+* reads a plif_jax workdir's curves (:func:`curves_from_workdir`), puts the two side by side
+  epoch by epoch (:func:`compare`, :class:`Comparison`) and draws them (:func:`plot_comparison`).
+
+``python -m experiments.compare --workdir runs/X`` and ``experiments/explore_tau.ipynb`` use it.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib.resources
+import io
+import math
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from plif_jax import errors
+
+SOURCE = "fangwei123456/Parametric-Leaky-Integrate-and-Fire-Spiking-Neuron@f644ff6, logs/"
+"""Where the shipped curves come from (the original repository's TensorBoard logs)."""
+
+PAPER_DATASETS: dict[str, str] = {
+    "mnist": "MNIST",
+    "fashion_mnist": "FashionMNIST",
+    "cifar10": "CIFAR10",
+    "nmnist": "NMNIST",
+    "cifar10dvs": "CIFAR10DVS",
+    "dvsgesture": "DVS128Gesture",
+}
+"""plif_jax dataset name -> the dataset name in the paper's run names."""
+
+EVENT_DATASETS = ("nmnist", "cifar10dvs", "dvsgesture")
+# The offline datasets feed a paper network but were never trained on by the paper.
+_OFFLINE_NETWORK = {"digits_events": "nmnist", "digits_static": "mnist"}
+
+# The paper's main setting per dataset (PLIF, tau_0 2, max pooling, detached reset; event data:
+# 128 channels, split_by number, no normalisation): T and the number of conv blocks. N-MNIST's
+# protocol-B run used T = 20 (spec: README table of the original repository).
+_MAIN_T = {"mnist": 8, "fashion_mnist": 8, "cifar10": 8, "nmnist": 10, "cifar10dvs": 20}
+_MAIN_T |= {"dvsgesture": 20}
+_MAIN_T_B = {"nmnist": 20}
+_MAIN_N = {"nmnist": 2, "cifar10dvs": 4, "dvsgesture": 5}
+
+_NAME = re.compile(
+    r"^(?:val_(?P<val>[0-9.]+)_)?(?P<dataset>[A-Za-z0-9]+)_init_tau_(?P<tau>[0-9.]+)"
+    r"_use_plif_(?P<plif>True|False)_use_max_pool_(?P<max>True|False)_T_(?P<T>\d+)"
+    r"(?:_c_(?P<c>\d+)_n_(?P<n>\d+)_split_by_(?P<split>number|time)"
+    r"_normalization_(?P<norm>[A-Za-z0-9]+))?_detach_reset_(?P<detach>True|False)$"
+)
+_SUFFIX = ".epochs.csv"
+
+
+class NoPaperRunError(errors.UserError, LookupError):
+    """The paper has no run of the asked setting (or no run of the given name)."""
+
+
+_LIST_HINT = (
+    "compare with another paper run by name with --paper_run NAME (python -m experiments.compare "
+    "--list prints the names)"
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings and run names
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """The settings a paper run name encodes (and that :func:`match` compares).
+
+    Attributes:
+      dataset: plif_jax dataset name (``'fashion_mnist'``, ...).
+      protocol: ``'A'`` or ``'B'``.
+      neuron: ``'plif'`` or ``'lif'``.
+      init_tau: PLIF's tau_0, LIF's fixed tau.
+      pooling: ``'max'`` or ``'avg'``.
+      T: time steps.
+      detach_reset: whether the reset is detached from the graph.
+      channels: conv channels (event datasets only; None for the static ones, whose names do not
+        carry it).
+      number_layer: conv blocks (event datasets only).
+      split_by: event binning, ``'number'`` or ``'time'`` (event datasets only).
+      normalization: frame normalisation as the run name spells it, ``'None'`` for raw counts
+        (event datasets only).
+      val_ratio: protocol B's held-out fraction per class (None under A).
+    """
+
+    dataset: str
+    protocol: str
+    neuron: str
+    init_tau: float
+    pooling: str
+    T: int
+    detach_reset: bool = True
+    channels: int | None = None
+    number_layer: int | None = None
+    split_by: str | None = None
+    normalization: str | None = None
+    val_ratio: float | None = None
+
+    def describe(self) -> str:
+        """One line, e.g. ``fashion_mnist, protocol A, PLIF, tau_0 2, max pooling, T 8``."""
+        parts = [
+            self.dataset,
+            f"protocol {self.protocol}",
+            self.neuron.upper(),
+            f"tau_0 {self.init_tau:g}",
+            f"{self.pooling} pooling",
+            f"T {self.T}",
+        ]
+        if self.channels is not None:
+            parts.append(f"c {self.channels}, n {self.number_layer}")
+        if self.split_by is not None:
+            parts.append(f"split_by {self.split_by}, normalization {self.normalization}")
+        if not self.detach_reset:
+            parts.append("reset not detached")
+        return ", ".join(parts)
+
+
+def differences(ours: RunSettings, paper: RunSettings) -> list[str]:
+    """``['T 4 (paper 8)', ...]``: the fields in which two settings differ."""
+    out = []
+    for field in dataclasses.fields(RunSettings):
+        a, b = getattr(ours, field.name), getattr(paper, field.name)
+        if a != b:
+            out.append(f"{field.name} {a} (paper {b})")
+    return out
+
+
+def parse_name(name: str) -> RunSettings:
+    """Settings of a paper run from its name (the original log directory name).
+
+    Args:
+      name: e.g.
+        ``'FashionMNIST_init_tau_2.0_use_plif_True_use_max_pool_True_T_8_detach_reset_True'``,
+        or protocol B's ``'val_0.15_...'``; an ``'A/'`` / ``'B/'`` prefix is allowed.
+
+    Raises:
+      ValueError: the name is not of that form or names another dataset.
+    """
+    base = name.split("/")[-1]
+    m = _NAME.match(base)
+    inverse = {v: k for k, v in PAPER_DATASETS.items()}
+    if m is None or m["dataset"] not in inverse:
+        raise ValueError(f"{name!r} is not a paper run name (e.g. {_example_name()!r})")
+    events = m["c"] is not None
+    return RunSettings(
+        dataset=inverse[m["dataset"]],
+        protocol="B" if m["val"] else "A",
+        neuron="plif" if m["plif"] == "True" else "lif",
+        init_tau=float(m["tau"]),
+        pooling="max" if m["max"] == "True" else "avg",
+        T=int(m["T"]),
+        detach_reset=m["detach"] == "True",
+        channels=int(m["c"]) if events else None,
+        number_layer=int(m["n"]) if events else None,
+        split_by=m["split"] if events else None,
+        normalization=m["norm"] if events else None,
+        val_ratio=float(m["val"]) if m["val"] else None,
+    )
+
+
+def _example_name() -> str:
+    return "FashionMNIST_init_tau_2.0_use_plif_True_use_max_pool_True_T_8_detach_reset_True"
+
+
+def _get(cfg: Mapping[str, Any], dotted: str) -> Any:
+    value: Any = cfg
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def settings_from_config(config: Mapping[str, Any] | Any) -> RunSettings:
+    """The :class:`RunSettings` of a plif_jax run config.
+
+    Args:
+      config: an ``ml_collections.ConfigDict`` or the nested dict of a workdir's ``config.json``.
+        For the event networks (``nmnist``, ``cifar10dvs``, ``dvsgesture`` and ``digits_events``)
+        channels, conv blocks, ``split_by`` and normalisation belong to the setting, as in the
+        paper's run names; the static nets' names carry no channel count.
+    """
+    cfg = config.to_dict() if hasattr(config, "to_dict") else config
+    dataset = cfg["dataset"]
+    network = _get(cfg, "model.name") or _OFFLINE_NETWORK.get(dataset, dataset)
+    events = network in EVENT_DATASETS
+    protocol = cfg["protocol"]
+    normalization = _get(cfg, "data.normalization")
+    return RunSettings(
+        dataset=dataset,
+        protocol=protocol,
+        neuron=_get(cfg, "neuron.kind"),
+        init_tau=float(_get(cfg, "neuron.init_tau")),
+        pooling=_get(cfg, "model.pooling"),
+        T=int(_get(cfg, "data.T")),
+        detach_reset=bool(_get(cfg, "neuron.detach_reset")),
+        channels=int(_get(cfg, "model.channels")) if events else None,
+        number_layer=int(_get(cfg, "model.number_layer")) if events else None,
+        split_by=_get(cfg, "data.split_by") if events else None,
+        # The run names spell "no normalisation" as None; the config holds Python None.
+        normalization=("None" if normalization is None else str(normalization)) if events else None,
+        val_ratio=float(_get(cfg, "data.val_ratio")) if protocol == "B" else None,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading the shipped logs
+
+
+@dataclasses.dataclass(frozen=True)
+class Curves:
+    """Per-epoch curves of one run (the paper's or ours).
+
+    Attributes:
+      label: what to call the run in tables and legends.
+      epochs: int array, ``0`` = after the first epoch, increasing.
+      test_accuracy: float array aligned with ``epochs``.
+      val_accuracy: protocol B's validation accuracy, aligned with ``epochs``; None under A.
+      tau: ``{layer: taus}`` aligned with ``epochs``, layers ``sn0, sn1, ...`` in depth order;
+        empty for LIF runs (no learned tau).
+    """
+
+    label: str
+    epochs: np.ndarray
+    test_accuracy: np.ndarray
+    val_accuracy: np.ndarray | None
+    tau: dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class PaperRun:
+    """One logged run of the paper.
+
+    Attributes:
+      name: the run's name (original log directory name).
+      settings: the settings its name encodes.
+      curves: its per-epoch curves, labelled ``'paper'``.
+      w: ``{layer: w}`` per epoch (``tau = 1 + exp(-w)``), as logged.
+    """
+
+    name: str
+    settings: RunSettings
+    curves: Curves
+    w: dict[str, np.ndarray]
+
+    @property
+    def key(self) -> str:
+        """``'A/<name>'`` or ``'B/<name>'``: the file's place in ``plif_jax/paper_logs``."""
+        return f"{self.settings.protocol}/{self.name}"
+
+    @property
+    def num_epochs(self) -> int:
+        return int(self.curves.epochs.size)
+
+
+def _logs_dir():
+    return importlib.resources.files("plif_jax") / "paper_logs"
+
+
+def list_runs(protocol: str | None = None) -> list[str]:
+    """Names of the shipped paper runs (protocol A, then B; each sorted), or of one protocol."""
+    names = []
+    for sub in ("A", "B"):
+        if protocol not in (None, sub):
+            continue
+        folder = _logs_dir() / sub
+        names += sorted(
+            p.name[: -len(_SUFFIX)] for p in folder.iterdir() if p.name.endswith(_SUFFIX)
+        )
+    return names
+
+
+def load(name: str) -> PaperRun:
+    """Loads one paper run by name (an ``'A/'`` / ``'B/'`` prefix is allowed).
+
+    Raises:
+      NoPaperRunError: no run of that name ships (the message suggests the nearest names).
+    """
+    import difflib
+
+    base = name.strip().split("/")[-1].removesuffix(_SUFFIX)
+    runs = list_runs()
+    if base not in runs:
+        near = difflib.get_close_matches(base, runs, n=2, cutoff=0.5)
+        hint = f"did you mean {' or '.join(near)}? " if near else ""
+        raise NoPaperRunError(f"no paper run named {name!r}: {hint}{_LIST_HINT}")
+    settings = parse_name(base)
+    text = (_logs_dir() / settings.protocol / f"{base}{_SUFFIX}").read_text(encoding="utf-8")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    columns = rows[0].keys() if rows else ()
+
+    def column(key: str) -> np.ndarray:
+        return np.asarray([float(r[key]) for r in rows], np.float64)
+
+    layers = sorted((k[1:] for k in columns if re.fullmatch(r"w\d+", k)), key=int)
+    w = {f"sn{i}": column(f"w{i}") for i in layers}
+    tau = {f"sn{i}": column(f"tau{i}") for i in layers}
+    curves = Curves(
+        label="paper",
+        epochs=column("epoch").astype(np.int64),
+        test_accuracy=column("test_accuracy"),
+        val_accuracy=column("val_accuracy") if "val_accuracy" in columns else None,
+        tau=tau,
+    )
+    return PaperRun(name=base, settings=settings, curves=curves, w=w)
+
+
+def match(config_or_settings: Mapping[str, Any] | RunSettings | Any) -> PaperRun:
+    """The paper's run of the same setting as a plif_jax config.
+
+    Same dataset, protocol (and protocol B's split ratio), neuron, tau_0, pooling, T and reset;
+    for the event datasets also channels, conv blocks, ``split_by`` and normalisation.
+
+    Args:
+      config_or_settings: a config (see :func:`settings_from_config`) or :class:`RunSettings`.
+
+    Raises:
+      NoPaperRunError: the dataset is not one of the paper's (``digits_events``,
+        ``digits_static``), or the paper never ran that setting; the message names the nearest
+        paper run and how it differs.
+    """
+    if isinstance(config_or_settings, RunSettings):
+        settings = config_or_settings
+    else:
+        settings = settings_from_config(config_or_settings)
+    if settings.dataset not in PAPER_DATASETS:
+        network = _OFFLINE_NETWORK.get(settings.dataset)
+        feeds = f" (it feeds the paper's {network} network)" if network else ""
+        raise NoPaperRunError(
+            f"the paper has no run on {settings.dataset}{feeds}, only on "
+            f"{', '.join(PAPER_DATASETS)}: {_LIST_HINT}"
+        )
+    candidates = {name: parse_name(name) for name in list_runs(settings.protocol)}
+    same = [name for name, s in candidates.items() if s == settings]
+    if same:
+        return load(same[0])
+    nearest = min(
+        (name for name, s in candidates.items() if s.dataset == settings.dataset),
+        key=lambda name: len(differences(settings, candidates[name])),
+    )
+    raise NoPaperRunError(
+        f"the paper has no run of this setting ({settings.describe()}); the nearest, {nearest}, "
+        f"differs in {'; '.join(differences(settings, candidates[nearest]))}: {_LIST_HINT}"
+    )
+
+
+def main_run(dataset: str, protocol: str = "A") -> PaperRun:
+    """The paper's main run of a dataset: PLIF, tau_0 2, max pooling, the paper's T (and depth).
+
+    Args:
+      dataset: plif_jax dataset name (one of :data:`PAPER_DATASETS`).
+      protocol: ``'A'`` or ``'B'``.
+    """
+    if dataset not in PAPER_DATASETS:
+        raise NoPaperRunError(f"the paper has no run on {dataset}: {_LIST_HINT}")
+    events = dataset in EVENT_DATASETS
+    T = _MAIN_T_B.get(dataset, _MAIN_T[dataset]) if protocol == "B" else _MAIN_T[dataset]
+    return match(
+        RunSettings(
+            dataset=dataset,
+            protocol=protocol,
+            neuron="plif",
+            init_tau=2.0,
+            pooling="max",
+            T=T,
+            channels=128 if events else None,
+            number_layer=_MAIN_N[dataset] if events else None,
+            split_by="number" if events else None,
+            normalization="None" if events else None,
+            val_ratio=0.15 if protocol == "B" else None,
+        )
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Our run, side by side
+
+
+def curves_from_workdir(workdir: str | os.PathLike, label: str | None = None) -> Curves:
+    """Per-epoch curves of a plif_jax run from ``<workdir>/metrics.jsonl``.
+
+    Reads the per-epoch records the trainer writes (``test/accuracy``, ``val/accuracy``,
+    ``tau/<layer>``; see ``plif_jax.metrics``) with ``plif_jax.analysis.read_metrics``. An epoch
+    logged twice (a resumed run) keeps its last record.
+
+    Raises:
+      errors.MissingDataError: no ``metrics.jsonl`` in ``workdir``.
+      errors.DataError: the file is damaged or holds no finished epoch yet.
+    """
+    from plif_jax import analysis  # lazy: analysis imports jax and flax
+
+    path = os.path.join(os.fspath(workdir), "metrics.jsonl")
+    if not os.path.exists(path):
+        raise errors.MissingDataError(
+            f"{path} does not exist: point --workdir at a training workdir "
+            "(python -m experiments.train ... --workdir DIR writes it)"
+        )
+    try:
+        records = analysis.read_metrics(path)
+    except ValueError as e:  # a truncated line: the message names it and the fix
+        raise errors.DataError(str(e)) from e
+    per_epoch = {int(r["epoch"]): r for r in records if "test/accuracy" in r and "epoch" in r}
+    if not per_epoch:
+        raise errors.DataError(
+            f"{path} holds no finished epoch yet (no 'test/accuracy' record): wait for the "
+            "first epoch's evaluation and retry"
+        )
+    epochs = sorted(per_epoch)
+    rows = [per_epoch[e] for e in epochs]
+    layers = [k[len("tau/") :] for k in rows[-1] if k.startswith("tau/")]
+
+    def column(key: str) -> np.ndarray:
+        return np.asarray([r.get(key, math.nan) for r in rows], np.float64)
+
+    has_val = any("val/accuracy" in r for r in rows)
+    return Curves(
+        label=label or os.path.basename(os.path.normpath(os.fspath(workdir))),
+        epochs=np.asarray(epochs, np.int64),
+        test_accuracy=column("test/accuracy"),
+        val_accuracy=column("val/accuracy") if has_val else None,
+        tau={layer: column(f"tau/{layer}") for layer in layers},
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """Our run and the paper's, epoch by epoch over our epochs.
+
+    Attributes:
+      ours, paper: the two runs' curves.
+      epochs: our epochs (paper values are NaN past the paper's last epoch).
+      layers: the layers whose tau is compared (empty when the two runs do not have the same
+        number of PLIF layers, e.g. a LIF run).
+      notes: what the reader must know (why tau is not compared, settings that differ).
+    """
+
+    ours: Curves
+    paper: Curves
+    epochs: np.ndarray
+    layers: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+
+    def _paper_at(self, values: np.ndarray | None) -> np.ndarray:
+        index = {int(e): i for i, e in enumerate(self.paper.epochs)}
+        if values is None:
+            return np.full(self.epochs.shape, math.nan)
+        return np.asarray([values[index[e]] if e in index else math.nan for e in self.epochs])
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The table as ``{column: values}`` (one value per epoch; NaN where not logged)."""
+        ours_test = self.ours.test_accuracy
+        paper_test = self._paper_at(self.paper.test_accuracy)
+        out = {
+            "epoch": self.epochs,
+            "test_accuracy_ours": ours_test,
+            "test_accuracy_paper": paper_test,
+            "test_accuracy_diff": ours_test - paper_test,
+        }
+        if self.ours.val_accuracy is not None or self.paper.val_accuracy is not None:
+            out["val_accuracy_ours"] = (
+                self.ours.val_accuracy
+                if self.ours.val_accuracy is not None
+                else np.full(self.epochs.shape, math.nan)
+            )
+            out["val_accuracy_paper"] = self._paper_at(self.paper.val_accuracy)
+        for layer in self.layers:
+            out[f"tau_{layer}_ours"] = self.ours.tau[layer]
+            out[f"tau_{layer}_paper"] = self._paper_at(self.paper.tau[layer])
+        return out
+
+    def format_table(self) -> str:
+        """A fixed-width text table: accuracies in %, differences in points, tau ours / paper."""
+        cols = self.columns()
+        head = ["epoch", "test ours", "paper", "diff (pt)"]
+        if "val_accuracy_ours" in cols:
+            head += ["val ours", "paper"]
+        head += [f"tau {layer} ours / paper" for layer in self.layers]
+
+        def pct(x: float) -> str:
+            return "-" if math.isnan(x) else f"{100 * x:.2f}"
+
+        def tau(x: float) -> str:
+            return "-" if math.isnan(x) else f"{x:.3f}"
+
+        lines = []
+        for i, epoch in enumerate(cols["epoch"]):
+            row = [
+                str(int(epoch)),
+                pct(cols["test_accuracy_ours"][i]),
+                pct(cols["test_accuracy_paper"][i]),
+                "-" if math.isnan(d := cols["test_accuracy_diff"][i]) else f"{100 * d:+.2f}",
+            ]
+            if "val_accuracy_ours" in cols:
+                row += [pct(cols["val_accuracy_ours"][i]), pct(cols["val_accuracy_paper"][i])]
+            row += [
+                f"{tau(cols[f'tau_{layer}_ours'][i])} / {tau(cols[f'tau_{layer}_paper'][i])}"
+                for layer in self.layers
+            ]
+            lines.append(row)
+        widths = [max(len(r[j]) for r in [head, *lines]) for j in range(len(head))]
+        return "\n".join(
+            "  ".join(cell.rjust(w) for cell, w in zip(r, widths, strict=True))
+            for r in [head, *lines]
+        )
+
+    def write_csv(self, path: str | os.PathLike) -> None:
+        """Writes :meth:`columns` as CSV (empty cell where not logged)."""
+        cols = self.columns()
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(cols)
+            for i in range(len(self.epochs)):
+                writer.writerow(
+                    [
+                        int(v[i])
+                        if key == "epoch"
+                        else ("" if math.isnan(v[i]) else repr(float(v[i])))
+                        for key, v in cols.items()
+                    ]
+                )
+
+
+def compare(ours: Curves, paper: Curves | PaperRun, notes: tuple[str, ...] = ()) -> Comparison:
+    """Our curves beside the paper's, over our epochs.
+
+    Tau is compared layer by layer (``sn0`` with the paper's ``w0``...) when both runs have the
+    same number of PLIF layers; otherwise a note says why not.
+    """
+    paper_curves = paper.curves if isinstance(paper, PaperRun) else paper
+    notes = tuple(notes)
+    if (
+        ours.tau
+        and len(ours.tau) == len(paper_curves.tau)
+        and set(ours.tau) == set(paper_curves.tau)
+    ):
+        layers = tuple(ours.tau)
+    else:
+        layers = ()
+        if not ours.tau and not paper_curves.tau:
+            notes += ("tau not compared: neither run learned tau (LIF)",)
+        elif not ours.tau or not paper_curves.tau:
+            lif = "ours" if not ours.tau else "the paper's"
+            notes += (f"tau not compared: {lif} run has no learned tau (LIF)",)
+        else:
+            notes += (
+                f"tau not compared: ours has {len(ours.tau)} PLIF layers, the paper's run "
+                f"{len(paper_curves.tau)} (another network depth)",
+            )
+    return Comparison(ours=ours, paper=paper_curves, epochs=ours.epochs, layers=layers, notes=notes)
+
+
+def plot_comparison(
+    comparison: Comparison,
+    path: str | os.PathLike | None = None,
+    *,
+    figure: Any = None,
+    title: str | None = None,
+):
+    """Draws test (and val) accuracy and tau per layer against epoch, ours beside the paper's.
+
+    Ours: solid lines with markers; the paper's: dashed, over the same epochs. Tau is on a log
+    axis (the paper's hidden FC layer grows to 10-55 while the conv layers stay near 1.5-2).
+
+    Args:
+      comparison: from :func:`compare`.
+      path: where to save the figure as PNG (None: do not save).
+      figure: a ``matplotlib.figure.Figure`` to draw into (None: a new one, no pyplot state).
+      title: the figure's title.
+
+    Returns:
+      The figure.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = figure if figure is not None else Figure(figsize=(11, 4.2))
+    ax_acc, ax_tau = fig.subplots(1, 2)
+    cols = comparison.columns()
+    x = comparison.epochs
+    marker = dict(marker="o", ms=4)
+    ax_acc.plot(x, 100 * cols["test_accuracy_ours"], c="C0", label="test, ours", **marker)
+    ax_acc.plot(
+        x, 100 * cols["test_accuracy_paper"], c="C0", ls="--", label="test, paper", **marker
+    )
+    if "val_accuracy_ours" in cols:
+        ax_acc.plot(x, 100 * cols["val_accuracy_ours"], c="C1", label="val, ours", **marker)
+        ax_acc.plot(
+            x, 100 * cols["val_accuracy_paper"], c="C1", ls="--", label="val, paper", **marker
+        )
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("accuracy (%)")
+    ax_acc.set_title("accuracy after each epoch")
+    ax_acc.legend(fontsize=8)
+    for ax in (ax_acc, ax_tau):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    if comparison.layers:
+        for j, layer in enumerate(comparison.layers):
+            c = f"C{j % 10}"
+            ax_tau.plot(x, cols[f"tau_{layer}_ours"], c=c, label=f"{layer} ours", **marker)
+            ax_tau.plot(
+                x, cols[f"tau_{layer}_paper"], c=c, ls="--", label=f"{layer} paper", **marker
+            )
+        ax_tau.set_yscale("log")
+        ax_tau.set_ylabel("tau (time steps)")
+        ax_tau.legend(fontsize=7, ncol=2)
+    else:
+        ax_tau.text(
+            0.5,
+            0.5,
+            "\n".join(comparison.notes) or "no tau",
+            ha="center",
+            va="center",
+            transform=ax_tau.transAxes,
+            fontsize=8,
+            wrap=True,
+        )
+    ax_tau.set_xlabel("epoch")
+    ax_tau.set_title("tau per PLIF layer (solid: ours, dashed: paper)")
+    fig.suptitle(title or f"{comparison.ours.label} vs {comparison.paper.label}", fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+    return fig
