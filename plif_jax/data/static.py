@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from plif_jax.errors import MissingDataError
+
 # (mean, std) per channel, after scaling to [0, 1] (spec §4).
 NORMALIZATION = {
     "mnist": ((0.1307,), (0.3081,)),
@@ -41,8 +43,10 @@ IMAGE_SHAPE = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (3
 INTERPOLATIONS = ("bilinear", "nearest")
 
 PREPARE_COMMAND = (
+    "python -m experiments.prepare_data --dataset {name} --from_dir DIR --data_dir {data_dir} "
+    "(from files you have, e.g. the IDX files or the CIFAR-10 python tarball; no network), or "
     "pip install -e '.[prepare]' && python -m experiments.prepare_data --dataset {name} "
-    "--data_dir {data_dir}"
+    "--data_dir {data_dir} (download; needs TensorFlow and network)"
 )
 
 
@@ -65,7 +69,7 @@ def load_tfds_split(name: str, split: str, data_dir: str | None) -> tuple[np.nda
       ``(images [N, H, W, C] uint8, labels [N] int32)`` in the split's index order.
 
     Raises:
-      FileNotFoundError: the ArrayRecord copy is missing; the message names the directory and
+      MissingDataError: the ArrayRecord copy is missing; the message names the directory and
         the preparation command.
     """
     import tensorflow_datasets as tfds
@@ -75,15 +79,14 @@ def load_tfds_split(name: str, split: str, data_dir: str | None) -> tuple[np.nda
         src = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as e:  # tfds raises assorted errors for missing / TFRecord-only data
         base = name.split(":")[0]
-        raise FileNotFoundError(
+        raise MissingDataError(
             f"No ArrayRecord copy of tfds dataset {name!r} (split {split!r}) under "
             f"{os.path.join(data_dir, base)} (missing, or prepared in the TFRecord format). "
-            f"Prepare it once (needs TensorFlow and network): "
-            f"{PREPARE_COMMAND.format(name=base, data_dir=data_dir)}"
+            f"Prepare it once: {PREPARE_COMMAND.format(name=base, data_dir=data_dir)}"
         ) from e
     n = len(src)
     if n == 0:
-        raise FileNotFoundError(f"tfds dataset {name!r} split {split!r} in {data_dir} is empty.")
+        raise MissingDataError(f"tfds dataset {name!r} split {split!r} in {data_dir} is empty.")
     first = src[0]
     images = np.empty((n, *np.shape(first["image"])), dtype=np.uint8)
     labels = np.empty(n, dtype=np.int32)
