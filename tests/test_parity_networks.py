@@ -13,14 +13,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from flax import nnx
 
 from plif_jax import models, porting
 from plif_jax import sj_reference as sjr
-from tests.conftest import float64_quick_compile
+from tests.conftest import float64_quick_compile, import_oracle
 
 pytestmark = pytest.mark.parity
+
+# The oracle is optional: without it this module skips (an error under PLIF_REQUIRE_ORACLE=1).
+torch = import_oracle("torch")
+import_oracle("spikingjelly.activation_based.neuron")  # what sj_reference builds the nets from
 
 GRAD_RTOL = 1e-4
 CONV_GAIN = 3.0

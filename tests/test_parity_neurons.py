@@ -27,18 +27,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from flax import nnx
-from spikingjelly.activation_based import neuron as sj_neuron
-from spikingjelly.activation_based import surrogate as sj_surrogate
 
 from plif_jax import neurons, surrogate
+from tests.conftest import import_oracle
 
 pytestmark = [
     pytest.mark.parity,
     # Flax 0.12.8 deprecates Module.sow() outside nnx.capture(); the neurons sow on every call.
     pytest.mark.filterwarnings("ignore:Using 'Module.sow\\(\\)' outside:DeprecationWarning"),
 ]
+
+# The oracle is optional: without it this module skips (an error under PLIF_REQUIRE_ORACLE=1).
+torch = import_oracle("torch")
+sj_neuron = import_oracle("spikingjelly.activation_based.neuron")
+sj_surrogate = import_oracle("spikingjelly.activation_based.surrogate")
 
 TAUS = (1.5, 2.0, 16.0)
 SHAPES = ((1, (3,)), (7, (2, 5, 7)), (13, (4, 6)))
