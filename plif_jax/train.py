@@ -517,10 +517,12 @@ def train_and_evaluate(
         progress = tqdm(
             total=num_epochs * steps_per_epoch,
             initial=meta["epoch"] * steps_per_epoch + meta["step_in_epoch"],
-            disable=not (config.progress_bar and is_main),
+            # None: drawn only when stderr is a terminal. A log file gets the per-epoch log
+            # lines instead of a carriage-return redraw every couple of seconds.
+            disable=None if (config.progress_bar and is_main) else True,
             unit="step",
             dynamic_ncols=True,
-            mininterval=2.0,  # also readable when stderr is a log file
+            mininterval=2.0,
         )
         stop.install()
         steps_this_process = 0
