@@ -54,8 +54,10 @@ def main(argv: list[str]) -> None:
     set_cpu_flags(FLAGS.xla_cpu_ynn)
     import jax
 
-    from plif_jax import train
+    from plif_jax import parallel, train
 
+    # Before anything below touches a JAX backend (jax.devices()): JAX joins a cluster only then.
+    parallel.initialize_distributed(bool(FLAGS.config.distributed))
     config_file = config_flags.get_config_filename(FLAGS["config"])
     stem = os.path.splitext(os.path.basename(config_file.split(":")[0]))[0]
     workdir = FLAGS.workdir or os.path.join("runs", stem)

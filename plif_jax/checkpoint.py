@@ -39,6 +39,18 @@ def _key_str(key: Any) -> str:
     return str(key)
 
 
+def write_json_atomic(path: str, obj: Any, *, sort_keys: bool = True) -> None:
+    """Writes JSON to a temporary file, then renames it over ``path`` (``os.replace``).
+
+    A process killed mid-write leaves the previous file intact, never a truncated one (a
+    truncated ``config.json`` would make the next start fail on a run it could resume).
+    """
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=sort_keys)
+    os.replace(tmp, path)
+
+
 def _is_prng_key(x: Any) -> bool:
     return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
@@ -127,29 +139,41 @@ class CheckpointStore:
                     + "\nUse a new --workdir, or drop these overrides to resume the saved run."
                 )
         if jax.process_index() == 0:
-            with open(path, "w", encoding="utf-8") as f:
-                json.dump(current, f, indent=2, sort_keys=True)
+            write_json_atomic(path, current)
         return has_checkpoint
 
     def save_model_spec(self, name: str, options: Mapping[str, Any]) -> None:
         """Records how the model was built (``restore`` rebuilds it without the dataset)."""
         if jax.process_index() == 0:
-            with open(os.path.join(self.directory, MODEL_NAME), "w", encoding="utf-8") as f:
-                json.dump({"name": name, "options": dict(options)}, f, indent=2, sort_keys=True)
+            spec = {"name": name, "options": dict(options)}
+            write_json_atomic(os.path.join(self.directory, MODEL_NAME), spec)
 
     # --- save / restore ------------------------------------------------------------------------
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
     def save(self, step: int, tree: Any, meta: Mapping[str, Any], *, best: bool = False) -> None:
-        """Saves ``tree`` (any pytree of arrays) and ``meta`` (JSON) at global ``step``."""
+        """Saves ``tree`` (any pytree of arrays) and ``meta`` (JSON) at global ``step``.
+
+        A new best is written (and finished) before the latest: a process killed in between
+        resumes from the previous latest checkpoint, redoes the epoch and finds the best one
+        already there, identical. The other order could leave a resumed run whose best
+        checkpoint is older than its record of the best epoch.
+        """
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(to_nested(tree)), meta=ocp.args.JsonSave(dict(meta))
         )
-        if self.latest.latest_step() != step:
-            self.latest.save(step, args=args, force=True)
         if best and self.best is not None and self.best.latest_step() != step:
             self.best.save(step, args=args, force=True)
+            self.best.wait_until_finished()
+        if self.latest.latest_step() != step:
+            self.latest.save(step, args=args, force=True)
+
+    def wait(self) -> None:
+        """Blocks until every save in flight is on disk."""
+        for m in (self.latest, self.best):
+            if m is not None:
+                m.wait_until_finished()
 
     def restore(self, template: Any, which: str = "latest") -> tuple[Any, dict[str, Any], int]:
         """Restores into the structure, dtypes and shardings of ``template``.

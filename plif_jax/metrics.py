@@ -7,17 +7,80 @@ one wrote after its last checkpoint); ``metrics.jsonl`` gets one JSON object per
 it). On resume the JSONL file is cut back to its length at the checkpoint and TensorBoard events
 after the checkpoint's step are purged, so a resumed run logs exactly what an uninterrupted one
 would.
+
+Both files are written so that a ``kill -9`` at any moment loses nothing a checkpoint refers to:
+every record is one ``write`` system call on an unbuffered file (no half-written line or event is
+left in a Python buffer), and the event file is written synchronously (tensorboardX's
+``SummaryWriter`` queues events for a background thread, and its ``flush`` does not drain that
+queue, so events logged before a checkpoint could be lost by a kill after it). Each run start
+opens a new event file whose name sorts after the earlier ones (TensorBoard reads a directory's
+event files in name order).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import socket
+import struct
+import time
 from collections.abc import Mapping
 
-from tensorboardX import SummaryWriter
-
 JSONL_NAME = "metrics.jsonl"
+
+
+class EventFile:
+    """A TensorBoard event file, one synchronous ``write`` per event.
+
+    Args:
+      logdir: directory of the file.
+      purge_step: written first as a ``SessionLog.START`` at this step, which tells TensorBoard
+        to drop the events of earlier files with ``step >= purge_step``; None writes no marker.
+    """
+
+    def __init__(self, logdir: str, purge_step: int | None = None):
+        from tensorboardX.proto import event_pb2
+
+        self._event_pb2 = event_pb2
+        stamp, host = int(time.time()), socket.gethostname()
+        n = sum("tfevents" in f for f in os.listdir(logdir))
+        while True:  # the sequence number keeps names unique and in creation order
+            self.path = os.path.join(logdir, f"events.out.tfevents.{stamp:010d}.{host}.{n:04d}")
+            try:
+                self._file = open(self.path, "xb", buffering=0)  # noqa: SIM115 (closed in close())
+                break
+            except FileExistsError:
+                n += 1
+        self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+        if purge_step is not None:
+            log = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+            self._write(event_pb2.Event(wall_time=time.time(), step=purge_step, session_log=log))
+
+    def _write(self, event) -> None:
+        from tensorboardX.record_writer import masked_crc32c
+
+        data = event.SerializeToString()
+        header = struct.pack("<Q", len(data))
+        record = header + struct.pack("<I", masked_crc32c(header))
+        record += data + struct.pack("<I", masked_crc32c(data))
+        self._file.write(record)
+
+    def add_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        """One event holding every scalar of a record."""
+        from tensorboardX.proto import summary_pb2
+
+        values = [
+            summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()
+        ]
+        summary = summary_pb2.Summary(value=values)
+        self._write(self._event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
+
+    def sync(self) -> None:
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class MetricWriter:
@@ -49,10 +112,21 @@ class MetricWriter:
         os.makedirs(workdir, exist_ok=True)
         offset = resume_offset or 0
         with open(self.path, "a+b") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size < offset:  # only a machine crash (not a killed process) can lose flushed data
+                logging.warning(
+                    "%s is %d bytes, shorter than the %d bytes the checkpoint recorded: records "
+                    "of earlier epochs are missing from it (TensorBoard's copy has them).",
+                    self.path,
+                    size,
+                    offset,
+                )
+                f.seek(0)
+                offset = f.read().rfind(b"\n") + 1  # keep the complete lines
             # Records written after the checkpoint belong to work that will be redone.
             f.truncate(offset)
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
-        self._tb = SummaryWriter(logdir=workdir, purge_step=purge_step, flush_secs=30)
+        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 (closed in close())
+        self._tb = EventFile(workdir, purge_step=purge_step)
 
     def write(self, *, epoch: int, step: int, scalars: Mapping[str, float]) -> None:
         """Writes one record: ``{'epoch', 'step', **scalars}``."""
@@ -60,21 +134,24 @@ class MetricWriter:
             return
         record = {"epoch": int(epoch), "step": int(step)}
         record.update({k: float(v) for k, v in scalars.items()})
-        self._file.write(json.dumps(record) + "\n")
-        for key, value in scalars.items():
-            self._tb.add_scalar(key, float(value), global_step=int(step))
+        self._file.write((json.dumps(record) + "\n").encode())  # one write: never half a line
+        self._tb.add_scalars(int(step), scalars)
 
     def offset(self) -> int:
-        """Flushes; returns the byte length of ``metrics.jsonl`` (saved in checkpoints)."""
+        """Syncs both files to disk; returns the byte length of ``metrics.jsonl``.
+
+        Called when a checkpoint is saved (the checkpoint records this offset).
+        """
         if not self.enabled:
             return 0
         self.flush()
         return os.path.getsize(self.path)
 
     def flush(self) -> None:
+        """Both files are unbuffered; this makes them survive a machine crash too."""
         if self.enabled:
-            self._file.flush()
-            self._tb.flush()
+            os.fsync(self._file.fileno())
+            self._tb.sync()
 
     def close(self) -> None:
         if self.enabled:
@@ -95,13 +172,12 @@ def read_tensorboard_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
     Parses the TFRecord framing (8-byte length, 4-byte CRC, payload, 4-byte CRC) and decodes each
     payload as a ``tensorboardX.proto.event_pb2.Event``. Honours purge markers: a
     ``SessionLog.START`` at step ``s`` discards earlier-read events with ``step >= s``, as
-    TensorBoard does.
+    TensorBoard does. A record cut short at the end of a file (a writer killed mid-record) is
+    ignored, as TensorBoard ignores it.
 
     Returns:
       ``{tag: [(step, value), ...]}`` in file order.
     """
-    import struct
-
     from tensorboardX.proto import event_pb2
 
     out: dict[str, list[tuple[int, float]]] = {}
@@ -112,6 +188,8 @@ def read_tensorboard_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
         pos = 0
         while pos + 12 <= len(data):
             (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            if pos + 12 + length + 4 > len(data):
+                break
             payload = data[pos + 12 : pos + 12 + length]
             pos += 12 + length + 4
             event = event_pb2.Event()

@@ -284,8 +284,11 @@ def evaluate(
 
 
 def _to_device(batch: Mapping[str, Any], mesh: jax.sharding.Mesh) -> dict[str, Array]:
-    if jax.process_count() == 1 and all(isinstance(v, jax.Array) for v in batch.values()):
-        return dict(batch)  # already placed on the mesh by the loader's prefetch thread
+    if all(isinstance(v, jax.Array) for v in batch.values()):
+        # Placed by the loader: its prefetch thread, or (multi-process) assembled from the
+        # rows this process read.
+        return dict(batch)
+
     return parallel.put_batch({k: np.asarray(v) for k, v in batch.items()}, mesh)
 
 
@@ -387,8 +390,9 @@ def record_run_info(workdir: str, config: ml_collections.ConfigDict, mesh) -> st
     ]
     text = "\n".join(lines)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            f.write(config.to_json(indent=2, sort_keys=True))
+        checkpoint_lib.write_json_atomic(
+            os.path.join(workdir, "config.json"), json.loads(config.to_json())
+        )
         with open(os.path.join(workdir, "run_info.txt"), "a", encoding="utf-8") as f:
             f.write(text + "\n\n")
     return text
@@ -443,10 +447,10 @@ def train_and_evaluate(
         config_lib.validate_against_data(config, len(bundle.train))
         if config.protocol == "B" and bundle.val is None:
             raise ValueError("Protocol B needs a validation split but the data bundle has none.")
-        if jax.process_count() == 1:
-            for source in (bundle.train, bundle.val, bundle.test):
-                if source is not None and hasattr(source, "sharding"):
-                    source.sharding = parallel.batch_sharded(mesh)
+        for source in (bundle.train, bundle.val, bundle.test):
+            if source is not None and hasattr(source, "sharding"):
+                # Multi-process: each process then reads only its own rows of every batch.
+                source.sharding = parallel.batch_sharded(mesh)
 
         name, options = model_spec(config, info)
         model = build_model(name, options, seed=int(config.seed))
@@ -657,10 +661,14 @@ def train_and_evaluate(
                     status = "interrupted"
                 break
         progress.close()  # before the summary lines
+        # The summary describes saved work only: a kill before the last save is on disk must
+        # not leave a summary of a run that a restart will partly redo.
+        store.wait()
         summary = _summary(config, meta, state, status, time.time() - t_start, traces, workdir)
         if is_main:
-            with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-                json.dump(summary, f, indent=2)
+            checkpoint_lib.write_json_atomic(
+                os.path.join(workdir, "summary.json"), summary, sort_keys=False
+            )
         logging.info("Summary: %s", json.dumps(summary))
         return summary
     finally:

@@ -4,6 +4,11 @@ A :class:`BatchSource` owns the labels of one split and a ``fetch(indices) -> x`
 reads the samples. Batch order is a pure function of ``(seed, epoch)``, and ``batches(epoch,
 start)`` skips the first ``start`` batches without reading them, so the iterator position is
 ``(epoch, start batch)`` and a resumed run sees exactly the batches it would have seen.
+
+In a multi-process run (``sharding`` spanning the devices of several processes) every process
+computes the same batch order but reads only its own rows of each batch
+(:func:`plif_jax.parallel.local_rows`), and the batch arrives as a global ``jax.Array``
+assembled from every process's part.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from plif_jax import parallel
 from plif_jax.data.cache import aligned_empty
 
 Batch = dict[str, np.ndarray]
@@ -29,7 +35,8 @@ class BatchSource:
     With ``prefetch > 0`` a background thread keeps ``prefetch`` batches ready and already
     transferred with ``jax.device_put`` (to ``self.sharding`` when set, else the default
     device), so batches come as ``jax.Array``; with ``prefetch == 0`` they are NumPy arrays read
-    synchronously.
+    synchronously. A ``sharding`` that spans several processes makes every batch a global
+    ``jax.Array`` of which this process read and placed only its own rows, prefetch or not.
     """
 
     def __init__(
@@ -88,14 +95,19 @@ class BatchSource:
         """Reads one batch (NumPy); indices -1 become zero padding with mask 0."""
         valid = indices >= 0
         take = indices[valid]
-        x_valid = self.fetch(take)
-        if valid.all() and x_valid.ctypes.data % 64 == 0:
-            x = x_valid
+        if not valid.any():
+            # A process's part of the last evaluation batch can be all padding.
+            x = aligned_empty((len(indices), *self.sample_shape), self.dtype)
+            x[...] = 0
         else:
-            # A 64-byte aligned buffer lets jax's CPU backend take it without a copy.
-            x = aligned_empty((len(indices), *x_valid.shape[1:]), x_valid.dtype)
-            x[valid] = x_valid
-            x[~valid] = 0
+            x_valid = self.fetch(take)
+            if valid.all() and x_valid.ctypes.data % 64 == 0:
+                x = x_valid
+            else:
+                # A 64-byte aligned buffer lets jax's CPU backend take it without a copy.
+                x = aligned_empty((len(indices), *x_valid.shape[1:]), x_valid.dtype)
+                x[valid] = x_valid
+                x[~valid] = 0
         y = np.zeros(len(indices), dtype=np.int32)
         y[valid] = self.labels[take]
         return {"x": x, "y": y, "mask": valid.astype(np.float32)}
@@ -105,22 +117,34 @@ class BatchSource:
         if not 0 <= start <= self.num_batches:
             raise ValueError(f"{self.name}: start {start} outside [0, {self.num_batches}].")
         plan = self.batch_indices(epoch)[start:]
+        if parallel.is_multiprocess(self.sharding):
+            load = self._read_local_part
+        elif self.prefetch > 0:
+            load = self._read_and_place
+        else:
+            load = self.read_batch
         if self.prefetch <= 0:
             for idx in plan:
-                yield self.read_batch(idx)
+                yield load(idx)
             return
-        yield from _prefetched(plan, self.read_batch, self.prefetch, self.sharding)
+        yield from _prefetched(plan, load, self.prefetch)
+
+    def _read_and_place(self, indices: np.ndarray):
+        import jax
+
+        return jax.device_put(self.read_batch(indices), self.sharding)
+
+    def _read_local_part(self, indices: np.ndarray):
+        """Reads this process's rows of one batch and assembles the global batch."""
+        rows = parallel.local_rows(self.sharding, len(indices))
+        return parallel.put_local_batch(self.read_batch(indices[rows]), self.sharding, len(indices))
 
 
 _DONE = object()
 
 
-def _prefetched(
-    plan: np.ndarray, read: Callable[[np.ndarray], Batch], depth: int, sharding
-) -> Iterator[Batch]:
-    """Reads and ``device_put``s batches in a background thread, ``depth`` ahead."""
-    import jax
-
+def _prefetched(plan: np.ndarray, load: Callable[[np.ndarray], Batch], depth: int) -> Iterator:
+    """Reads and places batches (``load``) in a background thread, ``depth`` ahead."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -138,7 +162,7 @@ def _prefetched(
             for idx in plan:
                 if stop.is_set():
                     return
-                batch = jax.device_put(read(idx), sharding)
+                batch = load(idx)
                 if not put(batch):
                     return
             put(_DONE)
