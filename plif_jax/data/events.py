@@ -39,6 +39,7 @@ import numpy as np
 import tonic
 
 from plif_jax.data.frames import integrate_events
+from plif_jax.errors import DataError, MissingDataError
 
 # name -> tonic class name, sensor (W, H, P), number of classes, paper T.
 EVENT_DATASETS = {
@@ -55,8 +56,8 @@ _FETCH_HINT = (
 )
 
 
-def _missing(cls: str, location: str, root: str, train: str) -> FileNotFoundError:
-    return FileNotFoundError(
+def _missing(cls: str, location: str, root: str, train: str) -> MissingDataError:
+    return MissingDataError(
         f"{cls} not found (or incomplete) in {location}. "
         + _FETCH_HINT.format(cls=cls, root=root, train=train)
     )
@@ -96,7 +97,7 @@ def natural_key(path: str) -> list:
 def _check_file(path: str) -> None:
     """Cheap format checks that tonic's readers skip (they would return garbage or crash)."""
     if path.endswith(".bin") and os.path.getsize(path) % 5:
-        raise ValueError(
+        raise DataError(
             f"Truncated or corrupt N-MNIST file {path}: {os.path.getsize(path)} bytes is not a "
             f"multiple of the 5-byte event record. Re-extract it from the archive."
         )
@@ -113,7 +114,7 @@ def read_sample(dataset, index: int) -> np.ndarray:
     except Exception as e:
         if isinstance(e, ValueError) and str(path) in str(e):
             raise
-        raise ValueError(
+        raise DataError(
             f"Cannot read event file {path} ({type(e).__name__}: {e}). The file is truncated or "
             f"corrupt; re-extract it from the dataset archive."
         ) from e
@@ -146,11 +147,13 @@ def open_split(name: str, root: str, train: bool) -> TonicSplit:
     else:
         ds = CIFAR10DVS(save_to=root)
     if len(ds.data) == 0:
-        raise FileNotFoundError(
+        raise MissingDataError(
             f"{meta['tonic']} in {ds.location_on_system} holds no sample files; "
             f"expected the layout described in plif_jax/data/events.py."
         )
-    order = np.array(sorted(range(len(ds.data)), key=lambda i: natural_key(ds.data[i])))
+    order = np.array(
+        sorted(range(len(ds.data)), key=lambda i: natural_key(ds.data[i])), dtype=np.int64
+    )
     targets = np.asarray(ds.targets, dtype=np.int32)
     if name == "cifar10dvs":
         keep = []
@@ -158,7 +161,9 @@ def open_split(name: str, root: str, train: bool) -> TonicSplit:
             idx = order[targets[order] == c]  # this class's files in sorted order
             k = int(round(CIFAR10DVS_TRAIN_FRACTION * len(idx)))
             keep.append(idx[:k] if train else idx[k:])
-        order = np.array(sorted(np.concatenate(keep), key=lambda i: natural_key(ds.data[i])))
+        order = np.array(
+            sorted(np.concatenate(keep), key=lambda i: natural_key(ds.data[i])), dtype=np.int64
+        )  # int64 even when a split is empty
     return TonicSplit(
         name=name,
         dataset=ds,
