@@ -55,6 +55,13 @@ def get_config() -> ml_collections.ConfigDict:
     # Where the raw data lies: the tfds data_dir of the static datasets (None: tfds's default,
     # $TFDS_DATA_DIR or ~/tensorflow_datasets); tonic's save_to for events (None: ~/event_data).
     config.data.root = config_dict.placeholder(str)
+    # Event datasets: 'auto' (the original archives when ROOT holds them as the original README
+    # lays them out, e.g. ROOT/DVS128Gesture/DvsGesture.tar.gz, else tonic's layout), 'original'
+    # or 'tonic'. Only the original DVS128 Gesture archive gives the paper's 288-sample test set.
+    config.data.source = "auto"
+    # DVS128 Gesture training trials (original source): 'all' (98 trials, 1,176 samples) or
+    # 'first_78_trials' (936 samples, the training set the paper's run actually had).
+    config.data.dvsgesture_train = "all"
     # Converted event frames (None: ~/.cache/plif_jax/frames), keyed by every frame setting.
     config.data.cache_dir = config_dict.placeholder(str)
     config.data.T = 8  # Time steps (static nets: image repeats; events: frames).
