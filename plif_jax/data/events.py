@@ -13,15 +13,27 @@ that enough files were extracted):
 - CIFAR10-DVS: ``<root>/CIFAR10DVS/CIFAR10DVS.zip`` + ``<class>/<file>.aedat4`` (1,000 per class).
   tonic has no split; the paper's is used: per class, the first 90% of the files in natural
   sort order train and the rest test. With files numbered 0-999 per class, as the original
-  ``cifar10_<class>_<i>`` recordings are, that is the paper's 0-899 / 900-999 (tonic's archive
-  was not available here to check its file names, nor its x/y/polarity orientation against the
-  paper's ``x = 127 - x_raw, p = 1 - pol`` conversion, spec §5).
+  ``cifar10_<class>_<i>`` recordings are, that is the paper's 0-899 / 900-999.
+  Orientation, from tonic 1.7.0's reader code: ``CIFAR10DVS.__getitem__`` calls
+  ``tonic.io.read_aedat4``, which concatenates the AEDAT4 event packets as the ``aedat`` package
+  decodes them, and only renames the fields to ``t, x, y, p``: no flip, transposition or polarity
+  inversion. tonic's x, y, p are therefore exactly what its AEDAT4 files store, and those were
+  made from the original AEDAT 2.0 recordings with iniVation DV's converter (tonic pull request
+  #172), whose DVS128 address mapping is not part of tonic and could not be read here. The
+  original source (:mod:`plif_jax.data.original`) decodes the AEDAT 2.0 addresses as the paper
+  did (``x = 127 - x_raw, y = y_raw, p = 1 - pol``); both sources give the same frames for the
+  same (x, y, p) events (tested), but whether tonic's copy stores that orientation is unverified
+  (libcaer's live DVS128 decoder, ``dvs128.c``, also inverts y; if DV's converter does the same,
+  tonic's frames are the paper's flipped vertically). Use the original zips for the paper's frames.
 - DVS128 Gesture: ``<root>/DVSGesture/ibmGestureTrain.tar.gz`` + ``ibmGestureTrain/user<NN>_
   <lighting>/<label>.npy`` and the same for ``ibmGestureTest``. This is tonic's pre-cut figshare
   copy: 1,077 training and 264 test samples. The paper's SpikingJelly pipeline cut the original
   AEDAT recordings itself into 1,176 / 288 samples, and its training run used only 936 of the
   1,176 (a conversion bug dropped the last ~20 trials, spec §5), so sizes and test accuracy are
   not directly comparable.
+
+The original archives, laid out as the original repository's README lists them, are read by
+:mod:`plif_jax.data.original` (``config.data.source``; ``'auto'`` prefers them).
 
 tonic (on a machine with network) fetches them: ``python -c "import tonic;
 tonic.datasets.NMNIST(save_to='ROOT', train=True)"`` (and ``train=False``; ``DVSGesture``,
