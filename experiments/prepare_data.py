@@ -30,6 +30,15 @@ e.g. ``python -c "import tonic; tonic.datasets.NMNIST(save_to='ROOT', train=True
 - DVS128 Gesture (tonic's pre-cut copy, 1,077 / 264 samples): ``ROOT/DVSGesture/
   ibmGesture{Train,Test}.tar.gz`` + extracted ``ibmGesture{Train,Test}/user<NN>_<light>/*.npy``.
 
+Or, as the original repository's README lays out its dataset root (``config.data.source``:
+``auto`` prefers these, ``original`` requires them; extracted once, next to the archives):
+
+- N-MNIST: ``ROOT/NMNIST/Train.zip`` and ``Test.zip``.
+- CIFAR10-DVS: ``ROOT/CIFAR10DVS/{airplane,automobile,...,truck}.zip`` (AEDAT 2.0 recordings).
+- DVS128 Gesture (IBM's original archive, cut by its label files: 1,176 / 288 samples, or the
+  paper run's 936 with ``--config.data.dvsgesture_train=first_78_trials``):
+  ``ROOT/DVS128Gesture/DvsGesture.tar.gz``.
+
 The first training run converts them to frames (cached under ``config.data.cache_dir``).
 """
 
