@@ -370,6 +370,8 @@ def _prepare_events(name: str, T: int, opts: dict):
             )
             split_labels, sensor = osplit.labels, osplit.sensor_size
             source = f"original ({osplit.description})"
+            if opts["source"] == "auto" and original_lib.has_tonic(name, root):
+                source += "; tonic's layout is also there: --config.data.source=tonic reads it"
         else:
             tsplit = events_lib.open_split(name, root, is_train)
             paths = tsplit.paths
