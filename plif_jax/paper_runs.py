@@ -22,6 +22,7 @@ import csv
 import dataclasses
 import importlib.resources
 import io
+import json
 import math
 import os
 import re
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from plif_jax import errors
+from plif_jax import errors, metrics
 
 SOURCE = "fangwei123456/Parametric-Leaky-Integrate-and-Fire-Spiking-Neuron@f644ff6, logs/"
 """Where the shipped curves come from (the original repository's TensorBoard logs)."""
@@ -396,15 +397,14 @@ def curves_from_workdir(workdir: str | os.PathLike, label: str | None = None) ->
     """Per-epoch curves of a plif_jax run from ``<workdir>/metrics.jsonl``.
 
     Reads the per-epoch records the trainer writes (``test/accuracy``, ``val/accuracy``,
-    ``tau/<layer>``; see ``plif_jax.metrics``) with ``plif_jax.analysis.read_metrics``. An epoch
-    logged twice (a resumed run) keeps its last record.
+    ``tau/<layer>``) with ``plif_jax.metrics.read_jsonl`` (``plif_jax.analysis.read_metrics``
+    reads the same but imports JAX, seconds on a loaded CPU). An epoch logged twice (a resumed run)
+    keeps its last record.
 
     Raises:
       errors.MissingDataError: no ``metrics.jsonl`` in ``workdir``.
       errors.DataError: the file is damaged or holds no finished epoch yet.
     """
-    from plif_jax import analysis  # lazy: analysis imports jax and flax
-
     path = os.path.join(os.fspath(workdir), "metrics.jsonl")
     if not os.path.exists(path):
         raise errors.MissingDataError(
@@ -412,9 +412,12 @@ def curves_from_workdir(workdir: str | os.PathLike, label: str | None = None) ->
             "(python -m experiments.train ... --workdir DIR writes it)"
         )
     try:
-        records = analysis.read_metrics(path)
-    except ValueError as e:  # a truncated line: the message names it and the fix
-        raise errors.DataError(str(e)) from e
+        records = metrics.read_jsonl(path)
+    except json.JSONDecodeError as e:
+        raise errors.DataError(
+            f"{path}:{_bad_json_line(path)} is not valid JSON ({e.msg}); delete that line (a run "
+            "killed while writing leaves a truncated last line) and retry"
+        ) from e
     per_epoch = {int(r["epoch"]): r for r in records if "test/accuracy" in r and "epoch" in r}
     if not per_epoch:
         raise errors.DataError(
@@ -436,6 +439,17 @@ def curves_from_workdir(workdir: str | os.PathLike, label: str | None = None) ->
         val_accuracy=column("val/accuracy") if has_val else None,
         tau={layer: column(f"tau/{layer}") for layer in layers},
     )
+
+
+def _bad_json_line(path: str) -> int:
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            try:
+                if line.strip():
+                    json.loads(line)
+            except json.JSONDecodeError:
+                return i
+    return 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -565,6 +579,9 @@ def compare(ours: Curves, paper: Curves | PaperRun, notes: tuple[str, ...] = ())
     return Comparison(ours=ours, paper=paper_curves, epochs=ours.epochs, layers=layers, notes=notes)
 
 
+_TAU_TICKS = (1, 1.25, 1.5, 1.75, 2, 2.5, 3, 4, 5, 7, 10, 15, 20, 30, 50, 100)
+
+
 def plot_comparison(
     comparison: Comparison,
     path: str | os.PathLike | None = None,
@@ -587,7 +604,7 @@ def plot_comparison(
       The figure.
     """
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator, NullFormatter
 
     fig = figure if figure is not None else Figure(figsize=(11, 4.2))
     ax_acc, ax_tau = fig.subplots(1, 2)
@@ -618,6 +635,14 @@ def plot_comparison(
                 x, cols[f"tau_{layer}_paper"], c=c, ls="--", label=f"{layer} paper", **marker
             )
         ax_tau.set_yscale("log")
+        # Plain tick labels at round values (matplotlib's log axis would write 2x10^0).
+        taus = np.concatenate(
+            [cols[f"tau_{layer}_{who}"] for layer in comparison.layers for who in ("ours", "paper")]
+        )
+        low, top = np.nanmin(taus), np.nanmax(taus)
+        ticks = [t for t in _TAU_TICKS if low / 1.3 <= t <= top * 1.3] or [low, top]
+        ax_tau.set_yticks(ticks, [f"{t:g}" for t in ticks])
+        ax_tau.yaxis.set_minor_formatter(NullFormatter())
         ax_tau.set_ylabel("tau (time steps)")
         ax_tau.legend(fontsize=7, ncol=2)
     else:

@@ -28,6 +28,7 @@ NOTEBOOK = ROOT / "experiments" / "explore_tau.ipynb"
 FIGURES = (
     "tau_per_layer.png",
     "tau_trajectories.png",
+    "compare_paper.png",
     "membrane_traces.png",
     "spike_raster.png",
     "firing_rate.png",
@@ -159,6 +160,9 @@ def test_notebook_runs_headless_and_writes_nontrivial_figures(tiny_run, monkeypa
     for name, tau in summary["tau"].items():
         assert f"{name:>6}: tau = {tau:.4f}" in text, name
     assert f"test accuracy {summary['final_test_accuracy']:.4f} on 100 samples" in text
+    # digits_events has no paper run: the overlay is drawn beside the nmnist network's main run.
+    assert "paper run: A/NMNIST_init_tau_2.0_use_plif_True_use_max_pool_True_T_10_c_128_n_2" in text
+    assert "NOT this run's setting" in text
     for name in FIGURES:
         path = workdir / "figures" / name
         assert path.exists(), f"{name} not written"
