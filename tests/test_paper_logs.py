@@ -148,6 +148,20 @@ def test_match_without_a_paper_run_is_a_user_error_naming_the_difference():
         paper_runs.load(FMNIST_A.replace("T_8", "T_9"))
 
 
+def test_protocol_b_comparison_puts_validation_accuracy_beside_the_papers():
+    run = paper_runs.load("val_0.15_" + FMNIST_A)
+    taus = {k: v[:2] * 1.01 for k, v in run.curves.tau.items()}
+    ours = paper_runs.Curves(
+        "ours", np.arange(2), np.array([0.88, 0.9]), np.array([0.89, 0.91]), taus
+    )
+    cols = paper_runs.compare(ours, run).columns()
+    assert cols["val_accuracy_paper"].tolist() == [0.887678, 0.908141]
+    assert cols["val_accuracy_ours"].tolist() == [0.89, 0.91]
+    np.testing.assert_allclose(cols["test_accuracy_diff"], [0.88 - 0.8817, 0.9 - 0.9038])
+    header = paper_runs.compare(ours, run).format_table().splitlines()[0].split()
+    assert header[:8] == ["epoch", "test", "ours", "paper", "diff", "(pt)", "val", "ours"]
+
+
 def test_compare_notes_why_tau_is_not_compared():
     ours = paper_runs.Curves("ours", np.arange(2), np.array([0.5, 0.6]), None, {})
     lif = paper_runs.load(FMNIST_A.replace("use_plif_True", "use_plif_False"))
