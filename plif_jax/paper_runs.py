@@ -52,9 +52,15 @@ _OFFLINE_NETWORK = {"digits_events": "nmnist", "digits_static": "mnist"}
 
 # The paper's main setting per dataset (PLIF, tau_0 2, max pooling, detached reset; event data:
 # 128 channels, split_by number, no normalisation): T and the number of conv blocks. N-MNIST's
-# protocol-B run used T = 20 (spec: README table of the original repository).
-_MAIN_T = {"mnist": 8, "fashion_mnist": 8, "cifar10": 8, "nmnist": 10, "cifar10dvs": 20}
-_MAIN_T |= {"dvsgesture": 20}
+# protocol-B run used T = 20 (the original repository's README table).
+_MAIN_T = {
+    "mnist": 8,
+    "fashion_mnist": 8,
+    "cifar10": 8,
+    "nmnist": 10,
+    "cifar10dvs": 20,
+    "dvsgesture": 20,
+}
 _MAIN_T_B = {"nmnist": 20}
 _MAIN_N = {"nmnist": 2, "cifar10dvs": 4, "dvsgesture": 5}
 
