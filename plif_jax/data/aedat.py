@@ -119,8 +119,8 @@ def read_aedat31_polarity(path: str | os.PathLike) -> np.ndarray:
     if not words:
         return _events([], [], [], [])
     w = np.concatenate(words)
-    data, ts = w[:, 0].astype(np.int64), w[:, 1].astype(np.int64)
-    t = ts | (np.concatenate(overflows) << 31)
+    data = w[:, 0]  # bit fields on uint32: no 64-bit copy of the data words
+    t = w[:, 1].astype(np.int64) | (np.concatenate(overflows) << 31)
     return _events((data >> 17) & 0x7FFF, (data >> 2) & 0x7FFF, t, (data >> 1) & 1)
 
 
