@@ -138,5 +138,19 @@ def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
 
 
 def put_replicated(tree, mesh: Mesh):
-    """Copies a pytree of arrays to every device of the mesh."""
-    return jax.device_put(tree, replicated(mesh))
+    """Copies a pytree of arrays to every device of the mesh.
+
+    Multi-process: every process holds the same values (the same seed built them) and places
+    its own copies; ``device_put`` cannot address other processes' devices.
+    """
+    sharding = replicated(mesh)
+    if not is_multiprocess(sharding):
+        return jax.device_put(tree, sharding)
+
+    def put(x):
+        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+            data = put(jax.random.key_data(x))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+    return jax.tree.map(put, tree)
