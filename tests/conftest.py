@@ -59,7 +59,8 @@ def import_oracle(module: str):
 
 
 def _skip_reason(report) -> str:
-    return str(report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr)
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+    return str(reason).removeprefix("Skipped: ")
 
 
 def _required_message(reason: str) -> str:
