@@ -23,7 +23,9 @@ import tempfile
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
+
+from plif_jax import cli
 
 flags.DEFINE_integer("events", 300_000, "Events per synthetic sample.")
 flags.DEFINE_integer("train", 64, "Number of training samples to write and convert.")
@@ -135,4 +137,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)  # a user's mistake: one "error: ..." line, exit status 2 (plif_jax/cli.py)

@@ -48,6 +48,7 @@ import os
 
 from absl import app, flags
 
+from plif_jax import cli
 from plif_jax.errors import MissingDataError, UserError
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
@@ -130,4 +131,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)  # a user's mistake: one "error: ..." line, exit status 2 (plif_jax/cli.py)

@@ -13,6 +13,8 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from plif_jax import cli
+
 _YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type=dot,reduce"
 
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
@@ -71,4 +73,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)  # a user's mistake: one "error: ..." line, exit status 2 (plif_jax/cli.py)

@@ -419,17 +419,19 @@ def train_and_evaluate(
       'interrupted') and the number of times each step was compiled.
 
     Raises:
-      ValueError: an invalid config, or a checkpoint from an incompatible config.
+      ConfigError: an invalid config (a ``ValueError``; :mod:`plif_jax.errors`).
+      IncompatibleRunError: a checkpoint from an incompatible config (a ``ValueError``).
+      CheckpointError: a workdir that cannot be written, or none of its checkpoints readable.
+      MissingDataError, DataError: the dataset is missing or damaged.
       FloatingPointError: a non-finite loss or gradient (the last good checkpoint is kept).
     """
-    from plif_jax import data as data_lib
-
     t_start = time.time()
     parallel.initialize_distributed(bool(config.distributed))
+    # Every config check before the mesh (num_devices) and before any file is touched.
+    config_lib.validate(config, num_devices=int(config.num_devices) or jax.device_count())
     mesh = parallel.create_mesh(int(config.num_devices))
-    config_lib.validate(config, num_devices=mesh.size)
     workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    checkpoint_lib.prepare_workdir(workdir)  # a file or an unwritable path: a CheckpointError
     is_main = jax.process_index() == 0
 
     store = checkpoint_lib.CheckpointStore(
@@ -441,6 +443,9 @@ def train_and_evaluate(
     try:
         resuming = store.check_config(config)  # raises on an incompatible checkpoint
         logging.info("Run info:\n%s", record_run_info(workdir, config, mesh))
+
+        # Imported only now (tonic, tfds: seconds): a config or workdir error costs none of it.
+        from plif_jax import data as data_lib
 
         bundle = data_lib.get_datasets(config)
         info = bundle.info
@@ -467,7 +472,8 @@ def train_and_evaluate(
 
         meta = _initial_meta()
         if resuming:
-            state, meta, ckpt_step = store.restore(state, "latest")
+            # Damaged checkpoints are skipped (warned) and moved to checkpoints/damaged/.
+            state, meta, ckpt_step = store.restore(state, "latest", set_aside_damaged=True)
             logging.info(
                 "Resuming from checkpoint step %d (epoch %d, batch %d).",
                 ckpt_step,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from plif_jax.errors import ConfigError
+
 SPLIT_BY = ("number", "time")
 NORMALIZATIONS = (None, "frequency", "max", "norm", "sum")
 
@@ -19,13 +21,13 @@ _EPS = 1e-5
 
 
 def check_frame_settings(T: int, split_by: str, normalization: str | None) -> None:
-    """Raises ``ValueError`` naming the valid values when a frame setting is unknown."""
+    """Raises ``ConfigError`` (a ``ValueError``) naming the valid values for a bad setting."""
     if isinstance(T, bool) or not isinstance(T, int | np.integer) or T <= 0:
-        raise ValueError(f"T (number of frames) must be a positive integer, got {T!r}.")
+        raise ConfigError(f"T (number of frames) must be a positive integer, got {T!r}.")
     if split_by not in SPLIT_BY:
-        raise ValueError(f"Unknown split_by {split_by!r}; valid values: {list(SPLIT_BY)}.")
+        raise ConfigError(f"Unknown split_by {split_by!r}; valid values: {list(SPLIT_BY)}.")
     if normalization not in NORMALIZATIONS:
-        raise ValueError(
+        raise ConfigError(
             f"Unknown normalization {normalization!r}; valid values: {list(NORMALIZATIONS)}."
         )
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from plif_jax import parallel
 from plif_jax.data.cache import aligned_empty
+from plif_jax.errors import ConfigError
 
 Batch = dict[str, np.ndarray]
 
@@ -64,9 +65,9 @@ class BatchSource:
         self.sharding = None
         n = len(self.labels)
         if self.batch_size <= 0:
-            raise ValueError(f"{name}: batch size must be positive, got {self.batch_size}.")
+            raise ConfigError(f"{name}: batch size must be positive, got {self.batch_size}.")
         if self.train and self.batch_size > n:
-            raise ValueError(
+            raise ConfigError(
                 f"{name}: batch size {self.batch_size} is larger than the {n} samples of this "
                 f"split; with drop_last there would be no batch. Use a batch size <= {n}."
             )

@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from plif_jax.errors import ConfigError
+
 
 def accuracy_b_split(labels: np.ndarray, val_ratio: float) -> tuple[np.ndarray, np.ndarray]:
     """Splits a training set per class, deterministically, in index order.
@@ -22,7 +24,7 @@ def accuracy_b_split(labels: np.ndarray, val_ratio: float) -> tuple[np.ndarray, 
       ``(train_indices, val_indices)``, each sorted ascending.
     """
     if not 0.0 <= val_ratio < 1.0:
-        raise ValueError(f"val_ratio must be in [0, 1), got {val_ratio!r}.")
+        raise ConfigError(f"val_ratio must be in [0, 1), got {val_ratio!r}.")
     labels = np.asarray(labels)
     train, val = [], []
     for c in np.unique(labels):

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from plif_jax.errors import MissingDataError
+from plif_jax.errors import ConfigError, MissingDataError
 
 # (mean, std) per channel, after scaling to [0, 1] (spec §4).
 NORMALIZATION = {
@@ -194,7 +194,7 @@ def make_preprocess(name: str, *, interpolation: str = "bilinear") -> Callable[.
       float32``: augments (train only, from ``rng``) and normalises.
     """
     if interpolation not in INTERPOLATIONS:
-        raise ValueError(
+        raise ConfigError(
             f"Unknown affine interpolation {interpolation!r}; valid values: {list(INTERPOLATIONS)}."
         )
     mean, std = NORMALIZATION[name]
