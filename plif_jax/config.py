@@ -1,4 +1,9 @@
-"""Config validation: clear errors for bad settings before anything is built or loaded."""
+"""Config validation: clear errors for bad settings before anything is built or loaded.
+
+Every check raises :class:`plif_jax.errors.ConfigError` (a ``ValueError``) naming the field and
+the fix; the command line prints it as one ``error: ...`` line (:mod:`plif_jax.cli`). The checks
+run before any data is read or any model is built, so a mistake costs no compilation.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,9 @@ from typing import Any
 
 import ml_collections
 
+from plif_jax.errors import ConfigError
+
+STATIC_DATASETS = ("mnist", "fashion_mnist", "cifar10", "digits_static")
 DATASETS = (
     "mnist",
     "fashion_mnist",
@@ -24,6 +32,9 @@ POOLINGS = ("max", "avg")
 BN_MODES = ("per_step", "folded")
 DTYPES = ("float32", "bfloat16")
 PROTOCOLS = ("A", "B")
+# plif_jax.data.frames's (a test keeps them equal; importing plif_jax.data here would load tonic).
+SPLIT_BY = ("number", "time")
+NORMALIZATIONS = (None, "frequency", "max", "norm", "sum")
 
 # Settings that change the model's parameter shapes, the data it sees or the meaning of the
 # saved optimiser state: a checkpoint written under other values cannot be continued.
@@ -32,21 +43,26 @@ RESUME_CRITICAL = ("dataset", "protocol", "seed", "batch_size", "data", "model",
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ValueError(
+        raise ConfigError(
             f"Unknown {name} {value!r}; choose one of {', '.join(map(repr, allowed))} "
             f"(e.g. --config.{name}={allowed[0]})."
         )
 
 
+def _positive_int(name: str, value: Any, hint: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"config.{name} must be a positive integer, got {value!r}{hint}.")
+
+
 def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -> None:
-    """Raises ``ValueError`` naming the bad field and the fix.
+    """Raises :class:`ConfigError` naming the bad field and the fix.
 
     Args:
       config: a run configuration (``configs/common.py`` layout).
       num_devices: number of devices the batch is sharded over (checked for divisibility).
     """
     if config.dataset is None:
-        raise ValueError("config.dataset is not set; use a dataset config, e.g. configs/mnist.py.")
+        raise ConfigError("config.dataset is not set; use a dataset config, e.g. configs/mnist.py.")
     _choice("dataset", config.dataset, DATASETS)
     _choice("protocol", config.protocol, PROTOCOLS)
     _choice("neuron.kind", config.neuron.kind, NEURON_KINDS)
@@ -54,39 +70,103 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
     _choice("model.pooling", config.model.pooling, POOLINGS)
     _choice("model.bn_mode", config.model.bn_mode, BN_MODES)
     _choice("dtype", config.dtype, DTYPES)
-    if int(config.data.T) <= 0:
-        raise ValueError(
-            f"config.data.T (time steps) must be a positive integer, got {config.data.T}; "
-            "the paper uses 8 (static), 10 (N-MNIST) or 20 (CIFAR10-DVS, DVS128 Gesture)."
-        )
+    T = config.data.T
+    # None: the event datasets' paper T (plif_jax.data); the static nets need it set.
+    if T is not None or config.dataset in STATIC_DATASETS:
+        if isinstance(T, bool) or not isinstance(T, int) or T <= 0:
+            raise ConfigError(
+                f"config.data.T (time steps) must be a positive integer, got {T}; "
+                "the paper uses 8 (static), 10 (N-MNIST) or 20 (CIFAR10-DVS, DVS128 Gesture)."
+            )
+    _check_frames(config.data)
     if not float(config.neuron.init_tau) > 1.0:
-        raise ValueError(
+        raise ConfigError(
             f"config.neuron.init_tau must be > 1 (tau = 1 + exp(-w)), got "
             f"{config.neuron.init_tau}; the paper uses 2.0 (ablation: 16.0)."
         )
+    if not float(config.neuron.alpha) > 0.0:
+        raise ConfigError(
+            f"config.neuron.alpha (surrogate sharpness) must be > 0, got {config.neuron.alpha}; "
+            "the paper uses 2.0."
+        )
     if not (math.isfinite(config.optim.lr) and config.optim.lr >= 0):
-        raise ValueError(f"config.optim.lr must be finite and >= 0, got {config.optim.lr}.")
+        raise ConfigError(f"config.optim.lr must be finite and >= 0, got {config.optim.lr}.")
     if int(config.optim.t_max) <= 0:
-        raise ValueError(f"config.optim.t_max must be > 0, got {config.optim.t_max} (paper: 64).")
+        raise ConfigError(f"config.optim.t_max must be > 0, got {config.optim.t_max} (paper: 64).")
     for name in ("batch_size", "eval_batch_size", "num_epochs"):
         if int(config[name]) <= 0:
-            raise ValueError(f"config.{name} must be > 0, got {config[name]}.")
+            raise ConfigError(f"config.{name} must be > 0, got {config[name]}.")
     if not 0.0 <= float(config.model.dropout) < 1.0:
-        raise ValueError(f"config.model.dropout must be in [0, 1), got {config.model.dropout}.")
+        raise ConfigError(f"config.model.dropout must be in [0, 1), got {config.model.dropout}.")
+    _positive_int("model.channels", config.model.channels, " (paper: 128; CIFAR-10: 256)")
+    _positive_int("model.number_layer", config.model.number_layer, " (N-MNIST: 2)")
+    if config.model.hidden is not None:
+        _positive_int("model.hidden", config.model.hidden, " or None (the paper's width)")
+    _check_remat(config.model.get("remat_chunk"), config.model.bn_mode, T)
+    _positive_int("checkpoint.keep", config.checkpoint.keep, " (checkpoints kept in latest/)")
+    _check_devices(config.num_devices)
     if num_devices is not None:
         for name in ("batch_size", "eval_batch_size"):
             if int(config[name]) % num_devices:
-                raise ValueError(
+                raise ConfigError(
                     f"config.{name}={config[name]} is not divisible by the {num_devices} "
                     f"devices the batch is sharded over; use a multiple of {num_devices} "
                     "or set --config.num_devices to a divisor of it."
                 )
 
 
+def _check_frames(data: ml_collections.ConfigDict) -> None:
+    """The event-to-frame settings (read by every dataset, used by the event ones)."""
+    _choice("data.split_by", data.split_by, SPLIT_BY)
+    norm = data.normalization
+    if norm not in NORMALIZATIONS and str(norm).lower() != "none":
+        raise ConfigError(
+            f"Unknown data.normalization {norm!r}; choose one of None (the paper), "
+            f"{', '.join(repr(n) for n in NORMALIZATIONS if n)} "
+            "(e.g. --config.data.normalization=frequency)."
+        )
+
+
+def _check_remat(chunk: Any, bn_mode: str, T: int | None) -> None:
+    """``model.remat_chunk``: None, or a positive divisor of T with per-step BatchNorm."""
+    if chunk is None:
+        return
+    _positive_int("model.remat_chunk", chunk, " (time steps per recomputed chunk) or None (off)")
+    if bn_mode != "per_step":
+        raise ConfigError(
+            f"config.model.remat_chunk={chunk} needs --config.model.bn_mode=per_step (folded "
+            "BatchNorm statistics span all T steps, so a chunk cannot be normalised alone); "
+            "or set --config.model.remat_chunk=None."
+        )
+    if T is not None and T % chunk:
+        divisors = [d for d in range(1, T + 1) if T % d == 0]
+        raise ConfigError(
+            f"config.model.remat_chunk={chunk} does not divide config.data.T={T}; use a "
+            f"divisor of T ({', '.join(map(str, divisors))}) or --config.model.remat_chunk=None."
+        )
+
+
+def _check_devices(requested: Any) -> None:
+    """``num_devices``: 0 (all) or at most the devices JAX sees."""
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
+        raise ConfigError(
+            f"config.num_devices must be 0 (all devices) or a positive integer, got {requested!r}."
+        )
+    if requested:
+        import jax  # only here: config checks elsewhere stay free of backend start-up
+
+        visible = jax.device_count()
+        if requested > visible:
+            raise ConfigError(
+                f"config.num_devices={requested} but only {visible} devices are visible "
+                f"({jax.default_backend()}); use --config.num_devices=0 for all of them."
+            )
+
+
 def validate_against_data(config: ml_collections.ConfigDict, num_train: int) -> None:
     """Checks settings that depend on the loaded dataset (``num_train`` training samples)."""
     if int(config.batch_size) > num_train:
-        raise ValueError(
+        raise ConfigError(
             f"config.batch_size={config.batch_size} is larger than the training set "
             f"({num_train} samples of {config.dataset!r}); with drop_last no step would run. "
             f"Use --config.batch_size<={num_train}."

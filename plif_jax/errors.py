@@ -1,10 +1,13 @@
 """Errors of the user's making: a bad config, missing or damaged data, an unusable workdir.
 
-Raising one of these means "the input is wrong, here is the fix": the command-line entry points print
-it as one ``error: ...`` line on stderr and exit with status 2, without a traceback. Anything else
-that escapes is a bug and keeps its traceback. Each subclass also derives from the built-in exception
-that callers caught before (``ValueError``, ``FileNotFoundError``, ...), so ``except ValueError`` keeps
-working.
+Raising one of these means "the input is wrong, here is the fix": the command-line entry points
+print it as one ``error: ...`` line on stderr and exit with status 2, without a traceback
+(:mod:`plif_jax.cli`). Anything else that escapes is a bug and keeps its traceback. Each subclass
+also derives from the built-in exception that callers caught before (``ValueError``,
+``FileNotFoundError``, ...), so ``except ValueError`` keeps working.
+
+The messages are written for a person at a terminal: one sentence on what is wrong and where,
+then the fix (a flag to pass, a file to move, a command to run).
 """
 
 from __future__ import annotations
@@ -28,3 +31,11 @@ class DataError(UserError, ValueError):
 
 class CheckpointError(UserError, RuntimeError):
     """A workdir or checkpoint cannot be used (incompatible config, all checkpoints damaged...)."""
+
+
+class IncompatibleRunError(CheckpointError, ValueError):
+    """The workdir holds a run whose config or train-state structure differs from this one."""
+
+
+class NoCheckpointError(CheckpointError, FileNotFoundError):
+    """A checkpoint is needed but the directory holds none (not a run directory, or empty)."""

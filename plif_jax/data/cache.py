@@ -10,6 +10,11 @@ stale frames: tonic issues #148, #160).
 Conversion runs in worker processes (``num_workers``), shows a tqdm progress bar, and is safe to
 interrupt: each sample is written to a temporary file and renamed into place (``os.replace`` is
 atomic), and a rerun converts only the samples that are missing.
+
+A frame file damaged later (truncated or emptied by a disk or copy fault, or deleted) cannot be
+parsed as the ``.npy`` it claims to be; :meth:`FrameStore.load` detects that, reconverts the
+sample from its source with a warning naming the file, and returns the new frames: damaged
+frames are never fed to training.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ from __future__ import annotations
 import concurrent.futures as futures
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,8 +35,15 @@ from typing import Any, Protocol
 import numpy as np
 import tqdm
 
+from plif_jax.errors import DataError
+
 # Bump whenever the frame computation or the file layout changes.
 FORMAT_VERSION = 1
+_log = logging.getLogger(__name__)
+# One repair at a time (the prefetch thread and the main thread may both read).
+_REPAIR_LOCK = threading.Lock()
+# What reading a truncated, emptied, overwritten or deleted .npy raises.
+_DAMAGED = (ValueError, EOFError, FileNotFoundError)
 
 
 class FrameProducer(Protocol):
@@ -92,6 +106,9 @@ class FrameStore:
         self.settings = dict(settings)
         self.key = cache_key(self.settings)
         self.directory = Path(cache_dir).expanduser() / dataset / f"{split}-{self.key}"
+        # Set by ensure(): reconverts damaged files. Kept off the copies sent to workers.
+        self._producer: FrameProducer | None = None
+        self.repaired: list[int] = []  # samples reconverted because their file was damaged
 
     def path(self, index: int) -> Path:
         return self.directory / f"{index:06d}.npy"
@@ -114,8 +131,43 @@ class FrameStore:
         os.replace(tmp, final)
 
     def load(self, index: int) -> np.ndarray:
-        """Frames of one sample as float32."""
-        return np.load(self.path(index)).astype(np.float32, copy=False)
+        """Frames of one sample as float32 (a damaged file is reconverted first)."""
+        return self._read(index).astype(np.float32, copy=False)
+
+    def _read(self, index: int) -> np.ndarray:
+        """The stored (compact) frames of one sample; repairs a damaged file."""
+        try:
+            return np.load(self.path(index))
+        except _DAMAGED as e:
+            return self._repair(index, e)
+
+    def _repair(self, index: int, error: Exception) -> np.ndarray:
+        path = self.path(index)
+        reason = f"{type(error).__name__}: {error}"
+        if self._producer is None:
+            raise DataError(
+                f"Damaged frame cache file {path} ({reason}). Delete {self.directory} and run "
+                "again: the frames are reconverted from the dataset."
+            ) from error
+        with _REPAIR_LOCK:
+            try:
+                return np.load(path)  # repaired meanwhile by another thread
+            except _DAMAGED:
+                pass
+            _log.warning(
+                "Frame cache file %s is damaged (%s): reconverting sample %d from its source.",
+                path,
+                reason,
+                index,
+            )
+            self.save(index, self._producer.frames([index])[0])
+            self.repaired.append(index)
+            return np.load(path)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_producer"] = None  # workers get the producer separately
+        return state
 
     def load_many(self, indices: Sequence[int]) -> np.ndarray:
         """Frames of several samples stacked, ``[B, T, 2, H, W]`` float32."""
@@ -126,12 +178,16 @@ class FrameStore:
         out = aligned_empty((len(indices), *first.shape), np.float32)
         out[0] = first
         for j, i in enumerate(indices[1:], start=1):
-            out[j] = np.load(self.path(i))  # casts the compact dtype while copying, once
+            out[j] = self._read(i)  # casts the compact dtype while copying, once
         return out
 
     def ensure(self, producer: FrameProducer, num_workers: int = 1, desc: str = "") -> None:
-        """Converts the missing samples (in parallel), then marks the store complete."""
+        """Converts the missing samples (in parallel), then marks the store complete.
+
+        ``producer`` is kept to reconvert any file found damaged later (:meth:`load`).
+        """
         if self.complete:
+            self._producer = producer
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         with open(self.directory / "settings.json", "w") as f:
@@ -157,6 +213,7 @@ class FrameStore:
         for tmp in self.directory.glob(".*.tmp"):  # left by an interrupted run
             tmp.unlink(missing_ok=True)
         (self.directory / "complete").touch()
+        self._producer = producer
 
     def _convert_parallel(self, producer, chunks, num_workers: int, bar) -> None:
         with futures.ProcessPoolExecutor(
