@@ -54,6 +54,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.get_absl_logger().addFilter(_QuietLibraries())
     set_cpu_flags(FLAGS.xla_cpu_ynn)
+    from plif_jax import config as config_lib
+
+    # A mistake in the config is reported at once, before JAX and the libraries load (seconds).
+    config_lib.validate(FLAGS.config)
     import jax
 
     from plif_jax import parallel, train

@@ -104,7 +104,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
         _positive_int("model.hidden", config.model.hidden, " or None (the paper's width)")
     _check_remat(config.model.get("remat_chunk"), config.model.bn_mode, T)
     _positive_int("checkpoint.keep", config.checkpoint.keep, " (checkpoints kept in latest/)")
-    _check_devices(config.num_devices)
+    # Multi-host: JAX may not start a backend before jax.distributed.initialize (the mesh checks).
+    if not config.get("distributed", False):
+        _check_devices(config.num_devices)
     if num_devices is not None:
         for name in ("batch_size", "eval_batch_size"):
             if int(config[name]) % num_devices:
