@@ -104,8 +104,8 @@ def test_quickstart_config_feeds_the_nmnist_network_at_reduced_width():
     assert name == "nmnist"
     abstract = nnx.eval_shape(lambda: train.build_model(name, options, seed=0))
     count = sum(p.size for p in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
-    # conv 2->8, 8->8 (3x3, no bias), 2 BN, FC 8*8*8 -> 128 -> 100 (no bias), 4 PLIF w.
-    expected = 2 * 8 * 9 + 8 * 8 * 9 + 2 * 2 * 8 + 512 * 128 + 128 * 100 + 4
+    # conv 2->32, 32->32 (3x3, no bias), 2 BN, FC 32*8*8 -> 256 -> 100 (no bias), 4 PLIF w.
+    expected = 2 * 32 * 9 + 32 * 32 * 9 + 2 * 2 * 32 + 2048 * 256 + 256 * 100 + 4
     assert count == expected
 
 
