@@ -22,13 +22,12 @@ import importlib
 import json
 import math
 import os
-import sys
 from collections.abc import Mapping
 from typing import Any
 
 from absl import app, flags
 
-from plif_jax import errors, paper_runs
+from plif_jax import cli, errors, paper_runs
 
 FLAGS = flags.FLAGS
 
@@ -183,25 +182,20 @@ def _summary_lines(
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    try:
-        if FLAGS.list:
-            for protocol in ("A", "B"):
-                for name in paper_runs.list_runs(protocol):
-                    print(f"{protocol}/{name}")
-            return
-        if not FLAGS.workdir:
-            raise errors.ConfigError(
-                "--workdir is required: the training workdir to compare (or --list)"
-            )
-        workdir = os.path.expanduser(FLAGS.workdir)
-        comparison, paper = compare_workdir(workdir, FLAGS.paper_run)
-        print("\n".join(_summary_lines(workdir, comparison, paper)))
-    except errors.UserError as e:
-        # The input is wrong, not the code: one line, no traceback (plif_jax.errors).
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    if FLAGS.list:
+        for protocol in ("A", "B"):
+            for name in paper_runs.list_runs(protocol):
+                print(f"{protocol}/{name}")
+        return
+    if not FLAGS.workdir:
+        raise errors.ConfigError(
+            "--workdir is required: the training workdir to compare (or --list)"
+        )
+    workdir = os.path.expanduser(FLAGS.workdir)
+    comparison, paper = compare_workdir(workdir, FLAGS.paper_run)
+    print("\n".join(_summary_lines(workdir, comparison, paper)))
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)  # a UserError (bad workdir, no paper run...): one "error: ..." line, exit 2
