@@ -160,7 +160,7 @@ def _summary_lines(
     paper_here = [v for v in cols["test_accuracy_paper"] if not math.isnan(v)]
     lines = [
         f"ours:  {workdir} ({paper_runs.settings_from_config(read_config(workdir)).describe()}; "
-        f"{len(epochs)} epochs logged)",
+        f"{len(epochs)} epoch{'' if len(epochs) == 1 else 's'} logged)",
         f"paper: {paper.key} ({paper.num_epochs} epochs logged; {paper_runs.SOURCE})",
     ]
     lines += [f"note: {n}" for n in comparison.notes]
