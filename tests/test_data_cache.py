@@ -1,4 +1,4 @@
-"""Frame cache: keys, stale frames, interruption and resumption, parallel conversion."""
+"""Frame cache: keys, stale frames, interruption and resumption, parallel conversion, damage."""
 
 import dataclasses
 import os
@@ -8,6 +8,7 @@ import pytest
 
 from plif_jax.data import cache as cache_lib
 from plif_jax.data.cache import FrameStore, cache_key, files_fingerprint
+from plif_jax.errors import DataError
 
 BASE = dict(
     dataset="nmnist",
@@ -123,3 +124,34 @@ def test_parallel_conversion_matches_serial(tmp_path):
     b.ensure(CountingProducer(11), num_workers=2)
     np.testing.assert_array_equal(a.load_many(range(11)), b.load_many(range(11)))
     assert b.complete and (b.directory / "settings.json").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "emptied", "deleted"])
+def test_damaged_frame_file_is_reconverted_and_reported_never_fed(damage, tmp_path, caplog):
+    store = FrameStore(tmp_path, "nmnist", "train", BASE)
+    store.ensure(CountingProducer(5))
+    path = store.path(3)
+    if damage == "deleted":
+        path.unlink()
+    else:
+        os.truncate(path, path.stat().st_size // 2 if damage == "truncated" else 0)
+    # A fresh store on the complete directory, as the next run opens it.
+    again = FrameStore(tmp_path, "nmnist", "train", BASE)
+    again.ensure(CountingProducer(5))
+    with caplog.at_level("WARNING", logger="plif_jax.data.cache"):
+        frames = again.load_many(range(5))
+    np.testing.assert_array_equal(frames[:, 0, 0, 0, 0], np.arange(5) + 20)
+    assert again.repaired == [3]
+    (record,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert f"Frame cache file {path} is damaged" in record.getMessage()
+    assert "reconverting sample 3" in record.getMessage()
+    np.testing.assert_array_equal(np.load(path), np.load(again.path(2)) + 1)  # repaired on disk
+
+
+def test_damaged_frame_file_without_its_producer_is_an_error_naming_it(tmp_path):
+    store = FrameStore(tmp_path, "nmnist", "train", BASE)
+    store.ensure(CountingProducer(2))
+    os.truncate(store.path(1), 10)
+    reader = FrameStore(tmp_path, "nmnist", "train", BASE)  # never given a producer
+    with pytest.raises(DataError, match=rf"Damaged frame cache file {store.path(1)} .*Delete"):
+        reader.load_many([0, 1])
