@@ -329,3 +329,35 @@ def test_notebook_first_cell_shows_a_user_error_as_its_line(tmp_path, monkeypatc
         f"error: workdir {missing} does not exist: train first (python -m experiments.train "
         "--config configs/quickstart.py) or point PLIF_WORKDIR at a training workdir."
     ]
+
+
+def test_a_bug_keeps_its_traceback(tmp_path):
+    # The same wrapper as the entry points: an exception that is not a UserError is a bug.
+    script = tmp_path / "buggy.py"
+    script.write_text(
+        "from plif_jax import cli\n\n\n"
+        "def main(argv):\n"
+        "    raise KeyError('a bug in plif_jax')\n\n\n"
+        "cli.run(main)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert "KeyError: 'a bug in plif_jax'" in proc.stderr
+    assert "error: " not in proc.stderr
+
+
+def test_config_frame_choices_are_the_data_layers():
+    # plif_jax.config keeps its own copy (importing plif_jax.data would load tonic and torch).
+    from plif_jax import config as config_lib
+    from plif_jax.data import frames
+
+    assert config_lib.SPLIT_BY == frames.SPLIT_BY
+    assert config_lib.NORMALIZATIONS == frames.NORMALIZATIONS
