@@ -88,8 +88,10 @@ def parse_flags(argv: list[str]) -> list[str]:
             "configs/common.py lists every field with a comment."
         )
     for name in _config_flag_names():
+        value = flags.FLAGS[name].value
         try:
-            flags.FLAGS[name].value.get("dataset")  # a file that failed to load raises here
+            if value is not None:
+                value.get("dataset")  # a file that failed to load raises here
         except OSError as e:
             fail(f"--{name}: cannot load the config file: {_first_line(e)}.")
     return rest
