@@ -120,7 +120,9 @@ def _network_names(args) -> list[str]:
     names = [n.strip() for n in args.networks.split(",") if n.strip()]
     bad = sorted(set(names) - set(models.MODEL_NAMES))
     if bad:
-        raise SystemExit(f"unknown network(s) {bad}; choose from {list(models.MODEL_NAMES)}")
+        from plif_jax.errors import ConfigError
+
+        raise ConfigError(f"unknown network(s) {bad}; choose from {list(models.MODEL_NAMES)}")
     return names
 
 
@@ -410,7 +412,9 @@ def _preload_allocator(name: str, argv: list[str]) -> None:
         (os.path.join(d, lib) for d in _LIB_DIRS if os.path.exists(os.path.join(d, lib))), None
     )
     if path is None:
-        raise SystemExit(
+        from plif_jax.errors import UserError
+
+        raise UserError(
             f"--allocator {name}: {lib} not found in {_LIB_DIRS}; install it (Debian: "
             f"{ALLOCATORS_APT[name]}) or use --allocator system"
         )
@@ -512,4 +516,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    from plif_jax import cli
+
+    cli.run_plain(main)  # a user's mistake: one "error: ..." line, exit status 2

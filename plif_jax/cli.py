@@ -1,6 +1,7 @@
 """Command-line entry points: a user's mistake is one ``error: ...`` line and exit status 2.
 
-Every ``python -m experiments.*`` script calls :func:`run` instead of ``absl.app.run``:
+Every ``python -m experiments.*`` script calls :func:`run` instead of ``absl.app.run`` (an
+argparse script, :func:`run_plain`):
 
 - a :class:`plif_jax.errors.UserError` raised by the script (a bad config value, missing or
   damaged data, an unusable workdir or checkpoint) is printed as ``error: <message>`` on stderr
@@ -61,6 +62,18 @@ def run(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> 
             fail(f"{e}; flags take the form --name=value ({_HELP}).")
 
     app.run(guarded, argv=None if argv is None else list(argv), flags_parser=parse_flags)
+
+
+def run_plain(main: Callable[[], Any]) -> None:
+    """:func:`run` for an entry point that parses its own arguments (argparse).
+
+    A ``UserError`` from ``main()`` is one ``error: ...`` line and exit status 2 (argparse's own
+    usage errors already exit 2 with its ``error:`` line); anything else keeps its traceback.
+    """
+    try:
+        main()
+    except UserError as e:
+        fail(e)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
