@@ -68,13 +68,13 @@ def make_nmnist(root, rng):
     return written
 
 
-def event_config(tmp_path, dataset, **data):
+def event_config(tmp_path, dataset, *, batch_size=2, **data):
     return ml_collections.ConfigDict(
         dict(
             dataset=dataset,
             seed=0,
             protocol="A",
-            batch_size=2,
+            batch_size=batch_size,
             eval_batch_size=4,
             data=dict(
                 root=str(tmp_path / "raw"),

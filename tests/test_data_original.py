@@ -8,7 +8,6 @@ import tarfile
 import zipfile
 
 import dv_processing as dv
-import ml_collections
 import numpy as np
 import pytest
 import tonic
@@ -17,6 +16,7 @@ from plif_jax.data import aedat, archives, get_datasets, integrate_events
 from plif_jax.data import events as events_lib
 from plif_jax.data import original as original_lib
 from plif_jax.errors import ConfigError, DataError, MissingDataError
+from tests.test_data_events import event_config
 
 _original_count_check = tonic.dataset.Dataset._folder_contains_at_least_n_files_of_type
 
@@ -32,22 +32,7 @@ def tonic_few_files(monkeypatch):
 
 
 def config(tmp_path, dataset, **data):
-    return ml_collections.ConfigDict(
-        dict(
-            dataset=dataset,
-            seed=0,
-            protocol="A",
-            batch_size=1,
-            eval_batch_size=4,
-            data=dict(
-                root=str(tmp_path / "raw"),
-                cache_dir=str(tmp_path / "cache"),
-                num_workers=1,
-                prefetch=0,
-                **data,
-            ),
-        )
-    )
+    return event_config(tmp_path, dataset, batch_size=1, **data)
 
 
 def all_x(source):
