@@ -177,8 +177,23 @@ def _is_abandoned_orbax_read(unraisable: Any) -> bool:
     return False
 
 
+class _AbandonedOrbaxTasks(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" for Orbax's abandoned array reads.
+
+    The sibling reads of a failed one end with the same error once garbage-collected; asyncio logs
+    each with a traceback, after the failure itself was reported (seen in CI, GC-timing dependent).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not ("Task exception was never retrieved" in msg and "async_deserialize" in msg)
+
+
 def _quiet_abandoned_orbax_reads() -> None:
     """Drops Orbax's reports of abandoned array reads (the failed read itself is reported)."""
+    asyncio_logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _AbandonedOrbaxTasks) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_AbandonedOrbaxTasks())
     previous = sys.unraisablehook
     if getattr(previous, "_plif_jax_filter", False):
         return

@@ -240,3 +240,32 @@ def test_restore_skips_a_damaged_best_and_changes_nothing(baseline, tmp_path, ca
     for key in ref:
         np.testing.assert_array_equal(got[key], ref[key], err_msg=key)
     assert snapshot(workdir) == before
+
+
+def test_asyncio_reports_of_abandoned_orbax_reads_are_dropped_and_others_kept(caplog):
+    import asyncio
+    import gc
+
+    from plif_jax import checkpoint as ckpt_lib
+
+    ckpt_lib._quiet_abandoned_orbax_reads()
+
+    async def async_deserialize():  # the name of Orbax's array read coroutine
+        raise ValueError("OUT_OF_RANGE: sibling read of a damaged checkpoint")
+
+    async def unrelated():
+        raise ValueError("a real lost error")
+
+    def abandon(coro_fn):
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(coro_fn())
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
+        del task
+        gc.collect()
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        abandon(async_deserialize)
+        abandon(unrelated)
+    never = [r for r in caplog.records if "Task exception was never retrieved" in str(r.msg)]
+    assert len(never) == 1 and "unrelated" in str(never[0].msg)
