@@ -7,7 +7,6 @@ import struct
 import tarfile
 import zipfile
 
-import dv_processing as dv
 import numpy as np
 import pytest
 import tonic
@@ -16,7 +15,7 @@ from plif_jax.data import aedat, archives, get_datasets, integrate_events
 from plif_jax.data import events as events_lib
 from plif_jax.data import original as original_lib
 from plif_jax.errors import ConfigError, DataError, MissingDataError
-from tests.test_data_events import event_config
+from tests.test_data_events import event_config, write_aedat4
 
 _original_count_check = tonic.dataset.Dataset._folder_contains_at_least_n_files_of_type
 
@@ -346,17 +345,6 @@ def test_cifar10dvs_original_split_and_orientation(tmp_path):
     missing.unlink()
     with pytest.raises(MissingDataError, match="truck.zip missing from"):
         get_datasets(config(tmp_path, "cifar10dvs", T=2, source="original"))
-
-
-def write_aedat4(path, x, y, t, p):
-    store = dv.EventStore()
-    for xi, yi, ti, pi in zip(x, y, t, p, strict=True):
-        store.push_back(int(ti), int(xi), int(yi), bool(pi))
-    writer = dv.io.MonoCameraWriter(
-        str(path), dv.io.MonoCameraWriter.EventOnlyConfig("DVS128", (128, 128))
-    )
-    writer.writeEvents(store)
-    del writer  # closes the file
 
 
 def test_cifar10dvs_original_and_tonic_aedat4_give_the_same_frames(tmp_path, tonic_few_files):

@@ -329,6 +329,12 @@ def _prepare_events(name: str, T: int, opts: dict):
                 f"original DVS128 Gesture archive, but {name} is read from {kind}'s files; use "
                 "--config.data.source=original with ROOT/DVS128Gesture/DvsGesture.tar.gz."
             )
+    frame_opts = dict(
+        T=T,
+        split_by=opts["split_by"],
+        normalization=opts["normalization"],
+        drop_remainder=opts["drop_remainder"],
+    )
     for split, is_train in (("train", True), ("test", False)):
         settings = _frame_settings(name, split, T, opts)
         if name == "digits_events":
@@ -344,10 +350,7 @@ def _prepare_events(name: str, T: int, opts: dict):
                 images=images[ids],
                 digit_ids=ids,
                 emulator=emulator,
-                T=T,
-                split_by=opts["split_by"],
-                normalization=opts["normalization"],
-                drop_remainder=opts["drop_remainder"],
+                **frame_opts,
             )
             split_labels, sensor = labels[ids], digits_lib.SENSOR_SIZE
         elif kind == "original":
@@ -361,13 +364,7 @@ def _prepare_events(name: str, T: int, opts: dict):
                 cuts=hashlib.sha256(repr(osplit.cuts).encode()).hexdigest()[:16],
                 reader_version=original_lib.READER_VERSION,
             )
-            producer = original_lib.OriginalFrames(
-                split=osplit,
-                T=T,
-                split_by=opts["split_by"],
-                normalization=opts["normalization"],
-                drop_remainder=opts["drop_remainder"],
-            )
+            producer = original_lib.OriginalFrames(split=osplit, **frame_opts)
             split_labels, sensor = osplit.labels, osplit.sensor_size
             source = f"original ({osplit.description})"
             if opts["source"] == "auto" and original_lib.has_tonic(name, root):
@@ -378,13 +375,7 @@ def _prepare_events(name: str, T: int, opts: dict):
             settings["source"] = "tonic"
             settings["files"] = files_fingerprint(paths, root)
             settings["num_files"] = len(paths)
-            producer = events_lib.TonicFrames(
-                split=tsplit,
-                T=T,
-                split_by=opts["split_by"],
-                normalization=opts["normalization"],
-                drop_remainder=opts["drop_remainder"],
-            )
+            producer = events_lib.TonicFrames(split=tsplit, **frame_opts)
             split_labels, sensor = tsplit.labels, tsplit.sensor_size
             source = f"tonic ({events_lib.EVENT_DATASETS[name]['tonic']} layout)"
         store = FrameStore(opts["cache_dir"], name, split, settings)

@@ -265,15 +265,24 @@ def cifar10dvs_split(root: str | os.PathLike, train: bool) -> OriginalSplit:
             if (number < CIFAR10DVS_TRAIN_FILES) == train:
                 files.append(path)
                 labels.append(label)
+    return _one_sample_per_file(
+        "cifar10dvs",
+        files,
+        labels,
+        "original AEDAT 2.0 recordings in the paper's orientation, files 0-899 / 900-999 per class",
+    )
+
+
+def _one_sample_per_file(name: str, files: list, labels: list, description: str) -> OriginalSplit:
+    """A split whose every file is one whole sample (no cuts)."""
     return OriginalSplit(
-        name="cifar10dvs",
+        name=name,
         files=files,
         file_of=np.arange(len(files), dtype=np.int64),
         cuts=[None] * len(files),
         labels=np.asarray(labels, dtype=np.int32),
-        sensor_size=SENSORS["cifar10dvs"],
-        description="original AEDAT 2.0 recordings in the paper's orientation, files 0-899 / "
-        "900-999 per class",
+        sensor_size=SENSORS[name],
+        description=description,
     )
 
 
@@ -285,15 +294,7 @@ def nmnist_split(root: str | os.PathLike, train: bool) -> OriginalSplit:
     if not paths:
         raise MissingDataError(f"{archive} holds no .bin files; download it again.")
     labels = [int(Path(p).parent.name) for p in paths]
-    return OriginalSplit(
-        name="nmnist",
-        files=paths,
-        file_of=np.arange(len(paths), dtype=np.int64),
-        cuts=[None] * len(paths),
-        labels=np.asarray(labels, dtype=np.int32),
-        sensor_size=SENSORS["nmnist"],
-        description=f"original {archive.name}",
-    )
+    return _one_sample_per_file("nmnist", paths, labels, f"original {archive.name}")
 
 
 def open_split(name: str, root: str | os.PathLike, train: bool, **options: Any) -> OriginalSplit:
