@@ -17,12 +17,18 @@ Train / eval follow NNX conventions: ``model.train()`` / ``model.eval()`` set
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from plif_jax import xla_cpu
+from plif_jax.xla_cpu import (  # noqa: F401  (temporary: models.py, test_remat.py)
+    apply_conv3x3_in_loop,
+    conv3x3_loop_friendly,
+    repeat_time,
+)
 
 Array = jax.Array
 
@@ -57,63 +63,6 @@ def conv3x3(
     )
 
 
-_NHWC_HWIO = ("NHWC", "HWIO", "NHWC")
-_PAD1 = ((1, 1), (1, 1))
-
-
-def _conv3x3_forward(x: Array, kernel: Array) -> Array:
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), _PAD1, dimension_numbers=_NHWC_HWIO)
-
-
-@jax.custom_vjp
-def conv3x3_loop_friendly(x: Array, kernel: Array) -> Array:
-    """The 3x3 / stride 1 / padding 1 NHWC convolution of :func:`conv3x3`, for use in a loop body.
-
-    The forward is the same ``conv_general_dilated`` as ``nnx.Conv``'s (identical values). The
-    backward writes both gradient convolutions in the canonical NHWC x HWIO form: XLA:CPU
-    canonicalises the convolutions autodiff emits only outside loops; inside a ``lax.scan`` body
-    they run on its generic path, an order of magnitude slower (development figures in
-    BENCHMARKS.md, "Rematerialisation").
-    """
-    return _conv3x3_forward(x, kernel)
-
-
-def _conv3x3_loop_friendly_fwd(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
-    return _conv3x3_forward(x, kernel), (x, kernel)
-
-
-def _conv3x3_loop_friendly_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
-    x, kernel = res
-    # dx: the transposed convolution = the same convolution with the kernel rotated by 180
-    # degrees and its in/out channels swapped (HWIO again).
-    dx = _conv3x3_forward(g, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2))
-    # dk[kh, kw, i, o] = sum_{b,h,w} x_pad[b, h+kh, w+kw, i] g[b, h, w, o]: a convolution with
-    # x's channels as the batch and the batch as the features, [I,H,W,B] x [H,W,B,O] -> [I,3,3,O].
-    dk = _conv3x3_forward(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3))
-    return dx.astype(x.dtype), dk.transpose(1, 2, 0, 3).astype(kernel.dtype)
-
-
-conv3x3_loop_friendly.defvjp(_conv3x3_loop_friendly_fwd, _conv3x3_loop_friendly_bwd)
-
-
-def apply_conv3x3_in_loop(conv: nnx.Conv, x: Array) -> Array:
-    """``conv(x)`` for a :func:`conv3x3` module through :func:`conv3x3_loop_friendly`."""
-    if (
-        tuple(conv.kernel_size) != (3, 3)
-        or tuple(conv.strides) != (1, 1)
-        or tuple(map(tuple, conv.padding)) != _PAD1
-        or conv.use_bias
-        or conv.feature_group_count != 1
-    ):
-        raise ValueError(
-            "apply_conv3x3_in_loop supports the 3x3, stride 1, padding 1, bias-free convolutions "
-            "of layers.conv3x3 only; call the module itself for other convolutions"
-        )
-    # nnx.Conv casts input and kernel to its compute dtype (promote_dtype) before convolving.
-    dtype = conv.dtype or jnp.promote_types(x.dtype, conv.kernel[...].dtype)
-    return conv3x3_loop_friendly(x.astype(dtype), conv.kernel[...].astype(dtype))
-
-
 def linear(
     in_features: int,
     out_features: int,
@@ -135,54 +84,16 @@ def linear(
 
 
 def pool2x2(x: Array, kind: str = "max") -> Array:
-    """2x2 max or average pooling, stride 2, VALID (floors odd sizes: 17 -> 8), NHWC."""
+    """2x2 max or average pooling, stride 2, VALID (floors odd sizes: 17 -> 8), NHWC.
+
+    ``'max'`` runs :func:`plif_jax.xla_cpu.max_pool2x2` (same values and gradients as
+    ``nnx.max_pool``, without XLA:CPU's slow reduce_window / select_and_scatter).
+    """
     if kind == "max":
-        return _max_pool2x2(x)
+        return xla_cpu.max_pool2x2(x)
     if kind == "avg":
         return nnx.avg_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
     raise ValueError(f"unknown pooling {kind!r}; valid values: {list(POOLINGS)}")
-
-
-def _pool_windows(x: Array) -> tuple[Array, Array, Array, Array]:
-    """The four elements of every 2x2 window of ``[..., H, W, C]``, in row-major window order."""
-    *lead, h, w, c = x.shape
-    xr = x[..., : h // 2 * 2, : w // 2 * 2, :].reshape(*lead, h // 2, 2, w // 2, 2, c)
-    return xr[..., 0, :, 0, :], xr[..., 0, :, 1, :], xr[..., 1, :, 0, :], xr[..., 1, :, 1, :]
-
-
-def _max_pool2x2_fwd(x: Array) -> tuple[Array, tuple[Array, tuple[int, ...]]]:
-    a, b, c, d = _pool_windows(x)
-    m = jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
-    # Which element won, the FIRST maximum in row-major order (ties are the rule on 0/1 spikes):
-    # the choice of XLA's select_and_scatter (`ge`) and of PyTorch's CPU max_pool2d backward.
-    # An int8 index is also 1/4 (f32) of the memory of keeping the input for the backward.
-    idx = jnp.where(a == m, 0, jnp.where(b == m, 1, jnp.where(c == m, 2, 3))).astype(jnp.int8)
-    return m, (idx, x.shape)
-
-
-@jax.custom_vjp
-def _max_pool2x2(x: Array) -> Array:
-    """2x2/2 VALID max pooling as reshapes + maximum (XLA:CPU's reduce_window max and its
-    select_and_scatter gradient are several times slower); results and gradients identical."""
-    return _max_pool2x2_fwd(x)[0]
-
-
-def _max_pool2x2_bwd(res, g: Array) -> tuple[Array]:
-    idx, shape = res
-    *lead, h, w, c = shape
-    # One elementwise pass over [..., H/2, 2, W/2, 2, C]: the window position (row * 2 + col)
-    # that won receives the gradient (a stack of four masked copies costs a concatenate).
-    position = (2 * jnp.arange(2)[:, None, None, None] + jnp.arange(2)[None, None, :, None]).astype(
-        idx.dtype
-    )  # [2, 1, 2, 1]
-    won = idx[..., :, None, :, None, :] == position
-    dx = jnp.where(won, g[..., :, None, :, None, :], jnp.zeros((), g.dtype))
-    dx = dx.reshape(*lead, h // 2 * 2, w // 2 * 2, c)
-    pad = [(0, 0)] * len(lead) + [(0, h % 2), (0, w % 2), (0, 0)]
-    return (jnp.pad(dx, pad),)
-
-
-_max_pool2x2.defvjp(_max_pool2x2_fwd, _max_pool2x2_bwd)
 
 
 def vote(x: Array, group: int = 10) -> Array:
@@ -407,43 +318,3 @@ class TimeSharedDropout(nnx.Module):
         xs = _unfold_time(x, time_steps, "TimeSharedDropout")
         mask = self.make_mask(xs.shape[1], xs.shape[2], x.dtype)
         return (xs * mask).reshape(x.shape)
-
-
-def _sum_over_time(g: Array) -> Array:
-    """``sum(g, axis=0)`` as a chain of elementwise adds (XLA:CPU's major-axis reduce is slow).
-
-    On a 2-core x86 CPU (jax 0.10.2) the add chain was tens of times faster at MNIST size with
-    XLA's default and YNN reduce emitters alike (development figures in BENCHMARKS.md, "What was
-    changed", item 6).
-    """
-    while g.shape[0] > 16:  # fold in halves first: keeps each fused add chain short
-        half = g.shape[0] // 2
-        folded = g[:half] + g[half : 2 * half]
-        g = jnp.concatenate([folded, g[2 * half :]]) if g.shape[0] % 2 else folded
-    total = g[0]
-    for t in range(1, g.shape[0]):
-        total = total + g[t]
-    return total
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def repeat_time(x: Array, time_steps: int) -> Array:
-    """``x`` ``[B, ...]`` repeated at every time step: ``[time_steps, B, ...]``.
-
-    The static nets feed their encoder's output at each of the T steps. The forward is a
-    broadcast; the backward sums the T gradients with fused elementwise adds instead of the
-    reduction XLA would emit for ``broadcast_to``'s transpose (the same sum, up to the order of
-    the float additions).
-    """
-    return jnp.broadcast_to(x[None], (time_steps, *x.shape))
-
-
-def _repeat_time_fwd(x, time_steps):
-    return repeat_time(x, time_steps), None
-
-
-def _repeat_time_bwd(time_steps, _, g):
-    return (_sum_over_time(g),)
-
-
-repeat_time.defvjp(_repeat_time_fwd, _repeat_time_bwd)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from plif_jax import layers
+from plif_jax import layers, xla_cpu
 
 T, B, H, W, C = 3, 4, 5, 5, 6
 
@@ -260,10 +260,10 @@ def test_repeat_time_is_a_broadcast_whose_gradient_sums_over_time(t):
     rng = np.random.default_rng(5)
     x = jnp.asarray(rng.normal(size=(2, 3, 4)), jnp.float32)
     coef = jnp.asarray(rng.normal(size=(t, 2, 3, 4)), jnp.float32)
-    out = layers.repeat_time(x, t)
+    out = xla_cpu.repeat_time(x, t)
     assert out.shape == (t, 2, 3, 4)
     np.testing.assert_array_equal(np.asarray(out), np.broadcast_to(np.asarray(x), (t, 2, 3, 4)))
-    grad = jax.jit(jax.grad(lambda x: jnp.sum(layers.repeat_time(x, t) * coef)))(x)
+    grad = jax.jit(jax.grad(lambda x: jnp.sum(xla_cpu.repeat_time(x, t) * coef)))(x)
     np.testing.assert_allclose(
         np.asarray(grad), np.asarray(coef, np.float64).sum(0), rtol=1e-5, atol=1e-6
     )
