@@ -224,7 +224,7 @@ def sj_network(
 ) -> dict[str, Any]:
     """SpikingJelly 2.0, multi-step (``step_mode='m'``): Adam step of the same loss; inference."""
     torch, _, _ = _torch_sj()
-    from plif_jax import sj_reference
+    from benchmarks import sj_reference
 
     options = dict(options or {})
     data = network_inputs(name, T, batch, options)

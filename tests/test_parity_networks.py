@@ -1,6 +1,6 @@
 """Parity of the six paper networks with a torch + SpikingJelly 2.0 build of the same architecture.
 
-Each network is built at reduced width in SpikingJelly (``plif_jax.sj_reference``), given random
+Each network is built at reduced width in SpikingJelly (``benchmarks.sj_reference``), given random
 BatchNorm affine parameters / running statistics / PLIF ``w`` and scaled-up linear weights (so
 that every layer spikes), and ported into plif_jax (``plif_jax.porting``). Both sides run in
 float64 with the same input and the same dropout masks, in training and in eval mode, for both
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from benchmarks import sj_reference as sjr
 from plif_jax import models, porting
-from plif_jax import sj_reference as sjr
 from tests.conftest import float64_quick_compile, import_oracle
 
 pytestmark = pytest.mark.parity

@@ -1,8 +1,9 @@
 """The paper networks built in PyTorch + SpikingJelly 2.0: the oracle for parity tests and timing.
 
-The architectures follow ``codes/models.py`` of the original repository (spec §3), NOT newer
-SpikingJelly's ``parametric_lif_net`` (which adds Linear biases, a second CIFAR-10 dropout and a
-512-wide CIFAR10-DVS FC). Module names equal the original's (``static_conv``, ``conv``, ``fc``),
+The architectures follow ``codes/models.py`` of the original repository
+(fangwei123456/Parametric-Leaky-Integrate-and-Fire-Spiking-Neuron), NOT newer SpikingJelly's
+``parametric_lif_net`` (which adds Linear biases, a second CIFAR-10 dropout and a 512-wide
+CIFAR10-DVS FC). Module names equal the original's (``static_conv``, ``conv``, ``fc``),
 so ``net.state_dict()`` loads into plif_jax with :func:`plif_jax.porting.load_torch_state_dict`.
 
 Two step modes:
@@ -13,7 +14,8 @@ Two step modes:
   (``bn_mode='folded'``, newer SpikingJelly's multi-step BN).
 
 torch and spikingjelly are optional dependencies (the ``reference`` extra); they are imported
-inside the functions only.
+inside the functions only. This module is part of the benchmark harness and the tests, not of the
+``plif_jax`` library (the wheel does not ship it).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def _sj():
         from spikingjelly.activation_based import functional, layer, neuron, surrogate
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "plif_jax.sj_reference needs torch and spikingjelly 2.0: `pip install torch` then "
+            "benchmarks.sj_reference needs torch and spikingjelly 2.0: `pip install torch` then "
             "`pip install --no-deps spikingjelly==2.0.0 loguru h5py` (see pyproject's "
             "`reference` extra)"
         ) from err
