@@ -275,7 +275,7 @@ def compare(reference: Run, killed: Run) -> dict[str, list[str]]:
         out[f"{which} checkpoint arrays"] = diffs[:5] if a else ["no arrays"]
 
     def jsonl(run):
-        rows = metrics.read_jsonl(os.path.join(run.workdir, "metrics.jsonl"))
+        rows = metrics.read_metrics(run.workdir)
         return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
 
     a, b = jsonl(reference), jsonl(killed)

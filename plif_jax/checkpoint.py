@@ -7,9 +7,11 @@ Layout of ``<workdir>/checkpoints``::
     latest/<step>/    the last ``keep`` checkpoints (end of epoch, or a preemption mid-epoch)
     best/<step>/      the best by the protocol's criterion (A: test accuracy, B: val accuracy)
 
-Each checkpoint holds the train state (params, batch statistics, dropout RNG state, Adam state)
-and a JSON ``meta`` record (epoch, step within the epoch, global step, best-so-far accuracies,
-running accumulators, the ``metrics.jsonl`` offset). Orbax writes into a temporary directory and
+Each checkpoint holds the train state (:class:`plif_jax.steps.TrainState`: the model's
+``nnx.state`` split into params and the rest (batch statistics, dropout RNG state), and Adam's
+state) and a JSON ``meta`` record: the run's :class:`plif_jax.progress.Progress` (epoch, step
+within the epoch, global step, best-so-far accuracies, running accumulators, the
+``metrics.jsonl`` offset). Orbax writes into a temporary directory and
 renames it when complete, so a process killed mid-save leaves no checkpoint that a later start
 would read; leftover temporary directories are removed on the next start.
 
@@ -23,15 +25,11 @@ names the directory and the choices.
 
 from __future__ import annotations
 
-import ast
 import gc
 import json
 import logging
 import os
-import re
-import sys
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -40,201 +38,28 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from plif_jax import config as config_lib
+from plif_jax import models, steps
+from plif_jax.checkpoint_files import (
+    abstract_tree,
+    from_nested,
+    prepare_workdir,
+    quiet_abandoned_orbax_reads,
+    read_failure,
+    read_json,
+    stored_structure,
+    to_nested,
+    tree_paths,
+    write_json_atomic,
+)
 from plif_jax.errors import CheckpointError, IncompatibleRunError, NoCheckpointError
 
+__all__ = [
+    "CONFIG_NAME", "MODEL_NAME", "CheckpointStore", "from_nested", "prepare_workdir", "restore",
+    "to_nested", "write_json_atomic",
+]  # fmt: skip
 CONFIG_NAME = "config.json"
 MODEL_NAME = "model.json"
 _log = logging.getLogger(__name__)
-
-
-def _key_str(key: Any) -> str:
-    for attr in ("key", "idx", "name"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
-def write_json_atomic(path: str, obj: Any, *, sort_keys: bool = True) -> None:
-    """Writes JSON to a temporary file, then renames it over ``path`` (``os.replace``).
-
-    A process killed mid-write leaves the previous file intact, never a truncated one (a
-    truncated ``config.json`` would make the next start fail on a run it could resume).
-    """
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=sort_keys)
-    os.replace(tmp, path)
-
-
-def _is_prng_key(x: Any) -> bool:
-    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
-def to_nested(tree: Any) -> dict[str, Any]:
-    """Any pytree as a nested dict of str keys (Orbax-friendly); PRNG keys become key data."""
-    nested: dict[str, Any] = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        node = nested
-        keys = [_key_str(k) for k in path]
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-        node[keys[-1]] = jax.random.key_data(leaf) if _is_prng_key(leaf) else leaf
-    return nested
-
-
-def from_nested(nested: Mapping[str, Any], template: Any) -> Any:
-    """Inverse of :func:`to_nested`, using ``template`` for the tree structure and key types."""
-    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
-    leaves = []
-    for path, tmpl in paths_leaves:
-        node = nested
-        for k in path:
-            node = node[_key_str(k)]
-        if _is_prng_key(tmpl):
-            node = jax.random.wrap_key_data(node, impl=jax.random.key_impl(tmpl))
-        leaves.append(node)
-    return jax.tree_util.tree_unflatten(treedef, leaves)
-
-
-def _abstract(nested: Any) -> Any:
-    return jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-        nested,
-    )
-
-
-def prepare_workdir(workdir: str) -> str:
-    """Creates the run directory (and ``checkpoints/``) and checks that it can be written.
-
-    Returns:
-      The absolute path.
-
-    Raises:
-      CheckpointError: ``workdir`` is a file, or it (or a folder above it) cannot be created or
-        written; nothing is written then.
-    """
-    path = os.path.abspath(workdir)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise CheckpointError(
-            f"--workdir {workdir} is a file, not a directory: choose another --workdir "
-            "(a run directory is created there)."
-        )
-    try:
-        os.makedirs(os.path.join(path, "checkpoints"), exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass  # writable: a run can save there
-    except OSError as e:
-        raise CheckpointError(
-            f"--workdir {workdir} cannot be written ({e.strerror or e}: "
-            f"{e.filename or path}): choose a directory you can write to, e.g. "
-            "--workdir=runs/<name>."
-        ) from e
-    return path
-
-
-def _read_json(path: str) -> Any:
-    """A run directory's JSON record; an unreadable one is a :class:`CheckpointError`."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(
-            f"Cannot read {path} ({type(e).__name__}: {e}): the file is damaged. Copy it back "
-            "from a backup, or start a new run with a new --workdir."
-        ) from e
-
-
-def _reason(e: BaseException) -> str:
-    """One line on why a checkpoint could not be read, e.g. ``ValueError: OUT_OF_RANGE reading
-    checkpoints/latest/8/state/d/<file>: Requested byte range [0, 915) is not valid ...``."""
-    text = " ".join(str(e).split()).split(" [tensorstore_spec", 1)[0]
-    # TensorStore nests "Error opening ... driver: Error reading ... of local file "<f>": why".
-    m = re.match(r'([A-Z_]{3,}): .*local file "([^"]+)"(?::\s*(.*))?$', text)
-    if m:
-        code, path, why = m.groups()
-        if "/checkpoints/" in path:
-            path = "checkpoints/" + path.split("/checkpoints/", 1)[1]
-        text = f"{code} reading {path}" + (f": {why}" if why else "")
-    if len(text) > 240:
-        text = text[:237] + "..."
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-def _is_abandoned_orbax_read(unraisable: Any) -> bool:
-    # When one array of a checkpoint cannot be read, Orbax (0.12) abandons the reads of the
-    # other arrays: Python reports each abandoned coroutine, and each TensorStore callback that
-    # later finds Orbax's event loop closed, as "Exception ignored in" with a traceback, after
-    # the failure itself was raised and reported.
-    if getattr(unraisable.object, "__qualname__", "") == "_read_array_index_and_device_put":
-        return True
-    exc, tb = unraisable.exc_value, unraisable.exc_traceback
-    if not (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"):
-        return False
-    while tb is not None:
-        if tb.tb_frame.f_code.co_name == "call_soon_threadsafe":
-            return True
-        tb = tb.tb_next
-    return False
-
-
-class _AbandonedOrbaxTasks(logging.Filter):
-    """Drops asyncio's "Task exception was never retrieved" for Orbax's abandoned array reads.
-
-    The sibling reads of a failed one end with the same error once garbage-collected; asyncio logs
-    each with a traceback, after the failure itself was reported (seen in CI, GC-timing dependent).
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = str(record.msg)
-        return not ("Task exception was never retrieved" in msg and "async_deserialize" in msg)
-
-
-def _quiet_abandoned_orbax_reads() -> None:
-    """Drops Orbax's reports of abandoned array reads (the failed read itself is reported)."""
-    asyncio_logger = logging.getLogger("asyncio")
-    if not any(isinstance(f, _AbandonedOrbaxTasks) for f in asyncio_logger.filters):
-        asyncio_logger.addFilter(_AbandonedOrbaxTasks())
-    previous = sys.unraisablehook
-    if getattr(previous, "_plif_jax_filter", False):
-        return
-
-    def hook(unraisable: Any) -> None:
-        if _is_abandoned_orbax_read(unraisable):
-            logging.debug("Orbax read abandoned after a failed restore: %s", unraisable.exc_value)
-            return
-        previous(unraisable)
-
-    hook._plif_jax_filter = True  # type: ignore[attr-defined]
-    sys.unraisablehook = hook
-
-
-def _tree_paths(nested: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple]:
-    for k, v in nested.items():
-        if isinstance(v, Mapping):
-            yield from _tree_paths(v, (*prefix, k))
-        else:
-            yield (*prefix, k), tuple(v.shape)
-
-
-def _stored_structure(step_dir: str) -> dict[tuple, tuple | None] | None:
-    """``{path: shape}`` of the arrays in a checkpoint's ``state`` item (Orbax's ``_METADATA``).
-
-    None when the metadata cannot be read or is not in the layout this code knows: the
-    checkpoint is then judged by whether it restores, not by its structure.
-    """
-    try:
-        with open(os.path.join(step_dir, "state", "_METADATA"), encoding="utf-8") as f:
-            tree = json.load(f)["tree_metadata"]
-        out = {}
-        for key, entry in tree.items():
-            path = ast.literal_eval(key)
-            if not isinstance(path, tuple):
-                return None
-            shape = entry.get("value_metadata", {}).get("write_shape")
-            out[tuple(str(p) for p in path)] = None if shape is None else tuple(shape)
-        return out
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, SyntaxError):
-        return None
 
 
 class CheckpointStore:
@@ -283,7 +108,7 @@ class CheckpointStore:
         path = os.path.join(self.directory, CONFIG_NAME)
         has_checkpoint = bool(self._candidates("latest"))
         if has_checkpoint and os.path.exists(path):
-            saved = _read_json(path)
+            saved = read_json(path)
             diffs = config_lib.resume_conflicts(saved, current)
             if diffs:
                 raise IncompatibleRunError(
@@ -366,7 +191,7 @@ class CheckpointStore:
                 else ""
             )
             raise NoCheckpointError(f"No {which!r} checkpoint in {self.directory}{hint}.")
-        abstract = _abstract(to_nested(template))
+        abstract = abstract_tree(to_nested(template))
         args = ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
         )
@@ -378,10 +203,10 @@ class CheckpointStore:
                 if not isinstance(meta, Mapping):
                     raise ValueError(f"meta is a JSON {type(meta).__name__}, not an object")
             except Exception as e:  # whatever Orbax / TensorStore / json raise for bad files
-                _quiet_abandoned_orbax_reads()
+                quiet_abandoned_orbax_reads()
                 gc.collect()  # the abandoned reads are reported (and dropped) now
                 self._raise_if_incompatible(manager, step, abstract, e)
-                reason = _reason(e)
+                reason = read_failure(e)
                 _log.warning(
                     "Checkpoint %s cannot be read (%s); trying the next older one.",
                     self._name(manager, step),
@@ -419,10 +244,10 @@ class CheckpointStore:
     def _raise_if_incompatible(
         self, manager: ocp.CheckpointManager, step: int, abstract: Any, error: Exception
     ) -> None:
-        stored = _stored_structure(self._step_dir(manager, step))
+        stored = stored_structure(self._step_dir(manager, step))
         if stored is None:
             return  # metadata unreadable: damage
-        wanted = dict(_tree_paths(abstract))
+        wanted = dict(tree_paths(abstract))
         missing = sorted(set(wanted) - set(stored))
         extra = sorted(set(stored) - set(wanted))
         reshaped = sorted(
@@ -513,8 +338,6 @@ def restore(workdir: str, which: str = "best") -> tuple[nnx.Module, ml_collectio
       CheckpointError: no checkpoint of the kind can be read (damaged ones are skipped with a
         warning, see :meth:`CheckpointStore.restore`; none is moved or deleted here).
     """
-    from plif_jax import train as train_lib  # train imports this module
-
     directory = os.path.join(workdir, "checkpoints")
     for name in (CONFIG_NAME, MODEL_NAME):
         if not os.path.exists(os.path.join(directory, name)):
@@ -522,15 +345,15 @@ def restore(workdir: str, which: str = "best") -> tuple[nnx.Module, ml_collectio
                 f"{os.path.join(directory, name)} not found: {workdir!r} is not a plif_jax run "
                 "directory (python -m experiments.train --workdir=...)."
             )
-    config = ml_collections.ConfigDict(_read_json(os.path.join(directory, CONFIG_NAME)))
-    spec = _read_json(os.path.join(directory, MODEL_NAME))
-    model = train_lib.build_model(spec["name"], spec["options"], seed=config.seed)
-    template = train_lib.init_train_state(model, config)
+    config = ml_collections.ConfigDict(read_json(os.path.join(directory, CONFIG_NAME)))
+    spec = read_json(os.path.join(directory, MODEL_NAME))
+    model = models.build_model(spec["name"], spec["options"], seed=config.seed)
+    template = steps.init_train_state(model, config)
     store = CheckpointStore(workdir, keep=config.checkpoint.keep, async_save=False)
     try:
         state, _, _ = store.restore(template, which)
     finally:
         store.close()
-    train_lib.assign_state(model, state)
+    steps.assign_state(model, state)
     model.eval()
     return model, config

@@ -26,6 +26,9 @@ import socket
 import struct
 import time
 from collections.abc import Mapping
+from typing import Any
+
+from plif_jax.errors import DataError
 
 JSONL_NAME = "metrics.jsonl"
 
@@ -160,10 +163,49 @@ class MetricWriter:
             self.enabled = False
 
 
-def read_jsonl(path: str) -> list[dict[str, float]]:
-    """Reads every record of a ``metrics.jsonl`` file."""
+class MetricsFileError(DataError, json.JSONDecodeError):
+    """A line of ``metrics.jsonl`` is not valid JSON (the message names the file and line)."""
+
+    def __init__(self, path: str, lineno: int, error: json.JSONDecodeError):
+        json.JSONDecodeError.__init__(self, error.msg, error.doc, error.pos)
+        self.path, self.lineno = path, lineno
+        self.args = (
+            f"{path}:{lineno} is not valid JSON ({error.msg}); delete that line (a run killed "
+            "while writing leaves a truncated last line) and retry.",
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def read_metrics(path_or_workdir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every record of a ``metrics.jsonl`` file, in file order (blank lines skipped).
+
+    Args:
+      path_or_workdir: the file, or a run directory holding it.
+
+    Raises:
+      FileNotFoundError: there is no such file.
+      MetricsFileError: a line is not valid JSON (a ``DataError`` and a ``json.JSONDecodeError``;
+        the message names the file and line).
+    """
+    path = os.fspath(path_or_workdir)
+    if os.path.isdir(path):
+        path = os.path.join(path, JSONL_NAME)
+    records = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise MetricsFileError(path, lineno, e) from e
+    return records
+
+
+# The name plif_jax.paper_runs still calls (it switches to read_metrics).
+read_jsonl = read_metrics
 
 
 def read_tensorboard_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:

@@ -1,377 +1,58 @@
-"""Training and evaluation: the paper's protocol (spec §4) as one jit-compiled step per phase.
+"""Training and evaluation: the paper's protocol, as a short loop over small named parts.
 
-- Loss: MSE between the firing rate ``counts / T`` and the one-hot label, mean over B x classes.
-- Adam (b1 0.9, b2 0.999, eps 1e-8, no weight decay, every parameter including PLIF's ``w``).
-- Periodic cosine learning rate stepped per epoch: ``lr(e) = 0.5 lr0 (1 + cos(pi e / T_max))``
-  (PyTorch's recursive ``CosineAnnealingLR`` run past ``T_max``; period ``2 T_max``).
 - Protocol A: test after every epoch, report the best test accuracy (first epoch reaching it).
   Protocol B: train on the split, test and validate every epoch, report the test accuracy at the
   best validation accuracy (ties go to the later epoch, the reference's ``<=``).
 
-The train step is a pure function of ``(TrainState, batch, lr, epoch, step)`` around
-``nnx.merge``/``nnx.split``, compiled once: the learning rate, epoch and step are array inputs,
-so nothing retraces across epochs. The state buffers are donated. Batches are sharded over a
-``'data'`` mesh axis, the state is replicated (:mod:`plif_jax.parallel`).
+The parts: :mod:`plif_jax.steps` (loss, the jitted train and eval steps, ``evaluate``),
+:mod:`plif_jax.progress` (the run's :class:`~plif_jax.progress.Progress`, stored in every
+checkpoint; best-tracking; reading step metrics one step late), :mod:`plif_jax.preemption`
+(SIGTERM/SIGINT checkpoint at the next step boundary), :mod:`plif_jax.checkpoint` and
+:mod:`plif_jax.metrics`. The step functions are re-exported here (``train.train_step``...).
 """
 
 from __future__ import annotations
 
-import collections
-import functools
+import dataclasses
 import json
 import logging
-import math
 import os
 import platform
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from flax import nnx
 
 from plif_jax import checkpoint as checkpoint_lib
 from plif_jax import config as config_lib
 from plif_jax import metrics as metrics_lib
-from plif_jax import neurons, parallel
+from plif_jax import models, parallel
+from plif_jax.preemption import StopRequest
+from plif_jax.progress import Accumulator, MetricsDrain, Progress, update_best
+from plif_jax.steps import (
+    Steps,
+    TrainState,
+    assign_state,
+    eval_step,
+    evaluate,
+    init_train_state,
+    jit_steps,
+    learning_rate,
+    loss_fn,
+    make_optimizer,
+    to_device,
+    train_step,
+)
 
-Array = jax.Array
-PyTree = Any
-
-
-class TrainState(NamedTuple):
-    """Everything that changes during training (all replicated over the mesh).
-
-    ``params``: every ``nnx.Param`` (weights, BN affine, PLIF ``w``, learnable alpha);
-    ``rest``: the other model state (BatchNorm running statistics, dropout RNG key and count);
-    ``opt_state``: Adam's moments and step count.
-    """
-
-    params: nnx.State
-    rest: nnx.State
-    opt_state: PyTree
-
-
-# ---------------------------------------------------------------------------------------------
-# Building blocks
-# ---------------------------------------------------------------------------------------------
-def learning_rate(epoch: int | Array, lr0: float, t_max: int) -> float | Array:
-    """The paper's per-epoch learning rate ``0.5 lr0 (1 + cos(pi epoch / t_max))``.
-
-    PyTorch's ``CosineAnnealingLR(T_max)`` stepped past ``T_max`` (1024 epochs vs 64) follows
-    this closed form, so the schedule is periodic with period ``2 t_max`` and is 0 at epochs
-    ``t_max, 3 t_max, ...``.
-    """
-    cos = jnp.cos if isinstance(epoch, jax.Array) else math.cos
-    return 0.5 * lr0 * (1.0 + cos(math.pi * epoch / t_max))
-
-
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam's update direction; the step applies ``-lr * direction`` with the epoch's lr."""
-    return optax.scale_by_adam(b1=config.optim.b1, b2=config.optim.b2, eps=config.optim.eps)
-
-
-def loss_fn(counts: Array, labels: Array, mask: Array, num_classes: int, time_steps: int) -> Array:
-    """MSE between the firing rate and the one-hot label, mean over (valid samples) x classes.
-
-    Args:
-      counts: ``[B, num_classes]`` spike counts summed over time.
-      labels: ``[B]`` int class labels.
-      mask: ``[B]`` 1 for real samples, 0 for evaluation padding.
-      num_classes: number of classes.
-      time_steps: ``T`` (the firing rate is ``counts / T``).
-    """
-    rate = counts.astype(jnp.float32) / time_steps
-    target = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-    per_sample = jnp.sum(jnp.square(rate - target), axis=-1)
-    return jnp.sum(per_sample * mask) / (jnp.maximum(jnp.sum(mask), 1.0) * num_classes)
-
-
-def _layer_name(path: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in path)
-
-
-def firing_rates(intermediates: nnx.State) -> dict[str, Array]:
-    """Mean firing rate of every spiking layer from the neurons' sown ``firing_rate``."""
-    out = {}
-    for path, var in nnx.to_flat_state(intermediates):
-        if path[-1] == "firing_rate":
-            values = jax.tree.leaves(var)  # one [T] array per call of the layer
-            out[_layer_name(path[:-1])] = jnp.mean(jnp.stack([jnp.mean(v) for v in values]))
-    return out
-
-
-def layer_taus(params: nnx.State) -> dict[str, float]:
-    """``{layer: tau}`` of every PLIF layer (``tau = 1 + exp(-w)``), in depth order."""
-    out = {}
-    for path, var in nnx.to_flat_state(params):
-        if isinstance(var, neurons.TauParam):
-            w = float(np.asarray(jax.tree.leaves(var)[0]))
-            out[_layer_name(path[:-1])] = 1.0 + math.exp(-w)
-    return out
-
-
-def layer_alphas(params: nnx.State) -> dict[str, float]:
-    """``{layer: alpha}`` of every learnable surrogate alpha."""
-    return {
-        _layer_name(path[:-1]): float(np.asarray(jax.tree.leaves(var)[0]))
-        for path, var in nnx.to_flat_state(params)
-        if isinstance(var, neurons.SurrogateAlpha)
-    }
-
-
-def model_spec(config: ml_collections.ConfigDict, info: Any) -> tuple[str, dict[str, Any]]:
-    """``(name, options)`` for ``create_model`` from the config and the dataset's info."""
-    from plif_jax import models
-
-    name = config.model.name or info.model_name
-    # The data delivers static images NHWC and event frames time-major 'TBCHW' (channels before
-    # the spatial axes, i.e. the models' 'NCHW').
-    layout = "NHWC" if info.input_layout == "NHWC" else "NCHW"
-    shape = tuple(info.sample_shape)
-    size, channels = (shape[-3], shape[-1]) if layout == "NHWC" else (shape[-1], shape[-3])
-    options = dict(
-        channels=config.model.channels,
-        pooling=config.model.pooling,
-        neuron=config.neuron.kind,
-        init_tau=float(config.neuron.init_tau),
-        detach_reset=bool(config.neuron.detach_reset),
-        surrogate=config.neuron.surrogate,
-        surrogate_alpha=float(config.neuron.alpha),
-        alpha_learnable=bool(config.neuron.alpha_learnable),
-        bn_mode=config.model.bn_mode,
-        dropout=float(config.model.dropout),
-        hidden=config.model.hidden,
-        # .get: configs saved before the option existed restore without it.
-        remat_chunk=config.model.get("remat_chunk"),
-        input_layout=layout,
-        num_classes=int(info.num_classes),
-        input_size=int(size),
-        in_channels=int(channels),
-        dtype=config.dtype,
-    )
-    if name in models.STATIC_NETS:
-        options["T"] = int(config.data.T)
-    else:
-        options["number_layer"] = int(config.model.number_layer)
-        options["T"] = None if info.time_steps is None else int(info.time_steps)
-    return name, options
-
-
-def build_model(name: str, options: Mapping[str, Any], *, seed: int) -> nnx.Module:
-    """``create_model`` with the run's seed (``params`` and ``dropout`` streams)."""
-    from plif_jax import models
-
-    return models.create_model(name, rngs=nnx.Rngs(params=seed, dropout=seed + 1), **options)
-
-
-def init_train_state(model: nnx.Module, config: ml_collections.ConfigDict) -> TrainState:
-    """The model's state split for the pure step, plus a fresh Adam state."""
-    _, params, rest = nnx.split(model, nnx.Param, ...)
-    return TrainState(params, rest, make_optimizer(config).init(params))
-
-
-def assign_state(model: nnx.Module, state: TrainState) -> None:
-    """Writes a train state's params and other state back into ``model``."""
-    nnx.update(model, state.params, state.rest)
-
-
-# ---------------------------------------------------------------------------------------------
-# Steps
-# ---------------------------------------------------------------------------------------------
-def train_step(
-    state: TrainState,
-    batch: Mapping[str, Array],
-    lr: Array,
-    epoch: Array,
-    step: Array,
-    *,
-    graphdef: nnx.GraphDef,
-    tx: optax.GradientTransformation,
-    preprocess: Callable[..., Array],
-    base_key: Array,
-    num_classes: int,
-    time_steps: int,
-    trace_counter: collections.Counter | None = None,
-) -> tuple[TrainState, dict[str, Any]]:
-    """One Adam step on one batch (pure; jit it with the keyword arguments bound).
-
-    Returns:
-      The new state and ``{'loss', 'correct', 'finite', 'firing_rate': {layer: rate}}``.
-    """
-    if trace_counter is not None:
-        trace_counter["train_step"] += 1  # runs only while tracing: counts compilations
-    # Augmentation randomness is a pure function of (seed, epoch, step): resumable exactly.
-    key = jax.random.fold_in(jax.random.fold_in(base_key, epoch), step)
-    x = preprocess(batch["x"], train=True, rng=key)
-    y, mask = batch["y"], batch["mask"]
-
-    # `rest` is an argument (not a closure) so that its Variables are rebuilt at the grad trace
-    # level, where BatchNorm may update them.
-    def objective(params, rest):
-        model = nnx.merge(graphdef, params, rest, copy=True)
-        counts, intermediates = nnx.capture(model, nnx.Intermediate)(x)
-        _, _, rest = nnx.split(model, nnx.Param, ...)
-        return loss_fn(counts, y, mask, num_classes, time_steps), (counts, intermediates, rest)
-
-    (loss, (counts, intermediates, rest)), grads = jax.value_and_grad(objective, has_aux=True)(
-        state.params, state.rest
-    )
-    direction, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = jax.tree_util.tree_map(
-        lambda p, d: p - lr.astype(p.dtype) * d, state.params, direction
-    )
-    correct = jnp.sum((jnp.argmax(counts, axis=-1) == y) * mask).astype(jnp.int32)
-    finite = jnp.isfinite(loss) & jnp.all(
-        jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
-    )
-    metrics = {
-        "loss": loss,
-        "correct": correct,
-        "finite": finite,
-        "firing_rate": firing_rates(intermediates),
-    }
-    return TrainState(params, rest, opt_state), metrics
-
-
-def eval_step(
-    params: nnx.State,
-    rest: nnx.State,
-    batch: Mapping[str, Array],
-    *,
-    graphdef: nnx.GraphDef,
-    preprocess: Callable[..., Array],
-    num_classes: int,
-    time_steps: int,
-    trace_counter: collections.Counter | None = None,
-) -> dict[str, Array]:
-    """Masked correct count, loss sum and sample count on one (possibly padded) batch."""
-    if trace_counter is not None:
-        trace_counter["eval_step"] += 1
-    x = preprocess(batch["x"], train=False, rng=jax.random.key(0))
-    model = nnx.merge(graphdef, params, rest)
-    counts, _ = nnx.capture(model, nnx.Intermediate)(x)
-    y, mask = batch["y"], batch["mask"]
-    n = jnp.sum(mask)
-    return {
-        "correct": jnp.sum((jnp.argmax(counts, axis=-1) == y) * mask).astype(jnp.int32),
-        "loss_sum": loss_fn(counts, y, mask, num_classes, time_steps) * n,
-        "count": n,
-    }
-
-
-def evaluate(
-    eval_fn: Callable[..., dict[str, Array]],
-    state: TrainState,
-    batches: Iterable[Mapping[str, Any]],
-    mesh: jax.sharding.Mesh,
-) -> dict[str, float]:
-    """Accuracy and loss of ``state`` over every batch (padding masked out)."""
-    results = [
-        eval_fn(state.params, state.rest, _to_device(batch, mesh)) for batch in batches
-    ]  # dispatch everything, then fetch once
-    results = jax.device_get(results)
-    correct = sum(int(r["correct"]) for r in results)
-    count = sum(float(r["count"]) for r in results)
-    loss = sum(float(r["loss_sum"]) for r in results)
-    return {"accuracy": correct / max(count, 1.0), "loss": loss / max(count, 1.0)}
-
-
-def _to_device(batch: Mapping[str, Any], mesh: jax.sharding.Mesh) -> dict[str, Array]:
-    if all(isinstance(v, jax.Array) for v in batch.values()):
-        # Placed by the loader: its prefetch thread, or (multi-process) assembled from the
-        # rows this process read.
-        return dict(batch)
-
-    return parallel.put_batch({k: np.asarray(v) for k, v in batch.items()}, mesh)
-
-
-# ---------------------------------------------------------------------------------------------
-# The run
-# ---------------------------------------------------------------------------------------------
-class _StopRequest:
-    """SIGTERM/SIGINT set a flag; the loop saves at the next step boundary and exits."""
-
-    def __init__(self):
-        self.signal: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set from the main thread
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        logging.warning("Received signal %d: checkpointing at the next step boundary.", signum)
-        self.signal = signum
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-
-def _initial_meta() -> dict[str, Any]:
-    return {
-        "epoch": 0,  # the epoch in progress (or next to run)
-        "step_in_epoch": 0,  # training batches of that epoch already done
-        "global_step": 0,
-        "best_test_accuracy": -1.0,
-        "best_test_epoch": -1,
-        "best_val_accuracy": -1.0,
-        "best_val_epoch": -1,
-        "test_at_best_val": -1.0,
-        "last_test_accuracy": -1.0,
-        "metrics_offset": 0,
-        "epoch_acc": _zero_acc(),
-        "window_acc": _zero_acc(),
-        "train_seconds": 0.0,
-        "train_samples": 0,
-    }
-
-
-def _zero_acc() -> dict[str, Any]:
-    return {"loss_sum": 0.0, "correct": 0, "count": 0, "steps": 0, "firing_rate": {}}
-
-
-def _accumulate(acc: dict[str, Any], m: Mapping[str, Any], batch_size: int) -> None:
-    acc["loss_sum"] += float(m["loss"])
-    acc["correct"] += int(m["correct"])
-    acc["count"] += batch_size
-    acc["steps"] += 1
-    for name, rate in m["firing_rate"].items():
-        acc["firing_rate"][name] = acc["firing_rate"].get(name, 0.0) + float(rate)
-
-
-def update_best(
-    meta: dict[str, Any], protocol: str, epoch: int, test_acc: float, val_acc: float | None
-) -> bool:
-    """Updates the best-so-far records; returns whether this epoch is the new best checkpoint.
-
-    Protocol A: the best test accuracy and the FIRST epoch reaching it (spec §6 "best@ep").
-    Protocol B: the test accuracy at the best validation accuracy; ties go to the LATER epoch
-    (the reference's ``max_val_accuracy <= val_accuracy``).
-    """
-    improved = False
-    if test_acc > meta["best_test_accuracy"]:
-        meta["best_test_accuracy"], meta["best_test_epoch"] = test_acc, epoch
-        improved = protocol == "A"
-    meta["last_test_accuracy"] = test_acc
-    if protocol == "B":
-        if val_acc is None:
-            raise ValueError("Protocol B needs the validation accuracy of every epoch.")
-        if val_acc >= meta["best_val_accuracy"]:
-            meta["best_val_accuracy"], meta["best_val_epoch"] = val_acc, epoch
-            meta["test_at_best_val"] = test_acc
-            improved = True
-    return improved
+__all__ = [
+    "Progress", "TrainState", "assign_state", "eval_step", "evaluate", "format_summary",
+    "init_train_state", "learning_rate", "loss_fn", "make_optimizer", "record_run_info",
+    "train_and_evaluate", "train_step", "update_best",
+]  # fmt: skip
 
 
 def record_run_info(workdir: str, config: ml_collections.ConfigDict, mesh) -> str:
@@ -433,244 +114,62 @@ def train_and_evaluate(
     workdir = os.path.abspath(workdir)
     checkpoint_lib.prepare_workdir(workdir)  # a file or an unwritable path: a CheckpointError
     is_main = jax.process_index() == 0
-
     store = checkpoint_lib.CheckpointStore(
         workdir, keep=config.checkpoint.keep, keep_best=config.checkpoint.keep_best
     )
-    writer = None
-    progress = None
-    stop = _StopRequest()
+    writer = bar = None
     try:
         resuming = store.check_config(config)  # raises on an incompatible checkpoint
         logging.info("Run info:\n%s", record_run_info(workdir, config, mesh))
-
-        # Imported only now (tonic, tfds: seconds): a config or workdir error costs none of it.
-        from plif_jax import data as data_lib
-
-        bundle = data_lib.get_datasets(config)
-        info = bundle.info
-        config_lib.validate_against_data(config, len(bundle.train))
-        if config.protocol == "B" and bundle.val is None:
-            raise ValueError("Protocol B needs a validation split but the data bundle has none.")
-        for source in (bundle.train, bundle.val, bundle.test):
-            if source is not None and hasattr(source, "sharding"):
-                # Multi-process: each process then reads only its own rows of every batch.
-                source.sharding = parallel.batch_sharded(mesh)
-
-        name, options = model_spec(config, info)
-        model = build_model(name, options, seed=int(config.seed))
+        bundle = _open_data(config, mesh)
+        name, options = models.spec_from_config(config, bundle.info)
+        model = models.build_model(name, options, seed=int(config.seed))
         store.save_model_spec(name, options)
-        time_steps = int(getattr(model, "T", None) or info.time_steps or config.data.T)
-        num_classes = int(info.num_classes)
-        model.train()
-        graphdef_train = nnx.graphdef(model)
-        model.eval()
-        graphdef_eval = nnx.graphdef(model)
-        tx = make_optimizer(config)
+        steps = jit_steps(
+            model,
+            tx=make_optimizer(config),
+            preprocess=bundle.preprocess,
+            seed=int(config.seed),
+            num_classes=int(bundle.info.num_classes),
+            time_steps=int(getattr(model, "T", None) or config.data.T),
+            mesh=mesh,
+        )
         state = parallel.put_replicated(init_train_state(model, config), mesh)
         del model  # the state lives in `state` from here on
-
-        meta = _initial_meta()
-        if resuming:
-            # Damaged checkpoints are skipped (warned) and moved to checkpoints/damaged/.
-            state, meta, ckpt_step = store.restore(state, "latest", set_aside_damaged=True)
-            logging.info(
-                "Resuming from checkpoint step %d (epoch %d, batch %d).",
-                ckpt_step,
-                meta["epoch"],
-                meta["step_in_epoch"],
-            )
+        state, progress = _resume(store, state) if resuming else (state, Progress())
         writer = metrics_lib.MetricWriter(
             workdir,
-            resume_offset=meta["metrics_offset"],
-            purge_step=meta["global_step"] + 1 if resuming else 0,
+            resume_offset=progress.metrics_offset,
+            purge_step=progress.global_step + 1 if resuming else 0,
             enabled=is_main,
         )
-
-        traces: collections.Counter = collections.Counter()
-        replicated = parallel.replicated(mesh)
-        step_fn = jax.jit(
-            functools.partial(
-                train_step,
-                graphdef=graphdef_train,
-                tx=tx,
-                preprocess=bundle.preprocess,
-                base_key=jax.random.key(int(config.seed)),
-                num_classes=num_classes,
-                time_steps=time_steps,
-                trace_counter=traces,
-            ),
-            donate_argnums=0,
-            out_shardings=replicated,
-        )
-        eval_fn = jax.jit(
-            functools.partial(
-                eval_step,
-                graphdef=graphdef_eval,
-                preprocess=bundle.preprocess,
-                num_classes=num_classes,
-                time_steps=time_steps,
-                trace_counter=traces,
-            ),
-            out_shardings=replicated,
-        )
-
         steps_per_epoch = bundle.train.num_batches
-        if int(config.steps_per_epoch) > 0:
+        if int(config.steps_per_epoch) > 0:  # a cap, for short runs
             steps_per_epoch = min(steps_per_epoch, int(config.steps_per_epoch))
-        batch_size = int(config.batch_size)
-        log_every = max(1, int(config.log_every_steps))
-        num_epochs = int(config.num_epochs)
-
-        from tqdm.auto import tqdm
-
-        progress = tqdm(
-            total=num_epochs * steps_per_epoch,
-            initial=meta["epoch"] * steps_per_epoch + meta["step_in_epoch"],
-            # None: drawn only when stderr is a terminal. A log file gets the per-epoch log
-            # lines instead of a carriage-return redraw every couple of seconds.
-            disable=None if (config.progress_bar and is_main) else True,
-            unit="step",
-            dynamic_ncols=True,
-            mininterval=2.0,
-        )
-        stop.install()
-        steps_this_process = 0
-        status = "completed"
-
-        def save(best: bool) -> None:
-            meta["metrics_offset"] = writer.offset() if is_main else 0
-            store.save(meta["global_step"], state, meta, best=best)
-
-        epoch = meta["epoch"]
-        while epoch < num_epochs:
-            lr = float(learning_rate(epoch, config.optim.lr, config.optim.t_max))
-            lr_in = np.float32(lr)
-            epoch_in = np.int32(epoch)
-            t_epoch = time.time()
-            pending: tuple[int, int, Any] | None = None  # step n's metrics, read after n+1 runs
-
-            def drain(pending_step, epoch=epoch):
-                step_idx, global_step, m = pending_step
-                m = jax.device_get(m)
-                if not bool(m["finite"]):
-                    raise FloatingPointError(
-                        f"Non-finite loss or gradient at epoch {epoch}, step {step_idx} of the "
-                        f"epoch (global step {global_step}): loss={float(m['loss'])}. Stopped "
-                        f"without saving; the last good checkpoint in {store.directory} is kept."
-                    )
-                _accumulate(meta["epoch_acc"], m, batch_size)
-                _accumulate(meta["window_acc"], m, batch_size)
-
-            first_step = meta["step_in_epoch"]
-            interrupted = False
-            batches = bundle.train.batches(epoch=epoch, start=first_step)
-            try:
-                for step_idx in range(first_step, steps_per_epoch):
-                    batch = _to_device(next(batches), mesh)
-                    state, m = step_fn(state, batch, lr_in, epoch_in, np.int32(step_idx))
-                    if pending is not None:
-                        drain(pending)
-                    pending = (step_idx, meta["global_step"], m)
-                    meta["step_in_epoch"] = step_idx + 1
-                    meta["global_step"] += 1
-                    steps_this_process += 1
-                    progress.update(1)
-                    if meta["global_step"] % log_every == 0:
-                        drain(pending)
-                        pending = None
-                        w = meta["window_acc"]
-                        scalars = {
-                            "train/loss": w["loss_sum"] / max(w["steps"], 1),
-                            "train/accuracy": w["correct"] / max(w["count"], 1),
-                            "lr": lr,
-                        }
-                        writer.write(epoch=epoch, step=meta["global_step"], scalars=scalars)
-                        progress.set_postfix(
-                            epoch=epoch, loss=f"{scalars['train/loss']:.4f}", lr=f"{lr:.2e}"
-                        )
-                        meta["window_acc"] = _zero_acc()
-                    wants_stop = stop.signal is not None or (
-                        stop_after_steps is not None and steps_this_process >= stop_after_steps
-                    )
-                    if wants_stop and meta["step_in_epoch"] < steps_per_epoch:
-                        if pending is not None:
-                            drain(pending)
-                            pending = None
-                        meta["train_seconds"] += time.time() - t_epoch
-                        meta["train_samples"] += (meta["step_in_epoch"] - first_step) * batch_size
-                        save(best=False)
-                        interrupted = True
-                        break
-                if pending is not None:
-                    drain(pending)
-            finally:
-                batches.close()
-            if interrupted:
-                status = "interrupted"
-                break
-            train_seconds = time.time() - t_epoch
-            meta["train_seconds"] += train_seconds
-            meta["train_samples"] += (steps_per_epoch - first_step) * batch_size
-
-            # --- evaluation and the protocol's bookkeeping ---------------------------------
-            test = evaluate(eval_fn, state, bundle.test.batches(), mesh)
-            acc = meta["epoch_acc"]
-            scalars = {
-                "train/epoch_loss": acc["loss_sum"] / max(acc["steps"], 1),
-                "train/epoch_accuracy": acc["correct"] / max(acc["count"], 1),
-                "test/accuracy": test["accuracy"],
-                "test/loss": test["loss"],
-                "lr": lr,
-            }
-            val = None
-            if config.protocol == "B":
-                val = evaluate(eval_fn, state, bundle.val.batches(), mesh)
-                scalars["val/accuracy"] = val["accuracy"]
-                scalars["val/loss"] = val["loss"]
-            improved = update_best(
-                meta, config.protocol, epoch, test["accuracy"], val and val["accuracy"]
-            )
-            if config.protocol == "B":
-                scalars["best/test_at_best_val"] = meta["test_at_best_val"]
-            scalars["best/test_accuracy"] = meta["best_test_accuracy"]
-            params_host = jax.device_get(state.params)
-            scalars.update({f"tau/{k}": v for k, v in layer_taus(params_host).items()})
-            scalars.update({f"alpha/{k}": v for k, v in layer_alphas(params_host).items()})
-            scalars.update(
-                {
-                    f"firing_rate/{k}": v / max(acc["steps"], 1)
-                    for k, v in sorted(acc["firing_rate"].items())
-                }
-            )
-            scalars["perf/samples_per_sec"] = (
-                (steps_per_epoch - first_step) * batch_size / max(train_seconds, 1e-9)
-            )
-            scalars["perf/epoch_seconds"] = time.time() - t_epoch
-            writer.write(epoch=epoch, step=meta["global_step"], scalars=scalars)
-            logging.info(
-                "epoch %d: train loss %.5f acc %.4f | test acc %.4f%s | lr %.3e",
-                epoch,
-                scalars["train/epoch_loss"],
-                scalars["train/epoch_accuracy"],
-                test["accuracy"],
-                f" | val acc {scalars['val/accuracy']:.4f}" if "val/accuracy" in scalars else "",
-                lr,
-            )
-            epoch += 1
-            meta.update(epoch=epoch, step_in_epoch=0, epoch_acc=_zero_acc())
-            save(best=improved)
-            if stop.signal is not None or (
-                stop_after_steps is not None and steps_this_process >= stop_after_steps
-            ):
-                if epoch < num_epochs:
-                    status = "interrupted"
-                break
-        progress.close()  # before the summary lines
-        # The summary describes saved work only: a kill before the last save is on disk must
-        # not leave a summary of a run that a restart will partly redo.
-        store.wait()
-        summary = _summary(config, meta, state, status, time.time() - t_start, traces, workdir)
+        num_epochs, batch_size = int(config.num_epochs), int(config.batch_size)
+        bar = _progress_bar(config, progress, steps_per_epoch, is_main)
+        with StopRequest(stop_after_steps) as stop:
+            run = _Epochs(config, bundle, mesh, steps, store, writer, bar, stop, steps_per_epoch)
+            while progress.epoch < num_epochs and not stop.requested:
+                lr = float(learning_rate(progress.epoch, config.optim.lr, config.optim.t_max))
+                t_epoch, first_step = time.time(), progress.step_in_epoch
+                state = run.train(state, progress, lr)
+                train_seconds = time.time() - t_epoch
+                progress.train_seconds += train_seconds
+                progress.train_samples += (progress.step_in_epoch - first_step) * batch_size
+                if progress.step_in_epoch < steps_per_epoch:  # stopped mid-epoch
+                    run.save(state, progress, best=False)
+                    break
+                samples = (steps_per_epoch - first_step) * batch_size
+                samples_per_sec = samples / max(train_seconds, 1e-9)
+                run.end(state, progress, lr, samples_per_sec=samples_per_sec, t_epoch=t_epoch)
+            status = "completed" if progress.epoch >= num_epochs else "interrupted"
+            bar.close()  # before the summary lines
+            # The summary describes saved work only: a kill before the last save is on disk
+            # must not leave a summary of a run that a restart will partly redo.
+            store.wait()
+            wall = time.time() - t_start
+            summary = _summary(config, progress, steps, state, status, wall, workdir)
         if is_main:
             checkpoint_lib.write_json_atomic(
                 os.path.join(workdir, "summary.json"), summary, sort_keys=False
@@ -678,35 +177,190 @@ def train_and_evaluate(
         logging.info("Summary: %s", json.dumps(summary))
         return summary
     finally:
-        stop.uninstall()
-        if progress is not None:
-            progress.close()
+        if bar is not None:
+            bar.close()
         if writer is not None:
             writer.close()
         store.close()
 
 
-def _summary(config, meta, state, status, wall, traces, workdir) -> dict[str, Any]:
+def _open_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Any:
+    """The run's data bundle, checked against the config and sharded over ``mesh``."""
+    # Imported only now (tonic, tfds: seconds): a config or workdir error costs none of it.
+    from plif_jax import data as data_lib
+
+    bundle = data_lib.get_datasets(config)
+    config_lib.validate_against_data(config, len(bundle.train))
+    if config.protocol == "B" and bundle.val is None:
+        raise ValueError("Protocol B needs a validation split but the data bundle has none.")
+    for source in (bundle.train, bundle.val, bundle.test):
+        if source is not None and hasattr(source, "sharding"):
+            # Multi-process: each process then reads only its own rows of every batch.
+            source.sharding = parallel.batch_sharded(mesh)
+    return bundle
+
+
+def _resume(store: checkpoint_lib.CheckpointStore, template: TrainState):
+    """The newest readable checkpoint's state and progress (damaged ones are set aside)."""
+    state, meta, step = store.restore(template, "latest", set_aside_damaged=True)
+    progress = Progress.from_json(meta)
+    logging.info(
+        "Resuming from checkpoint step %d (epoch %d, batch %d).",
+        step,
+        progress.epoch,
+        progress.step_in_epoch,
+    )
+    return state, progress
+
+
+def _progress_bar(config, progress: Progress, steps_per_epoch: int, is_main: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=int(config.num_epochs) * steps_per_epoch,
+        initial=progress.epoch * steps_per_epoch + progress.step_in_epoch,
+        # None: drawn only when stderr is a terminal. A log file gets the per-epoch log
+        # lines instead of a carriage-return redraw every couple of seconds.
+        disable=None if (config.progress_bar and is_main) else True,
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=2.0,
+    )
+
+
+@dataclasses.dataclass
+class _Epochs:
+    """One run's fixed parts, and the work of an epoch on them."""
+
+    config: ml_collections.ConfigDict
+    bundle: Any
+    mesh: jax.sharding.Mesh
+    steps: Steps
+    store: checkpoint_lib.CheckpointStore
+    writer: metrics_lib.MetricWriter
+    bar: Any
+    stop: StopRequest
+    steps_per_epoch: int
+
+    def save(self, state: TrainState, progress: Progress, *, best: bool) -> None:
+        """Checkpoints ``state`` and ``progress`` (with the length of ``metrics.jsonl``)."""
+        progress.metrics_offset = self.writer.offset() if jax.process_index() == 0 else 0
+        self.store.save(progress.global_step, state, progress.to_json(), best=best)
+
+    def train(self, state: TrainState, progress: Progress, lr: float) -> TrainState:
+        """The rest of ``progress.epoch``'s steps, or up to a stop request."""
+        epoch, first_step = progress.epoch, progress.step_in_epoch
+        lr_in, epoch_in = np.float32(lr), np.int32(epoch)
+        log_every = max(1, int(self.config.log_every_steps))
+        drain = MetricsDrain(
+            progress,
+            epoch=epoch,
+            batch_size=int(self.config.batch_size),
+            checkpoint_dir=self.store.directory,
+        )
+        batches = self.bundle.train.batches(epoch=epoch, start=first_step)
+        try:
+            for step_idx in range(first_step, self.steps_per_epoch):
+                batch = to_device(next(batches), self.mesh)
+                state, m = self.steps.train(state, batch, lr_in, epoch_in, np.int32(step_idx))
+                drain.push(step_idx, progress.global_step, m)  # reads the previous step's
+                progress.step_in_epoch = step_idx + 1
+                progress.global_step += 1
+                self.stop.count_step()
+                self.bar.update(1)
+                if progress.global_step % log_every == 0:
+                    drain.flush()
+                    self._log_window(progress, lr)
+                if self.stop.requested:
+                    break
+            drain.flush()
+        finally:
+            batches.close()
+        return state
+
+    def _log_window(self, progress: Progress, lr: float) -> None:
+        w = progress.window_acc
+        scalars = {"train/loss": w.mean_loss(), "train/accuracy": w.accuracy(), "lr": lr}
+        self.writer.write(epoch=progress.epoch, step=progress.global_step, scalars=scalars)
+        self.bar.set_postfix(
+            epoch=progress.epoch, loss=f"{scalars['train/loss']:.4f}", lr=f"{lr:.2e}"
+        )
+        progress.window_acc = Accumulator()
+
+    def end(
+        self,
+        state: TrainState,
+        progress: Progress,
+        lr: float,
+        *,
+        samples_per_sec: float,
+        t_epoch: float,
+    ) -> None:
+        """Evaluates the finished epoch, logs it, moves ``progress`` to the next and saves."""
+        protocol, epoch, acc = self.config.protocol, progress.epoch, progress.epoch_acc
+        test = evaluate(self.steps.eval, state, self.bundle.test.batches(), self.mesh)
+        scalars = {
+            "train/epoch_loss": acc.mean_loss(),
+            "train/epoch_accuracy": acc.accuracy(),
+            "test/accuracy": test["accuracy"],
+            "test/loss": test["loss"],
+            "lr": lr,
+        }
+        val = None
+        if protocol == "B":
+            val = evaluate(self.steps.eval, state, self.bundle.val.batches(), self.mesh)
+            scalars.update({"val/accuracy": val["accuracy"], "val/loss": val["loss"]})
+        improved = update_best(progress, protocol, epoch, test["accuracy"], val and val["accuracy"])
+        if protocol == "B":
+            scalars["best/test_at_best_val"] = progress.test_at_best_val
+        scalars["best/test_accuracy"] = progress.best_test_accuracy
+        model = self.steps.model(state)
+        scalars.update({f"tau/{k}": v for k, v in _taus(model).items()})
+        scalars.update({f"alpha/{k}": v for k, v in models.layer_alphas(model).items()})
+        scalars.update({f"firing_rate/{k}": v for k, v in acc.mean_rates().items()})
+        scalars["perf/samples_per_sec"] = samples_per_sec
+        scalars["perf/epoch_seconds"] = time.time() - t_epoch
+        self.writer.write(epoch=epoch, step=progress.global_step, scalars=scalars)
+        logging.info(
+            "epoch %d: train loss %.5f acc %.4f | test acc %.4f%s | lr %.3e",
+            epoch,
+            scalars["train/epoch_loss"],
+            scalars["train/epoch_accuracy"],
+            test["accuracy"],
+            f" | val acc {val['accuracy']:.4f}" if val is not None else "",
+            lr,
+        )
+        progress.epoch, progress.step_in_epoch, progress.epoch_acc = epoch + 1, 0, Accumulator()
+        self.save(state, progress, best=improved)
+
+
+def _taus(model) -> dict[str, float]:
+    """The learnable (PLIF) taus: what ``tau/<layer>`` and the summary's ``tau`` report."""
+    return models.layer_taus(model, learnable_only=True)
+
+
+def _summary(config, progress: Progress, steps: Steps, state, status, wall, workdir) -> dict:
+    p = progress
     out: dict[str, Any] = {
         "dataset": config.dataset,
         "protocol": config.protocol,
         "status": status,
-        "epochs_completed": meta["epoch"],
-        "global_step": meta["global_step"],
-        "best_test_accuracy": meta["best_test_accuracy"],
-        "best_test_epoch": meta["best_test_epoch"],
-        "final_test_accuracy": meta["last_test_accuracy"],
+        "epochs_completed": p.epoch,
+        "global_step": p.global_step,
+        "best_test_accuracy": p.best_test_accuracy,
+        "best_test_epoch": p.best_test_epoch,
+        "final_test_accuracy": p.last_test_accuracy,
     }
     if config.protocol == "B":
         out.update(
-            test_at_best_val=meta["test_at_best_val"],
-            best_val_accuracy=meta["best_val_accuracy"],
-            best_val_epoch=meta["best_val_epoch"],
+            test_at_best_val=p.test_at_best_val,
+            best_val_accuracy=p.best_val_accuracy,
+            best_val_epoch=p.best_val_epoch,
         )
-    out["tau"] = layer_taus(jax.device_get(state.params))
+    out["tau"] = _taus(steps.model(state))
     out["wall_seconds"] = wall
-    out["train_samples_per_sec"] = meta["train_samples"] / max(meta["train_seconds"], 1e-9)
-    out["compilations"] = dict(traces)
+    out["train_samples_per_sec"] = p.train_samples / max(p.train_seconds, 1e-9)
+    out["compilations"] = dict(steps.traces)
     out["workdir"] = workdir
     return out
 

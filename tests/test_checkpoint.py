@@ -18,7 +18,7 @@ from flax import nnx
 from plif_jax import checkpoint as checkpoint_lib
 from plif_jax import data as data_lib
 from plif_jax import metrics as metrics_lib
-from plif_jax import parallel, train
+from plif_jax import models, parallel, train
 from tests import test_train
 from tests.test_train import EPOCHS, STEPS, model_arrays, subprocess_env, tiny_config
 
@@ -68,7 +68,7 @@ def test_restore_best_rebuilds_the_model_with_its_test_accuracy(baseline):
     )
     assert result["accuracy"] == summary["best_test_accuracy"]
     latest, _ = checkpoint_lib.restore(workdir, which="latest")
-    assert train.layer_taus(nnx.state(latest, nnx.Param)) == pytest.approx(summary["tau"])
+    assert models.layer_taus(latest, learnable_only=True) == pytest.approx(summary["tau"])
 
 
 def test_restore_of_a_directory_without_run_is_a_clear_error(tmp_path):
@@ -87,7 +87,7 @@ def test_leftover_temporary_checkpoint_is_ignored_and_removed(baseline, tmp_path
         f.write('{"truncated": ')
     summary = train.train_and_evaluate(tiny_config(num_epochs=EPOCHS + 1), workdir)
     assert summary["global_step"] == (EPOCHS + 1) * STEPS  # resumed from 12, not from 16
-    records = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    records = metrics_lib.read_metrics(workdir)
     assert [r["epoch"] for r in records if "test/accuracy" in r] == [0, 1, 2, 3]
     latest = os.listdir(os.path.join(workdir, "checkpoints", "latest"))
     assert sorted(latest) == ["12", "16", "8"]  # the tmp dir is gone, 16 is a real one

@@ -246,9 +246,9 @@ def test_asyncio_reports_of_abandoned_orbax_reads_are_dropped_and_others_kept(ca
     import asyncio
     import gc
 
-    from plif_jax import checkpoint as ckpt_lib
+    from plif_jax import checkpoint_files
 
-    ckpt_lib._quiet_abandoned_orbax_reads()
+    checkpoint_files.quiet_abandoned_orbax_reads()
 
     async def async_deserialize():  # the name of Orbax's array read coroutine
         raise ValueError("OUT_OF_RANGE: sibling read of a damaged checkpoint")

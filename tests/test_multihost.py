@@ -285,4 +285,4 @@ def test_two_process_resume_continues_exactly(two_process_runs):
     done |= {tuple(train_src.batch_indices(1)[b, :8]) for b in range(2)}
     again = [tuple(i) for n, i in read_log(str(root / "reads_2"), 0) if n.endswith("/train")]
     assert again and not done & set(again)
-    assert metrics_lib.read_jsonl(str(root / "resumed" / "metrics.jsonl"))
+    assert metrics_lib.read_metrics(root / "resumed")

@@ -21,9 +21,10 @@ from flax import nnx
 
 from configs import common
 from plif_jax import checkpoint as checkpoint_lib
+from plif_jax import checkpoint_files, models, train
 from plif_jax import metrics as metrics_lib
-from plif_jax import train
 from plif_jax.data import digits as digits_lib
+from plif_jax.progress import Progress
 from tests.conftest import import_oracle
 
 # Every test here trains or restores: share the compilation cache and parsed digits.
@@ -94,7 +95,7 @@ def model_arrays(workdir: str, which: str = "latest") -> dict[str, np.ndarray]:
 def jsonl_without_timing(workdir: str) -> list[dict]:
     return [
         {k: v for k, v in r.items() if not k.startswith("perf/")}
-        for r in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+        for r in metrics_lib.read_metrics(workdir)
     ]
 
 
@@ -181,7 +182,7 @@ def baseline(jax_cache_dir, digits_npz, tmp_path_factory):
 
 def test_run_writes_tensorboard_jsonl_checkpoints_and_summary(baseline):
     workdir, summary = baseline
-    records = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    records = metrics_lib.read_metrics(workdir)
     epoch_records = [r for r in records if "test/accuracy" in r]
     assert [r["epoch"] for r in epoch_records] == [0, 1, 2]
     assert [r["step"] for r in epoch_records] == [4, 8, 12]
@@ -225,7 +226,7 @@ def test_run_writes_tensorboard_jsonl_checkpoints_and_summary(baseline):
 
 def test_logged_learning_rate_follows_periodic_cosine(baseline):
     workdir, _ = baseline
-    records = [r for r in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
+    records = [r for r in metrics_lib.read_metrics(workdir)]
     by_epoch = {r["epoch"]: r["lr"] for r in records if "test/accuracy" in r}
     assert by_epoch == {e: 0.5 * 1e-2 * (1 + math.cos(math.pi * e / 2)) for e in range(3)}
     assert by_epoch[2] == 0.0
@@ -258,7 +259,7 @@ def test_zero_lr_epoch_changes_batch_stats_but_not_params(baseline):
     try:
         with open(os.path.join(workdir, "checkpoints", "model.json")) as f:
             spec = json.load(f)
-        model = train.build_model(spec["name"], spec["options"], seed=model_cfg.seed)
+        model = models.build_model(spec["name"], spec["options"], seed=model_cfg.seed)
         template = train.init_train_state(model, model_cfg)
         mgr = store.latest
         restored = {}
@@ -269,7 +270,7 @@ def test_zero_lr_epoch_changes_batch_stats_but_not_params(baseline):
                 step,
                 args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(
-                        checkpoint_lib._abstract(checkpoint_lib.to_nested(template))
+                        checkpoint_files.abstract_tree(checkpoint_lib.to_nested(template))
                     ),
                     meta=ocp.args.JsonRestore(),
                 ),
@@ -326,7 +327,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
         assert sorted(os.listdir(store.latest.directory)) == [str(STEPS)]
     finally:
         store.close()
-    records = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    records = metrics_lib.read_metrics(workdir)
     assert max(r["epoch"] for r in records if "test/accuracy" in r) == 0
     # The kept checkpoint is complete and restorable, with finite parameters.
     arrays = model_arrays(workdir)
@@ -349,36 +350,45 @@ def test_incompatible_checkpoint_is_an_error_naming_fields(baseline, tmp_path):
     # More epochs is compatible: the run continues from the last checkpoint.
     summary = train.train_and_evaluate(tiny_config(num_epochs=EPOCHS + 1), workdir)
     assert summary["global_step"] == (EPOCHS + 1) * STEPS
-    epochs = [r["epoch"] for r in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
+    epochs = [r["epoch"] for r in metrics_lib.read_metrics(workdir)]
     assert sorted(set(epochs)) == [0, 1, 2, 3]
 
 
 def test_update_best_protocol_a_keeps_first_epoch_and_b_takes_later_tie():
-    meta = train._initial_meta()
-    assert train.update_best(meta, "A", 0, 0.5, None) is True
-    assert train.update_best(meta, "A", 1, 0.5, None) is False  # tie: first epoch kept
-    assert (meta["best_test_accuracy"], meta["best_test_epoch"]) == (0.5, 0)
-    assert train.update_best(meta, "A", 2, 0.7, None) is True
-    assert meta["best_test_epoch"] == 2
+    p = Progress()
+    assert train.update_best(p, "A", 0, 0.5, None) is True
+    assert train.update_best(p, "A", 1, 0.5, None) is False  # tie: first epoch kept
+    assert (p.best_test_accuracy, p.best_test_epoch) == (0.5, 0)
+    assert train.update_best(p, "A", 2, 0.7, None) is True
+    assert p.best_test_epoch == 2
 
-    meta = train._initial_meta()
-    assert train.update_best(meta, "B", 0, test_acc=0.60, val_acc=0.80) is True
-    assert train.update_best(meta, "B", 1, test_acc=0.90, val_acc=0.70) is False
-    assert train.update_best(meta, "B", 2, test_acc=0.65, val_acc=0.80) is True  # tie: later
-    assert meta["test_at_best_val"] == 0.65 and meta["best_val_epoch"] == 2
-    assert meta["best_test_accuracy"] == 0.90  # accuracy-A is tracked as well
+    p = Progress()
+    assert train.update_best(p, "B", 0, test_acc=0.60, val_acc=0.80) is True
+    assert train.update_best(p, "B", 1, test_acc=0.90, val_acc=0.70) is False
+    assert train.update_best(p, "B", 2, test_acc=0.65, val_acc=0.80) is True  # tie: later
+    assert p.test_at_best_val == 0.65 and p.best_val_epoch == 2
+    assert p.best_test_accuracy == 0.90  # accuracy-A is tracked as well
     with pytest.raises(ValueError, match="Protocol B needs the validation accuracy"):
-        train.update_best(meta, "B", 3, 0.5, None)
+        train.update_best(p, "B", 3, 0.5, None)
+
+
+def test_progress_round_trips_through_checkpoint_meta_json():
+    p = Progress(epoch=2, step_in_epoch=3, global_step=11, best_test_accuracy=0.5)
+    p.epoch_acc.add({"loss": 0.25, "correct": 7, "firing_rate": {"sn0": 0.125}}, batch_size=16)
+    meta = json.loads(json.dumps(p.to_json()))
+    assert Progress.from_json(meta) == p
+    assert meta["epoch_acc"] == {
+        "loss_sum": 0.25, "correct": 7, "count": 16, "steps": 1, "firing_rate": {"sn0": 0.125}
+    }  # fmt: skip
+    del meta["train_samples"]
+    with pytest.raises(ValueError, match=r"missing \['train_samples'\].*another plif_jax version"):
+        Progress.from_json(meta)
 
 
 def test_protocol_b_reports_test_accuracy_at_best_validation(tmp_path):
     workdir = str(tmp_path / "b")
     summary = train.train_and_evaluate(tiny_config(protocol="B"), workdir)
-    records = [
-        r
-        for r in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-        if "test/accuracy" in r
-    ]
+    records = [r for r in metrics_lib.read_metrics(workdir) if "test/accuracy" in r]
     vals = [r["val/accuracy"] for r in records]
     best_epoch = max(e for e, v in enumerate(vals) if v == max(vals))  # ties: the later
     assert summary["best_val_epoch"] == best_epoch
