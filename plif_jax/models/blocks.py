@@ -1,0 +1,161 @@
+"""The blocks the paper's networks are built from (the layers of ``codes/models.py``).
+
+* :class:`ConvBN`: 3x3 convolution without bias, then BatchNorm (the synapse of a conv layer).
+* :class:`SpikingBlock`: an optional :class:`ConvBN`, a spiking neuron (LIF / PLIF), an optional
+  2x2 pooling: ``Conv BN PLIF MaxPool`` in the paper's notation.
+* :class:`SpikingFC`: optional time-shared dropout, a linear layer without bias, a neuron.
+
+Every block runs on time-folded tensors ``[t*B, ...]`` (NHWC) and is a function of an explicit
+``carry`` for the state that crosses time: the neuron's membrane (``None``: the sequence starts
+here, at ``V_reset``), the BatchNorm running statistics, the dropout mask. The network calls
+its blocks once on all ``T`` steps, or, rematerialised (``remat_chunk``), the same calls inside
+a ``lax.scan`` over chunks of time steps (:mod:`plif_jax.models.nets`). Nothing is written into
+the modules inside a block call; the network writes the new BatchNorm statistics back.
+
+A block call also returns a ``tap``: what its neuron saw and did (``spikes``; with
+``record='traces'`` also ``current``, ``h``, ``v``) and the input of its synaptic layer
+(``synapse_input``, for synaptic-operation counts); the network sows them (``nnx.sow``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from plif_jax import layers, neurons, xla_cpu
+
+Array = jax.Array
+Carry = dict[str, Any]
+
+
+def _unfold(x: Array, t: int) -> Array:
+    return x.reshape(t, x.shape[0] // t, *x.shape[1:])
+
+
+def fire(
+    neuron: nnx.Module, x: Array, t: int, v: Array | None, record: str | None
+) -> tuple[Array, Array | None, dict[str, Array]]:
+    """The neuron on ``x`` ``[t*B, ...]``: ``(spikes [t*B, ...], v_final or None, tap)``.
+
+    ``v`` None: the sequence starts at ``V_reset`` (one call on all T steps); otherwise the
+    membrane carried from the previous chunk, and the final membrane is returned.
+    """
+    x_seq = _unfold(x, t)
+    traces = record == "traces"
+    if v is None:
+        out = neuron.dynamics(x_seq, return_membrane=traces)
+        v_final = None
+    else:
+        out = neuron.dynamics(x_seq, v_init=v, return_final=True, return_membrane=traces)
+        v_final = out[-1]
+    spikes = out[0] if (traces or v is not None) else out
+    tap = {"spikes": spikes}
+    if traces:
+        tap.update(current=x_seq, h=out[1].h, v=out[1].v)
+    return spikes.reshape(x.shape), v_final, tap
+
+
+class ConvBN(nnx.Module):
+    """``Conv2d(c_in, c_out, 3, padding=1, bias=False)`` then ``BatchNorm2d(c_out)``."""
+
+    def __init__(self, c_in: int, c_out: int, *, bn_mode: str, dtype: Any, rngs: nnx.Rngs):
+        self.conv = layers.conv3x3(c_in, c_out, rngs=rngs, dtype=dtype)
+        self.bn = layers.BatchNorm(c_out, mode=bn_mode, dtype=dtype)
+
+    def __call__(
+        self, x: Array, t: int, stats: tuple[Array, Array], *, in_scan: bool = False
+    ) -> tuple[Array, tuple[Array, Array]]:
+        """``(BN(conv(x)), new running statistics)``; ``stats`` = the running (mean, var)."""
+        # Inside a scan body, the same convolution with a backward XLA:CPU runs fast in loops.
+        x = xla_cpu.apply_conv3x3_in_loop(self.conv, x) if in_scan else self.conv(x)
+        y, new = self.bn.normalize(x, time_steps=t, running=stats)
+        return y, (stats if new is None else new)
+
+    def initial_stats(self, dtype: Any = None) -> tuple[Array, Array]:
+        mean, var = self.bn.mean[...], self.bn.var[...]
+        return (mean, var) if dtype is None else (mean.astype(dtype), var.astype(dtype))
+
+    def write_stats(self, stats: tuple[Array, Array]) -> None:
+        if not self.bn.use_running_average:
+            self.bn.mean[...] = stats[0].astype(self.bn.mean[...].dtype)
+            self.bn.var[...] = stats[1].astype(self.bn.var[...].dtype)
+
+
+class SpikingBlock(nnx.Module):
+    """``[Conv BN] -> LIF/PLIF -> [2x2 pool]``; ``synapse=None`` for the static nets' first
+    neuron, which fires on the encoder's output."""
+
+    def __init__(self, synapse: ConvBN | None, neuron: nnx.Module, pooling: str | None):
+        self.synapse = synapse
+        self.neuron = neuron
+        self.pooling = pooling
+        self.has_synapse = synapse is not None
+
+    def initial_carry(self, shape: tuple[int, ...] | None, dtype: Any, stat_dtype: Any) -> Carry:
+        """``shape`` ``[B, ...]`` of the membrane for a chunked run, ``None`` for a whole one."""
+        v = None if shape is None else jnp.full(shape, self.neuron.v_reset, dtype)
+        stats = None if self.synapse is None else self.synapse.initial_stats(stat_dtype)
+        return {"v": v, "stats": stats}
+
+    def __call__(
+        self, x: Array, t: int, carry: Carry, *, in_scan: bool = False, record: str | None = None
+    ) -> tuple[Array, Carry, dict[str, Array]]:
+        tap = {"synapse_input": x}
+        stats = carry["stats"]
+        if self.synapse is not None:
+            x, stats = self.synapse(x, t, stats, in_scan=in_scan)
+        x, v, fired = fire(self.neuron, x, t, carry["v"], record)
+        tap.update(fired)
+        if self.pooling is not None:
+            x = layers.pool2x2(x, self.pooling)
+        return x, {"v": v, "stats": stats}, tap
+
+    def write_back(self, carry: Carry) -> None:
+        if self.synapse is not None:
+            self.synapse.write_stats(carry["stats"])
+
+
+class SpikingFC(nnx.Module):
+    """``[Dropout(p)] -> Linear(n_in, n_out, bias=False) -> LIF/PLIF`` on ``[t*B, n_in]``.
+
+    The dropout mask is drawn once per forward (one ``[B, n_in]`` mask shared by all T steps,
+    SpikingJelly's ``layer.Dropout``), before the time loop, and travels in the carry.
+    """
+
+    def __init__(
+        self, n_in: int, n_out: int, neuron: nnx.Module, *, dropout: float | None, dtype: Any,
+        rngs: nnx.Rngs,
+    ):  # fmt: skip
+        self.dropout = None if dropout is None else layers.TimeSharedDropout(dropout, rngs=rngs)
+        self.fc = layers.linear(n_in, n_out, rngs=rngs, dtype=dtype)
+        self.neuron = neuron
+        self.has_synapse = True
+
+    def initial_carry(self, shape: tuple[int, ...] | None, dtype: Any, batch: int) -> Carry:
+        drop = self.dropout
+        on = drop is not None and not drop.deterministic and drop.rate > 0.0
+        mask = drop.make_mask(batch, self.fc.in_features, dtype) if on else None
+        v = None if shape is None else jnp.full(shape, self.neuron.v_reset, dtype)
+        return {"v": v, "mask": mask}
+
+    def __call__(
+        self, x: Array, t: int, carry: Carry, *, in_scan: bool = False, record: str | None = None
+    ) -> tuple[Array, Carry, dict[str, Array]]:
+        del in_scan  # a dense layer needs no loop-friendly form
+        if carry["mask"] is not None:
+            x = (_unfold(x, t) * carry["mask"]).reshape(x.shape)
+        tap = {"synapse_input": x}
+        x, v, fired = fire(self.neuron, self.fc(x), t, carry["v"], record)
+        tap.update(fired)
+        return x, {"v": v, "mask": carry["mask"]}, tap
+
+    def write_back(self, carry: Carry) -> None:
+        del carry  # nothing: the dropout stream advanced when the mask was drawn
+
+
+def make_neuron(kind: str, init_tau: float, **kwargs: Any) -> neurons.LIF | neurons.PLIF:
+    """A PLIF (learnable tau, initialised at ``init_tau``) or LIF (fixed tau) neuron."""
+    return (neurons.PLIF if kind == "plif" else neurons.LIF)(init_tau, **kwargs)
