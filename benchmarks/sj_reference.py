@@ -43,7 +43,7 @@ def build_sj_model(name: str, *, step_mode: str | None = None, **options: Any):
     """Builds the paper network ``name`` in torch + SpikingJelly 2.0 (float32, train mode).
 
     Args:
-      name: one of :data:`plif_jax.models.MODEL_NAMES`.
+      name: one of :data:`plif_jax.models.NETWORKS`.
       step_mode: ``'s'`` (per-step BatchNorm, the paper) or ``'m'`` (folded BatchNorm). ``None``
         follows ``bn_mode`` (``'per_step'`` -> ``'s'``, ``'folded'`` -> ``'m'``).
       **options: the same options as :func:`plif_jax.models.create_model` (``dtype`` and
@@ -71,7 +71,7 @@ def build_sj_model(name: str, *, step_mode: str | None = None, **options: Any):
             f"bn_mode={bn_mode!r} needs step_mode={mode_of[bn_mode]!r} in SpikingJelly, got "
             f"{step_mode!r}"
         )
-    cfg = models.resolve_options(name, **options)
+    cfg = models.resolve(name, **options)
     if cfg.alpha_learnable:
         raise ValueError("SpikingJelly 2.0's surrogate.ATan has no learnable alpha; use False")
     sm = step_mode

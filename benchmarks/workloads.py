@@ -121,7 +121,7 @@ def network_inputs(
 ) -> dict[str, Any]:
     """Shared inputs in the torch layout: static ``[B, C, H, W]``, events ``[T, B, 2, H, W]``."""
     opts = {k: v for k, v in (options or {}).items() if k not in ("T", "input_layout")}
-    d = models.resolve_options(name, T=T if name in models.STATIC_NETS else None, **opts)
+    d = models.resolve(name, T=T if name in models.STATIC_NETS else None, **opts)
     rng = np.random.default_rng(seed)
     if d.is_static:
         x = rng.standard_normal((batch, d.in_channels, d.input_size, d.input_size))

@@ -116,13 +116,13 @@ def _network_names(args) -> list[str]:
     from plif_jax import models
 
     if args.networks is None:
-        return list(QUICK_OPTIONS) if args.quick else list(models.MODEL_NAMES)
+        return list(QUICK_OPTIONS) if args.quick else list(models.NETWORKS)
     names = [n.strip() for n in args.networks.split(",") if n.strip()]
-    bad = sorted(set(names) - set(models.MODEL_NAMES))
+    bad = sorted(set(names) - set(models.NETWORKS))
     if bad:
         from plif_jax.errors import ConfigError
 
-        raise ConfigError(f"unknown network(s) {bad}; choose from {list(models.MODEL_NAMES)}")
+        raise ConfigError(f"unknown network(s) {bad}; choose from {list(models.NETWORKS)}")
     return names
 
 
