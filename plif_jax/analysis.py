@@ -3,8 +3,8 @@
 Everything the ``experiments/explore_tau.ipynb`` notebook shows comes from here, so that any script
 can compute the same numbers:
 
-* :func:`layer_taus`: tau (and PLIF's ``w``) of every spiking layer, by name, in depth order, from a
-  model or from a training workdir's Orbax checkpoint.
+* tau of every layer of a model: :func:`plif_jax.models.layer_taus` (restore a workdir's model with
+  :func:`plif_jax.checkpoint.restore`).
 * :func:`tau_trajectories`: tau of every layer and the learning rate per epoch, from the workdir's
   ``metrics.jsonl``.
 * :func:`record_forward`: one forward pass that keeps each spiking layer's input current, membrane
@@ -16,10 +16,8 @@ can compute the same numbers:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
-import math
+import functools
 import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -29,14 +27,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from plif_jax import neurons
+from plif_jax import metrics, models, neurons, parallel, steps
 
 Array = jax.Array
 
 PAPER_TAUS_SOURCE = (
     "fangwei123456/Parametric-Leaky-Integrate-and-Fire-Spiking-Neuron@f644ff6, logs/ (TensorBoard "
-    "scalars w0..w{L-1} after the last of 1024 epochs, tau = 1 + exp(-w)), tabulated in "
-    "spec/plif_reference.md section 6"
+    "scalars w0..w{L-1} after the last of 1024 epochs, tau = 1 + exp(-w)), the "
+    "per-epoch CSVs of which ship in plif_jax/paper_logs/"
 )
 """Where :data:`PAPER_TAUS` and :data:`PAPER_TAU_RUNS` come from."""
 
@@ -69,67 +67,6 @@ each of the six datasets, keyed by dataset name. Source: :data:`PAPER_TAUS_SOURC
 
 
 # --------------------------------------------------------------------------------------------------
-# Spiking layers and their time constants
-
-
-def spiking_layers(model: nnx.Module) -> list[tuple[str, nnx.Module]]:
-    """The spiking (LIF / PLIF) layers of ``model`` as ``(name, module)`` in depth order.
-
-    Uses the model's own ``spiking_layers()`` when it has one (the paper networks do); otherwise
-    the modules of the NNX graph that are LIF or PLIF neurons, named by their path.
-    """
-    own = getattr(model, "spiking_layers", None)
-    if callable(own):
-        return [(str(name), module) for name, module in own()]
-    return [
-        ("/".join(str(p) for p in path), module)
-        for path, module in nnx.iter_modules(model)
-        if isinstance(module, neurons.LIF | neurons.PLIF)
-    ]
-
-
-def _restore(workdir: str | os.PathLike, which: str) -> tuple[nnx.Module, Any]:
-    from plif_jax import checkpoint  # lazy: checkpoint pulls in orbax and the training stack
-
-    return checkpoint.restore(os.fspath(workdir), which=which)
-
-
-def layer_taus(
-    model_or_workdir: nnx.Module | str | os.PathLike, *, which: str = "latest"
-) -> dict[str, dict[str, float | None]]:
-    """Time constant of every spiking layer, by name, in depth order.
-
-    Args:
-      model_or_workdir: a model, or a training workdir whose Orbax checkpoint is restored with
-        ``plif_jax.checkpoint.restore(workdir, which=which)``.
-      which: ``'latest'`` (end of training) or ``'best'`` checkpoint, for a workdir.
-
-    Returns:
-      ``{layer: {'tau': tau, 'w': w}}``; PLIF layers report ``tau = 1 + exp(-w)`` and their ``w``,
-      LIF layers their fixed tau and ``w = None``.
-    """
-    if isinstance(model_or_workdir, str | os.PathLike):
-        model, _ = _restore(model_or_workdir, which)
-    else:
-        model = model_or_workdir
-    layers = spiking_layers(model)
-    if not layers:
-        raise ValueError(
-            f"{type(model).__name__} has no LIF/PLIF layer; layer_taus needs a spiking network "
-            "(e.g. plif_jax.models.create_model(...))."
-        )
-    out: dict[str, dict[str, float | None]] = {}
-    for name, layer in layers:
-        if isinstance(layer, neurons.PLIF):
-            w = float(np.asarray(layer.w[...]))
-            # tau = 1/sigmoid(w) = 1 + exp(-w), computed in float64 from the stored float32 w.
-            out[name] = {"tau": 1.0 + math.exp(-w), "w": w}
-        else:
-            out[name] = {"tau": float(np.asarray(layer.tau)), "w": None}
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
 # Trajectories from metrics.jsonl
 
 
@@ -151,24 +88,6 @@ class TauTrajectories:
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.taus)
-
-
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """All records of a ``metrics.jsonl`` file (one JSON object per line; blank lines skipped)."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                # A run killed mid-write leaves a truncated last line: say where.
-                raise ValueError(
-                    f"{path}:{i} is not valid JSON ({e.msg}); delete that line (a run killed while "
-                    "writing leaves a truncated last line) and retry."
-                ) from e
-    return records
 
 
 def tau_trajectories(workdir: str | os.PathLike) -> TauTrajectories:
@@ -194,7 +113,7 @@ def tau_trajectories(workdir: str | os.PathLike) -> TauTrajectories:
         )
     taus: dict[str, dict[int, float]] = {}
     lrs: dict[int, float] = {}
-    for rec in read_metrics(path):
+    for rec in metrics.read_metrics(path):
         if "epoch" not in rec:
             continue
         epoch = int(rec["epoch"])
@@ -263,61 +182,6 @@ class ForwardRecord:
     def total_synops(self) -> float:
         """Synaptic operations of the whole network, summed over time and batch."""
         return float(sum(rec.synops.sum() for rec in self.layers.values()))
-
-
-_SYNAPTIC_TYPES: tuple[type, ...] = (nnx.Conv, nnx.Linear)
-
-
-@contextlib.contextmanager
-def _patched_calls(wrappers: Mapping[type, Callable[[Callable], Callable]]) -> Iterator[None]:
-    """Replaces ``cls.__call__`` by ``wrap(cls.__call__)`` for each class; restores them on exit.
-
-    Patching the class, not the instances: Python looks ``__call__`` up on the type. A class
-    that only inherited ``__call__`` gets it removed again, not a copy left behind.
-    """
-    saved = {cls: cls.__dict__.get("__call__") for cls in wrappers}
-    originals = {cls: cls.__call__ for cls in wrappers}
-    try:
-        for cls, wrap in wrappers.items():
-            cls.__call__ = wrap(originals[cls])
-        yield
-    finally:
-        for cls, own in saved.items():
-            if own is None:
-                del cls.__call__
-            else:
-                cls.__call__ = own
-
-
-def _recording(
-    neuron_types: set[type], events: list[tuple[str, Any, Any]]
-) -> contextlib.AbstractContextManager[None]:
-    """Logs every neuron and synaptic-layer call, in call order, into ``events``.
-
-    The models call their neurons without ``return_membrane``; the patched neurons ask for the
-    trace and still return what the caller asked for, so no model needs a recording mode.
-    """
-
-    def wrap_neuron(original: Callable) -> Callable:
-        def recording_neuron_call(self, x_seq, *, return_membrane=False):
-            spikes, trace = original(self, x_seq, return_membrane=True)
-            events.append(("neuron", self, (x_seq, spikes, trace)))
-            return (spikes, trace) if return_membrane else spikes
-
-        return recording_neuron_call
-
-    def wrap_synapse(original: Callable) -> Callable:
-        def recording_syn_call(self, x, *args, **kwargs):
-            events.append(("synapse", self, x))
-            return original(self, x, *args, **kwargs)
-
-        return recording_syn_call
-
-    wrappers: dict[type, Callable[[Callable], Callable]] = {
-        cls: wrap_synapse for cls in _SYNAPTIC_TYPES
-    }
-    wrappers.update({cls: wrap_neuron for cls in neuron_types})
-    return _patched_calls(wrappers)
 
 
 def _as_tuple(value: Any, n: int) -> tuple[int, ...]:
@@ -409,8 +273,23 @@ def _describe(layer: nnx.Module) -> str:
     return f"Linear -> {layer.out_features}"
 
 
-def record_forward(model: nnx.Module, x: Array) -> ForwardRecord:
+def _next_synapses(model: models.SpikingNet) -> list[nnx.Module | None]:
+    """The synaptic layer (conv or linear) each spiking layer's output drives, or None."""
+    blocks = model.blocks()
+    out = []
+    for nxt in blocks[1:]:
+        if isinstance(nxt, models.SpikingFC):
+            out.append(nxt.fc)
+        else:
+            out.append(None if nxt.synapse is None else nxt.synapse.conv)
+    return out + [None]
+
+
+def record_forward(model: models.SpikingNet, x: Array) -> ForwardRecord:
     """Runs ``model`` on ``x`` in eval mode and records every spiking layer.
+
+    The record is what the network sows under ``nnx.capture`` with ``record='traces'``
+    (:func:`plif_jax.models.run_with_traces`), one compiled program.
 
     What is counted as synaptic operations (the usual SNN energy proxy, accumulates instead of
     multiply-accumulates): for each spiking layer, the operations its output causes in the next
@@ -422,79 +301,45 @@ def record_forward(model: nnx.Module, x: Array) -> ForwardRecord:
     event frames, not by spikes) and the vote after the last layer are not counted.
 
     Args:
-      model: a spiking network; it is switched to eval mode (``model.eval()``) and left there.
+      model: a paper network; it is switched to eval mode (``model.eval()``) and left there.
       x: one model input, e.g. ``[T, B, 2, H, W]`` event frames or ``[B, C, H, W]`` images.
 
     Returns:
       A :class:`ForwardRecord`; ``record.layers`` is keyed by layer name in depth order.
     """
     model.eval()
-    named = spiking_layers(model)
-    if not named:
-        raise ValueError(f"{type(model).__name__} has no LIF/PLIF layer to record.")
-    neuron_types = {type(module) for _, module in named}
+    named = models.spiking_layers(model)
+    synapses = _next_synapses(model)
     graphdef, state = nnx.split(model)
-    static: dict[str, dict[str, Any]] = {}  # filled while tracing: names, thresholds, fan-out
 
     def run(state, x):
-        # A merged copy: the firing rates its neurons sow are dropped with it.
-        m = nnx.merge(graphdef, state)
-        config = getattr(m, "config", None)
-        if getattr(config, "remat_chunk", None) is not None:
-            # The rematerialised forward runs the neurons inside a time-chunked scan, out of the
-            # recorder's reach; the default forward gives the same spikes and counts exactly.
-            m.config = dataclasses.replace(config, remat_chunk=None)
-        names = {id(module): name for name, module in spiking_layers(m)}
-        events: list[tuple[str, Any, Any]] = []
-        with _recording(neuron_types, events):
-            output = m(x)
-        arrays: dict[str, dict[str, Array]] = {}
-        last: str | None = None
-        for kind, module, payload in events:
-            if kind == "neuron":
-                name = names.get(id(module))
-                if name is None:  # a neuron outside spiking_layers(): not a network layer
-                    continue
-                if name in arrays:
-                    raise ValueError(
-                        f"spiking layer {name!r} was called twice in one forward pass; "
-                        "record_forward expects each layer to run once over all T steps."
-                    )
-                current, spikes, trace = payload
-                arrays[name] = dict(
-                    current=current,
-                    h=trace.h,
-                    v=trace.v,
-                    spikes=spikes,
-                    firing_rate=neurons.firing_rate(spikes),
-                    synops=jnp.zeros(spikes.shape[:2], jnp.float32),
-                )
-                static[name] = dict(
-                    name=name,
-                    tau=module.tau,
-                    v_threshold=module.v_threshold,
-                    v_reset=module.v_reset,
-                    fan_out=None,
-                )
-                last = name
-            elif last is not None and static[last]["fan_out"] is None:
-                t, b = arrays[last]["spikes"].shape[:2]
-                # Fold every leading axis (T*B, or T and B) into one: [N, *features].
-                feature_ndim = len(module.kernel_size) + 1 if isinstance(module, nnx.Conv) else 1
-                flat = payload.reshape(-1, *payload.shape[payload.ndim - feature_ndim :])
-                arrays[last]["synops"] = synaptic_ops(module, flat).reshape(t, b)
-                static[last]["fan_out"] = _describe(module)
-        taus = {name: jnp.asarray(info.pop("tau"), jnp.float32) for name, info in static.items()}
-        return output, arrays, taus
+        # A merged copy: nothing the forward sows stays in ``model``.
+        output, traces = models.run_with_traces(nnx.merge(graphdef, state), x)
+        arrays = {}
+        for (name, _), synapse in zip(named, synapses, strict=True):
+            tr = traces[name]
+            t, b = tr.spikes.shape[:2]
+            synops = jnp.zeros((t, b), jnp.float32)
+            if synapse is not None:
+                synops = synaptic_ops(synapse, tr.next_input).reshape(t, b)
+            arrays[name] = dict(
+                current=tr.current, h=tr.h, v=tr.v, spikes=tr.spikes,
+                firing_rate=neurons.firing_rate(tr.spikes), synops=synops,
+            )  # fmt: skip
+        return output, arrays
 
-    # One compiled program: much faster than dispatching every op of the network eagerly.
-    output, arrays, taus = jax.jit(run)(state, x)
-    ordered = {}
-    for name, _ in named:
-        if name in arrays:
-            fields = {k: np.asarray(v) for k, v in arrays[name].items()}
-            ordered[name] = LayerRecord(tau=float(taus[name]), **static[name], **fields)
-    return ForwardRecord(output=np.asarray(output), layers=ordered)
+    output, arrays = jax.jit(run)(state, x)
+    layers = {}
+    for (name, neuron), synapse in zip(named, synapses, strict=True):
+        layers[name] = LayerRecord(
+            name=name,
+            tau=float(np.asarray(neuron.tau)),
+            v_threshold=neuron.v_threshold,
+            v_reset=neuron.v_reset,
+            fan_out=None if synapse is None else _describe(synapse),
+            **{k: np.asarray(v) for k, v in arrays[name].items()},
+        )
+    return ForwardRecord(output=np.asarray(output), layers=layers)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -544,9 +389,11 @@ def evaluate_split(
     preprocess: Callable[..., Array],
     *,
     num_classes: int | None = None,
-    seed: int = 0,
 ) -> EvalResult:
     """Accuracy and confusion matrix of ``model`` on every sample of ``source``.
+
+    The evaluation is the training loop's own (:func:`plif_jax.steps.eval_step` and
+    :func:`plif_jax.steps.evaluate`, on one device).
 
     Args:
       model: a network; switched to eval mode (``model.eval()``) and left there.
@@ -554,7 +401,6 @@ def evaluate_split(
         ``y`` and ``mask``; padded samples have mask 0 and are not counted).
       preprocess: the data bundle's ``preprocess(x, *, train, rng)``, run with ``train=False``.
       num_classes: defaults to ``model.num_classes``.
-      seed: seeds the (unused in eval) preprocessing rng.
 
     Returns:
       An :class:`EvalResult`. The prediction is the argmax of the spike counts; ties (e.g. no
@@ -565,30 +411,26 @@ def evaluate_split(
         if num_classes is None:
             raise ValueError("model has no num_classes attribute; pass num_classes=...")
     model.eval()
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def predict(state, x, rng):
-        # A merged copy: the firing rates it sows are dropped with it, so the model is unchanged.
-        m = nnx.merge(graphdef, state)
-        counts = m(preprocess(x, train=False, rng=rng))
-        return jnp.argmax(counts, axis=-1), jnp.all(counts == 0, axis=-1)
-
-    rng = jax.random.key(seed)
-    counts = np.zeros((num_classes, num_classes), np.int64)
-    silent = 0
-    for batch in source.batches():
-        pred, no_spike = predict(state, jnp.asarray(batch["x"]), rng)
-        mask = batch.get("mask")
-        keep = np.ones(len(batch["y"]), bool) if mask is None else np.asarray(mask) > 0
-        counts += confusion_matrix(batch["y"], np.asarray(pred), num_classes, keep)
-        silent += int(np.sum(np.asarray(no_spike) & keep))
-    total = int(counts.sum())
-    if total == 0:
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    eval_fn = jax.jit(
+        functools.partial(
+            steps.eval_step,
+            graphdef=graphdef,
+            preprocess=preprocess,
+            num_classes=num_classes,
+            time_steps=getattr(model, "T", None) or 1,  # scales the loss only (unused here)
+        )
+    )
+    state = steps.TrainState(params, rest, None)
+    result = steps.evaluate(
+        eval_fn, state, source.batches(), parallel.create_mesh(1), predictions=True
+    )
+    if result["count"] == 0:
         raise ValueError("the source yielded no (unmasked) sample; nothing to evaluate")
+    counts = confusion_matrix(result["y"], result["pred"], num_classes)
     return EvalResult(
-        accuracy=float(np.trace(counts)) / total,
+        accuracy=float(np.trace(counts)) / int(counts.sum()),
         confusion=counts,
-        num_samples=total,
-        num_silent=silent,
+        num_samples=int(counts.sum()),
+        num_silent=int(np.sum(result["silent"])),
     )

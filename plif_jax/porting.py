@@ -1,17 +1,17 @@
-"""Load PyTorch weights of the paper architecture (``codes/models.py`` naming) into a SpikingNet.
+"""Load PyTorch weights of the paper architecture (``codes/models.py`` naming) into a network.
 
-Name mapping (torch ``state_dict`` key -> plif_jax attribute). The original nets are three
-``nn.Sequential`` blocks; every layer, parameter-free ones included (PLIF, pooling, Flatten,
-Dropout), takes one index, so the indices follow :func:`plif_jax.models.build_plan`:
+The original nets are ``nn.Sequential`` blocks in which every layer, parameter-free ones
+included (PLIF, pooling, Flatten, Dropout), takes one index. :func:`torch_layer_names` is the
+explicit table per network, torch module prefix -> plif_jax module path:
 
-* static nets: ``static_conv.0`` = ``conv0`` (encoder conv), ``static_conv.1`` = ``bn0``; then
-  ``conv.<i>`` for the layers up to the flatten and ``fc.<i>`` after it (``fc.0`` is Flatten).
-  MNIST: ``conv.0.w`` = ``sn0.w``, ``conv.2.weight`` = ``conv1``, ``conv.3.*`` = ``bn1``,
-  ``conv.4.w`` = ``sn1.w``, ``fc.2.weight`` = ``fc0``, ``fc.3.w`` = ``sn2.w``,
-  ``fc.5.weight`` = ``fc1``, ``fc.6.w`` = ``sn3.w``.
-* neuromorphic nets: ``conv.<4k>`` = ``conv<k>``, ``conv.<4k+1>`` = ``bn<k>``,
-  ``conv.<4k+2>.w`` = ``sn<k>.w``; ``fc.2.weight`` = ``fc0``, ``fc.3.w``, ``fc.5.weight`` =
-  ``fc1``, ``fc.6.w``.
+* MNIST / Fashion-MNIST: ``static_conv.0/1`` = ``encoder.conv/bn``; ``conv.0`` = the first
+  neuron (``features.0.neuron``), ``conv.2/3/4`` = ``features.1`` (conv, bn, neuron);
+  ``fc.2/3`` = ``classifier.0`` (fc, neuron), ``fc.5/6`` = ``classifier.1``.
+* CIFAR-10: ``static_conv.0/1`` = encoder; ``conv.0`` = ``features.0.neuron``; then
+  ``conv.1-3, 4-6`` (pool 7), ``conv.8-10, 11-13, 14-16`` (pool 17) = ``features.1..5``;
+  ``fc.2/3`` = ``classifier.0``, ``fc.4/5`` = ``classifier.1`` (no second dropout).
+* N-MNIST / CIFAR10-DVS / DVS128 Gesture: ``conv.<4k>/<4k+1>/<4k+2>`` = ``features.<k>``
+  (conv, bn, neuron; ``4k+3`` is the pool); ``fc.2/3`` and ``fc.5/6`` as MNIST.
 
 Per kind: conv ``weight`` OIHW -> ``kernel`` HWIO; linear ``weight`` ``(out, in)`` -> ``kernel``
 ``(in, out)``, and the first linear layer's input rows are permuted from PyTorch's ``(C, H, W)``
@@ -45,25 +45,49 @@ _FIELDS = {
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
 
 
+def _conv_block(k: int, first: int) -> dict[str, str]:
+    """A ``Conv BN SN`` block: plif_jax path -> torch prefix (indices first, +1, +2)."""
+    return {
+        f"features.{k}.synapse.conv": f"conv.{first}",
+        f"features.{k}.synapse.bn": f"conv.{first + 1}",
+        f"features.{k}.neuron": f"conv.{first + 2}",
+    }
+
+
+def _classifier(second_fc: int) -> dict[str, str]:
+    """``Flatten DO FC SN [DO] FC SN``: the FCs at ``fc.2`` and ``fc.<second_fc>``."""
+    return {
+        "classifier.0.fc": "fc.2",
+        "classifier.0.neuron": "fc.3",
+        "classifier.1.fc": f"fc.{second_fc}",
+        "classifier.1.neuron": f"fc.{second_fc + 1}",
+    }
+
+
 def torch_layer_names(model: models.SpikingNet) -> dict[str, str]:
-    """``{jax attribute: torch module prefix}`` for every layer with a name (conv, bn, sn, fc)."""
-    names: dict[str, str] = {}
-    block = "static_conv" if model.is_static else "conv"
-    index = 0
-    for op in model.plan:
-        kind = op[0]
-        if kind == "repeat":  # the static encoder ends here; the per-step layers start
-            block, index = "conv", 0
-            continue
-        if kind == "flatten":
-            block, index = "fc", 0
-        if len(op) > 1 and kind != "dropout":
-            names[op[1]] = f"{block}.{index}"
-        index += 1
-    return names
+    """``{plif_jax module path: torch module prefix}`` for every conv, bn, neuron and fc."""
+    encoder = {"encoder.conv": "static_conv.0", "encoder.bn": "static_conv.1"}
+    if isinstance(model, models.MNISTNet):
+        return {**encoder, "features.0.neuron": "conv.0", **_conv_block(1, 2), **_classifier(5)}
+    if isinstance(model, models.CIFAR10Net):
+        names = {**encoder, "features.0.neuron": "conv.0"}
+        for k, first in zip(range(1, 6), (1, 4, 8, 11, 14), strict=True):
+            names.update(_conv_block(k, first))
+        return {**names, **_classifier(4)}
+    names = {}
+    for k in range(len(model.features)):
+        names.update(_conv_block(k, 4 * k))
+    return {**names, **_classifier(5)}
 
 
-def _torch_to_jax_array(kind: str, attr: str, array: np.ndarray, model, flatten_chw) -> np.ndarray:
+def _module(model: models.SpikingNet, path: str):
+    node = model
+    for part in path.split("."):
+        node = node[int(part)] if part.isdigit() else getattr(node, part)
+    return node
+
+
+def _torch_to_jax_array(kind: str, path: str, array: np.ndarray, flatten_chw) -> np.ndarray:
     if kind == "conv":
         if array.ndim != 4:
             return array  # the shape check names the problem
@@ -72,7 +96,7 @@ def _torch_to_jax_array(kind: str, attr: str, array: np.ndarray, model, flatten_
         if array.ndim != 2:
             return array
         out = array.T  # (out, in) -> (in, out)
-        if attr == "fc0":
+        if path == "classifier.0.fc":
             c, h, w = flatten_chw
             if out.shape[0] == c * h * w:
                 # torch row c*H*W + y*W + x -> our row (y*W + x)*C + c
@@ -83,11 +107,8 @@ def _torch_to_jax_array(kind: str, attr: str, array: np.ndarray, model, flatten_
 
 def _flatten_chw(model: models.SpikingNet) -> tuple[int, int, int]:
     cfg = model.config
-    size = cfg.input_size
-    for op in model.plan:
-        if op[0] == "pool":
-            size //= 2
-    return cfg.channels, size, size
+    side = models.options.final_spatial_size(cfg.name, cfg.input_size, cfg.number_layer)
+    return cfg.channels, side, side
 
 
 def load_torch_state_dict(
@@ -96,7 +117,7 @@ def load_torch_state_dict(
     """Copies a torch ``state_dict`` of the paper architecture into ``model`` (in place).
 
     Args:
-      model: a :class:`plif_jax.models.SpikingNet` of the same architecture and size.
+      model: a paper network (:class:`plif_jax.models.SpikingNet`) of the same size.
       state_dict: ``{torch key: array}`` (numpy arrays, or anything ``np.asarray`` accepts:
         call ``{k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}``).
       strict: also reject keys that map to nothing (except ``num_batches_tracked``).
@@ -113,9 +134,9 @@ def load_torch_state_dict(
     flatten_chw = _flatten_chw(model)
     used: set[str] = set()
     for attr, prefix in torch_layer_names(model).items():
-        module = getattr(model, attr)
-        kind = attr.rstrip("0123456789")
-        if kind == "sn":
+        module = _module(model, attr)
+        kind = attr.rsplit(".", 1)[1]
+        if kind == "neuron":
             fields = []
             if hasattr(module, "w"):
                 fields.append(("w", "w"))
@@ -133,7 +154,7 @@ def load_torch_state_dict(
                 )
             used.add(key)
             array = np.asarray(state_dict[key])
-            array = _torch_to_jax_array(kind, attr, array, model, flatten_chw)
+            array = _torch_to_jax_array(kind, attr, array, flatten_chw)
             variable = getattr(module, field)
             target = variable[...]
             if tuple(array.shape) != tuple(target.shape):

@@ -1,9 +1,9 @@
-"""Building a network from a run's config, and reading what a network holds (tau, alpha, rates).
+"""Building a network from a run's config, and reading what a network holds (tau, alpha).
 
 :func:`from_config` is the one place where a config becomes a model: :func:`spec_from_config`
-maps ``config.model`` / ``config.neuron`` (one to one, :data:`plif_jax.models.options.CONFIG_FIELDS`)
-and the dataset's shape to :func:`~plif_jax.models.create_model`'s options, which a checkpoint
-stores (``model.json``) so that :func:`plif_jax.checkpoint.restore` rebuilds the same network.
+maps ``config.model`` / ``config.neuron`` (one to one, ``options.CONFIG_FIELDS``) and the
+dataset's shape to :func:`create_model`'s options, which a checkpoint stores (``model.json``)
+so that :func:`plif_jax.checkpoint.restore` rebuilds the same network.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import numpy as np
 from flax import nnx
 
 from plif_jax import neurons
-from plif_jax.models import nets, options as options_lib
+from plif_jax.models import nets
+from plif_jax.models import options as options_lib
 
 
 def spec_from_config(config: Any, info: Any) -> tuple[str, dict[str, Any]]:
@@ -53,7 +54,7 @@ def create_model(name: str, *, rngs: nnx.Rngs, **options: Any) -> nets.SpikingNe
 
 
 def build_model(name: str, options: Mapping[str, Any], *, seed: int) -> nets.SpikingNet:
-    """:func:`create_model` with a run's seed: ``params`` stream ``seed``, ``dropout`` ``seed+1``."""
+    """:func:`create_model` with a run's seed (``params`` stream ``seed``, ``dropout`` +1)."""
     return create_model(name, rngs=nnx.Rngs(params=seed, dropout=seed + 1), **options)
 
 

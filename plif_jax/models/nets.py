@@ -27,8 +27,6 @@ checkpoint summaries). Under ``nnx.capture`` a network viewed with ``record='rat
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 from flax import nnx

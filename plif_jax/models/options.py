@@ -164,6 +164,7 @@ def check_remat(chunk: Any, bn_mode: str, T: int | None, *, prefix: str = "") ->
 
 def check_config_options(config: Any) -> None:
     """The checks of :func:`resolve` on a run config's ``model`` / ``neuron`` sections."""
+
     def field(option):
         section, key = CONFIG_FIELDS[option].split(".")
         return config[section].get(key)
