@@ -14,6 +14,7 @@ from typing import Any
 import ml_collections
 
 from plif_jax.errors import ConfigError
+from plif_jax.models import options as model_options
 
 STATIC_DATASETS = ("mnist", "fashion_mnist", "cifar10", "digits_static")
 DATASETS = (
@@ -26,13 +27,10 @@ DATASETS = (
     "digits_events",
     "digits_static",
 )
-NEURON_KINDS = ("plif", "lif")
-SURROGATES = ("atan", "sigmoid")
-POOLINGS = ("max", "avg")
-BN_MODES = ("per_step", "folded")
-DTYPES = ("float32", "bfloat16")
+DTYPES = model_options.DTYPES
 PROTOCOLS = ("A", "B")
-# plif_jax.data.frames's (a test keeps them equal; importing plif_jax.data here would load tonic).
+# Event-to-frame choices (plif_jax.data.frames imports them: importing plif_jax.data here would
+# load tonic).
 SPLIT_BY = ("number", "time")
 NORMALIZATIONS = (None, "frequency", "max", "norm", "sum")
 
@@ -41,17 +39,12 @@ NORMALIZATIONS = (None, "frequency", "max", "norm", "sum")
 RESUME_CRITICAL = ("dataset", "protocol", "seed", "batch_size", "data", "model", "neuron", "optim")
 
 
-def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(
-            f"Unknown {name} {value!r}; choose one of {', '.join(map(repr, allowed))} "
-            f"(e.g. --config.{name}={allowed[0]})."
-        )
+def _choice(name: str, value: Any, allowed: tuple) -> None:
+    model_options.check_choice(name, value, allowed, flag=name)
 
 
 def _positive_int(name: str, value: Any, hint: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"config.{name} must be a positive integer, got {value!r}{hint}.")
+    model_options.check_positive_int(f"config.{name}", value, hint)
 
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -> None:
@@ -65,30 +58,17 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
         raise ConfigError("config.dataset is not set; use a dataset config, e.g. configs/mnist.py.")
     _choice("dataset", config.dataset, DATASETS)
     _choice("protocol", config.protocol, PROTOCOLS)
-    _choice("neuron.kind", config.neuron.kind, NEURON_KINDS)
-    _choice("neuron.surrogate", config.neuron.surrogate, SURROGATES)
-    _choice("model.pooling", config.model.pooling, POOLINGS)
-    _choice("model.bn_mode", config.model.bn_mode, BN_MODES)
     _choice("dtype", config.dtype, DTYPES)
+    # config.data.T is the one owner of the number of time steps (data frames, model, loss).
     T = config.data.T
-    # None: the event datasets' paper T (plif_jax.data); the static nets need it set.
-    if T is not None or config.dataset in STATIC_DATASETS:
-        if isinstance(T, bool) or not isinstance(T, int) or T <= 0:
-            raise ConfigError(
-                f"config.data.T (time steps) must be a positive integer, got {T}; "
-                "the paper uses 8 (static), 10 (N-MNIST) or 20 (CIFAR10-DVS, DVS128 Gesture)."
-            )
+    if isinstance(T, bool) or not isinstance(T, int) or T <= 0:
+        raise ConfigError(
+            f"config.data.T (time steps) must be a positive integer, got {T}; "
+            "the paper uses 8 (static), 10 (N-MNIST) or 20 (CIFAR10-DVS, DVS128 Gesture)."
+        )
     _check_frames(config.data)
-    if not float(config.neuron.init_tau) > 1.0:
-        raise ConfigError(
-            f"config.neuron.init_tau must be > 1 (tau = 1 + exp(-w)), got "
-            f"{config.neuron.init_tau}; the paper uses 2.0 (ablation: 16.0)."
-        )
-    if not float(config.neuron.alpha) > 0.0:
-        raise ConfigError(
-            f"config.neuron.alpha (surrogate sharpness) must be > 0, got {config.neuron.alpha}; "
-            "the paper uses 2.0."
-        )
+    # The network's options: the checks of plif_jax.models.options, named as config fields.
+    model_options.check_config_options(config)
     if not (math.isfinite(config.optim.lr) and config.optim.lr >= 0):
         raise ConfigError(f"config.optim.lr must be finite and >= 0, got {config.optim.lr}.")
     if int(config.optim.t_max) <= 0:
@@ -96,13 +76,6 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
     for name in ("batch_size", "eval_batch_size", "num_epochs"):
         if int(config[name]) <= 0:
             raise ConfigError(f"config.{name} must be > 0, got {config[name]}.")
-    if not 0.0 <= float(config.model.dropout) < 1.0:
-        raise ConfigError(f"config.model.dropout must be in [0, 1), got {config.model.dropout}.")
-    _positive_int("model.channels", config.model.channels, " (paper: 128; CIFAR-10: 256)")
-    _positive_int("model.number_layer", config.model.number_layer, " (N-MNIST: 2)")
-    if config.model.hidden is not None:
-        _positive_int("model.hidden", config.model.hidden, " or None (the paper's width)")
-    _check_remat(config.model.get("remat_chunk"), config.model.bn_mode, T)
     _positive_int("checkpoint.keep", config.checkpoint.keep, " (checkpoints kept in latest/)")
     # Multi-host: JAX may not start a backend before jax.distributed.initialize (the mesh checks).
     if not config.get("distributed", False):
@@ -126,25 +99,6 @@ def _check_frames(data: ml_collections.ConfigDict) -> None:
             f"Unknown data.normalization {norm!r}; choose one of None (the paper), "
             f"{', '.join(repr(n) for n in NORMALIZATIONS if n)} "
             "(e.g. --config.data.normalization=frequency)."
-        )
-
-
-def _check_remat(chunk: Any, bn_mode: str, T: int | None) -> None:
-    """``model.remat_chunk``: None, or a positive divisor of T with per-step BatchNorm."""
-    if chunk is None:
-        return
-    _positive_int("model.remat_chunk", chunk, " (time steps per recomputed chunk) or None (off)")
-    if bn_mode != "per_step":
-        raise ConfigError(
-            f"config.model.remat_chunk={chunk} needs --config.model.bn_mode=per_step (folded "
-            "BatchNorm statistics span all T steps, so a chunk cannot be normalised alone); "
-            "or set --config.model.remat_chunk=None."
-        )
-    if T is not None and T % chunk:
-        divisors = [d for d in range(1, T + 1) if T % d == 0]
-        raise ConfigError(
-            f"config.model.remat_chunk={chunk} does not divide config.data.T={T}; use a "
-            f"divisor of T ({', '.join(map(str, divisors))}) or --config.model.remat_chunk=None."
         )
 
 

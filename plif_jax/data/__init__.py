@@ -190,10 +190,8 @@ def get_datasets(config: Any) -> DataBundle:
             f"Unknown config.data.source {opts['source']!r}; choose one of "
             f"{', '.join(map(repr, original_lib.SOURCES))} (e.g. --config.data.source=original)."
         )
-    if opts["T"] is not None:
-        check_frame_settings(opts["T"], opts["split_by"], opts["normalization"])
-    else:
-        check_frame_settings(1, opts["split_by"], opts["normalization"])
+    # config.data.T is the one owner of the number of time steps (plif_jax.config checks it).
+    check_frame_settings(opts["T"], opts["split_by"], opts["normalization"])
 
     if name in STATIC_DATASETS:
         (tr_x, tr_y), (te_x, te_y) = _load_static(name, opts["root"])
@@ -207,7 +205,7 @@ def get_datasets(config: Any) -> DataBundle:
         )
         dtype, kind, layout = np.uint8, "static", "NHWC"
     else:
-        T = int(opts["T"] or _default_T(name))
+        T = int(opts["T"])
         (tr_store, tr_y), (te_store, te_y), sensor, source = _prepare_events(name, T, opts)
         fetch_train, fetch_test = tr_store.load_many, te_store.load_many
         sample_shape, time_steps = (T, 2, sensor[1], sensor[0]), T
@@ -272,10 +270,6 @@ def get_datasets(config: Any) -> DataBundle:
 def _normalization(value: Any) -> str | None:
     # A command line can only spell None as a string.
     return None if isinstance(value, str) and value.lower() == "none" else value
-
-
-def _default_T(name: str) -> int:
-    return 10 if name == "digits_events" else events_lib.EVENT_DATASETS[name]["T"]
 
 
 def _array_fetch(arr: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:

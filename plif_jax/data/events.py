@@ -55,9 +55,9 @@ from plif_jax.errors import DataError, MissingDataError
 
 # name -> tonic class name, sensor (W, H, P), number of classes, paper T.
 EVENT_DATASETS = {
-    "nmnist": dict(tonic="NMNIST", sensor=(34, 34, 2), num_classes=10, T=10),
-    "cifar10dvs": dict(tonic="CIFAR10DVS", sensor=(128, 128, 2), num_classes=10, T=20),
-    "dvsgesture": dict(tonic="DVSGesture", sensor=(128, 128, 2), num_classes=11, T=20),
+    "nmnist": dict(tonic="NMNIST", sensor=(34, 34, 2), num_classes=10),
+    "cifar10dvs": dict(tonic="CIFAR10DVS", sensor=(128, 128, 2), num_classes=10),
+    "dvsgesture": dict(tonic="DVSGesture", sensor=(128, 128, 2), num_classes=11),
 }
 CIFAR10DVS_TRAIN_FRACTION = 0.9
 

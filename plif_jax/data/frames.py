@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from plif_jax.config import NORMALIZATIONS, SPLIT_BY
 from plif_jax.errors import ConfigError
-
-SPLIT_BY = ("number", "time")
-NORMALIZATIONS = (None, "frequency", "max", "norm", "sum")
 
 # SpikingJelly 2020 guards every division by this epsilon.
 _EPS = 1e-5
