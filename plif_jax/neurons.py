@@ -1,6 +1,9 @@
 """Leaky integrate-and-fire dynamics: pure multi-step functions and thin Flax NNX modules.
 
-Time-major convention: ``x_seq`` is ``[T, B, ...]``. One step (``spec/plif_reference.md`` §1)::
+Time-major convention: ``x_seq`` is ``[T, B, ...]``. One step (the paper's charge-fire-reset
+equations, as SpikingJelly's ``spikingjelly/clock_driven/neuron.py`` at
+``fangwei123456/spikingjelly@73f94ab`` computes them for the original repository's
+``codes/models.py``)::
 
     H[t] = V[t-1] + (X[t] - (V[t-1] - V_reset)) * k        # charge, k = 1/tau
     S[t] = Heaviside(H[t] - V_th)                          # fire (surrogate gradient)

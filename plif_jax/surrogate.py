@@ -5,7 +5,9 @@ reference) and, in the backward pass, replaces the Dirac delta by the derivative
 primitive ``g(x; alpha)``. ``alpha`` is an ordinary (differentiable) input: when it is a learnable
 parameter (the paper's ``-alpha_learnable`` flag) it receives ``sum(grad_out * dg/dalpha)``.
 
-Surrogates (``spec/plif_reference.md`` §2):
+Surrogates (SpikingJelly's ``spikingjelly/clock_driven/surrogate.py`` at
+``fangwei123456/spikingjelly@73f94ab``, the version the paper's code ran on; every paper run
+uses ``ATan(alpha=2.0, learnable=False)``, as the original repository's logs print):
 
 * ``atan(alpha=2.0)``: ``g = atan(pi/2 * alpha * x) / pi + 1/2``,
   ``dg/dx = alpha / (2 * (1 + (pi/2 * alpha * x)**2))``,

@@ -1,10 +1,10 @@
 """Integration of event streams into frames, as the paper's 2020 SpikingJelly code did.
 
 Reference: ``spikingjelly/datasets/utils.py`` (``integrate_events_to_frames`` and
-``normalize_frame``) at ``fangwei123456/spikingjelly@73f94ab`` (2020-09-30), summarised in
-``spec/plif_reference.md`` §5. Events are a tonic structured array with fields ``x``, ``y``, ``t``,
-``p``; frames are ``[T, 2, H, W]`` float32 indexed ``[t, p, y, x]`` with ``p == 0`` in channel 0
-and every other polarity in channel 1.
+``normalize_frame``) at ``fangwei123456/spikingjelly@73f94ab`` (2020-09-30). Events are a
+tonic structured array with fields ``x``, ``y``, ``t``, ``p``; frames are ``[T, 2, H, W]``
+float32 indexed ``[t, p, y, x]`` with ``p == 0`` in channel 0 and every other polarity in
+channel 1.
 """
 
 from __future__ import annotations

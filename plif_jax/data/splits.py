@@ -1,4 +1,4 @@
-"""The accuracy-B train/validation split of the reference ``train_val.py`` (spec §4)."""
+"""The accuracy-B train/validation split of the original repository's ``codes/train_val.py``."""
 
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 Images are read from tensorflow-datasets' ArrayRecord files with ``tfds.data_source`` (no
 TensorFlow at read time; pillow decodes) and delivered as raw uint8 NHWC. Augmentation and
 normalisation run on the device inside the jitted step (:func:`make_preprocess`), as the paper's
-torchvision transforms did on the host (spec §4):
+torchvision transforms did on the host (``get_transforms`` in the original repository's
+``codes/models.py``):
 
 - MNIST (and ``digits_static``): ``RandomAffine(degrees=30, translate=(0.15, 0.15),
   scale=(0.85, 1.11))`` with zero fill, then ``Normalize(0.1307, 0.3081)``. The parameters are
@@ -32,7 +33,7 @@ import numpy as np
 
 from plif_jax.errors import ConfigError, MissingDataError
 
-# (mean, std) per channel, after scaling to [0, 1] (spec §4).
+# (mean, std) per channel, after scaling to [0, 1] (the original repository's codes/models.py).
 NORMALIZATION = {
     "mnist": ((0.1307,), (0.3081,)),
     "fashion_mnist": ((0.2860,), (0.3530,)),
