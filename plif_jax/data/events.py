@@ -29,9 +29,9 @@ that enough files were extracted):
   <lighting>/<label>.npy`` and the same for ``ibmGestureTest``. This is tonic's pre-cut figshare
   copy: 1,077 training and 264 test samples. The paper's SpikingJelly pipeline cut the original
   AEDAT recordings itself into 1,176 / 288 samples, and its training run used only 936 of the
-  1,176 (936 = 78 trials x 12 gestures, in the original repository's ``logs/``; inferred cause: the
-  2020 SpikingJelly converter split the trials into worker blocks and dropped the remainder, the
-  last ~20 trials), so sizes and test accuracy are not directly comparable.
+  1,176 (936 = 78 trials x 12 labelled segments, in the original repository's ``logs/``;
+  inferred cause: the 2020 SpikingJelly converter split the trials into worker blocks and dropped
+  the remainder, the last ~20 trials), so sizes and test accuracy are not directly comparable.
 
 The original archives, laid out as the original repository's README lists them, are read by
 :mod:`plif_jax.data.original` (``config.data.source``; ``'auto'`` prefers them).
