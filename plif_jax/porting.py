@@ -2,16 +2,18 @@
 
 The original nets are ``nn.Sequential`` blocks in which every layer, parameter-free ones
 included (PLIF, pooling, Flatten, Dropout), takes one index. :func:`torch_layer_names` is the
-explicit table per network, torch module prefix -> plif_jax module path:
+explicit table per network, plif_jax layer name -> torch module prefix:
 
-* MNIST / Fashion-MNIST: ``static_conv.0/1`` = ``encoder.conv/bn``; ``conv.0`` = the first
-  neuron (``features.0.neuron``), ``conv.2/3/4`` = ``features.1`` (conv, bn, neuron);
-  ``fc.2/3`` = ``classifier.0`` (fc, neuron), ``fc.5/6`` = ``classifier.1``.
-* CIFAR-10: ``static_conv.0/1`` = encoder; ``conv.0`` = ``features.0.neuron``; then
-  ``conv.1-3, 4-6`` (pool 7), ``conv.8-10, 11-13, 14-16`` (pool 17) = ``features.1..5``;
-  ``fc.2/3`` = ``classifier.0``, ``fc.4/5`` = ``classifier.1`` (no second dropout).
-* N-MNIST / CIFAR10-DVS / DVS128 Gesture: ``conv.<4k>/<4k+1>/<4k+2>`` = ``features.<k>``
-  (conv, bn, neuron; ``4k+3`` is the pool); ``fc.2/3`` and ``fc.5/6`` as MNIST.
+* MNIST / Fashion-MNIST: ``static_conv.0/1`` = ``conv0``/``bn0`` (the encoder); ``conv.0`` =
+  ``sn0``; ``conv.2/3/4`` = ``conv1``, ``bn1``, ``sn1``; ``fc.2/3`` = ``fc0``, ``sn2``;
+  ``fc.5/6`` = ``fc1``, ``sn3``.
+* CIFAR-10: ``static_conv.0/1`` = encoder; ``conv.0`` = ``sn0``; ``conv.1-3, 4-6`` (pool 7),
+  ``conv.8-10, 11-13, 14-16`` (pool 17) = blocks 1..5; ``fc.2/3`` = ``fc0``, ``sn6``;
+  ``fc.4/5`` = ``fc1``, ``sn7`` (no second dropout).
+* N-MNIST / CIFAR10-DVS / DVS128 Gesture: ``conv.<4k>/<4k+1>/<4k+2>`` = ``conv<k>``,
+  ``bn<k>``, ``sn<k>`` (``4k+3`` is the pool); ``fc.2/3`` and ``fc.5/6`` as MNIST.
+
+Layer names are those of :meth:`plif_jax.models.SpikingNet.named_layers`.
 
 Per kind: conv ``weight`` OIHW -> ``kernel`` HWIO; linear ``weight`` ``(out, in)`` -> ``kernel``
 ``(in, out)``, and the first linear layer's input rows are permuted from PyTorch's ``(C, H, W)``
@@ -46,45 +48,35 @@ _IGNORED_SUFFIXES = ("num_batches_tracked",)
 
 
 def _conv_block(k: int, first: int) -> dict[str, str]:
-    """A ``Conv BN SN`` block: plif_jax path -> torch prefix (indices first, +1, +2)."""
+    """A ``Conv BN SN`` block ``k`` at torch indices ``first``, ``first+1``, ``first+2``."""
     return {
-        f"features.{k}.synapse.conv": f"conv.{first}",
-        f"features.{k}.synapse.bn": f"conv.{first + 1}",
-        f"features.{k}.neuron": f"conv.{first + 2}",
+        f"conv{k}": f"conv.{first}",
+        f"bn{k}": f"conv.{first + 1}",
+        f"sn{k}": f"conv.{first + 2}",
     }
 
 
-def _classifier(second_fc: int) -> dict[str, str]:
+def _classifier(sn: int, second_fc: int) -> dict[str, str]:
     """``Flatten DO FC SN [DO] FC SN``: the FCs at ``fc.2`` and ``fc.<second_fc>``."""
-    return {
-        "classifier.0.fc": "fc.2",
-        "classifier.0.neuron": "fc.3",
-        "classifier.1.fc": f"fc.{second_fc}",
-        "classifier.1.neuron": f"fc.{second_fc + 1}",
-    }
+    return {"fc0": "fc.2", f"sn{sn}": "fc.3", "fc1": f"fc.{second_fc}",
+            f"sn{sn + 1}": f"fc.{second_fc + 1}"}  # fmt: skip
 
 
 def torch_layer_names(model: models.SpikingNet) -> dict[str, str]:
-    """``{plif_jax module path: torch module prefix}`` for every conv, bn, neuron and fc."""
-    encoder = {"encoder.conv": "static_conv.0", "encoder.bn": "static_conv.1"}
+    """``{layer name: torch module prefix}`` for every conv, bn, neuron and fc of ``model``,
+    the names of :meth:`plif_jax.models.SpikingNet.named_layers`."""
+    encoder = {"conv0": "static_conv.0", "bn0": "static_conv.1", "sn0": "conv.0"}
     if isinstance(model, models.MNISTNet):
-        return {**encoder, "features.0.neuron": "conv.0", **_conv_block(1, 2), **_classifier(5)}
+        return {**encoder, **_conv_block(1, 2), **_classifier(2, 5)}
     if isinstance(model, models.CIFAR10Net):
-        names = {**encoder, "features.0.neuron": "conv.0"}
+        names = dict(encoder)
         for k, first in zip(range(1, 6), (1, 4, 8, 11, 14), strict=True):
             names.update(_conv_block(k, first))
-        return {**names, **_classifier(4)}
+        return {**names, **_classifier(6, 4)}
     names = {}
     for k in range(len(model.features)):
         names.update(_conv_block(k, 4 * k))
-    return {**names, **_classifier(5)}
-
-
-def _module(model: models.SpikingNet, path: str):
-    node = model
-    for part in path.split("."):
-        node = node[int(part)] if part.isdigit() else getattr(node, part)
-    return node
+    return {**names, **_classifier(len(model.features), 5)}
 
 
 def _torch_to_jax_array(kind: str, path: str, array: np.ndarray, flatten_chw) -> np.ndarray:
@@ -96,7 +88,7 @@ def _torch_to_jax_array(kind: str, path: str, array: np.ndarray, flatten_chw) ->
         if array.ndim != 2:
             return array
         out = array.T  # (out, in) -> (in, out)
-        if path == "classifier.0.fc":
+        if path == "fc0":
             c, h, w = flatten_chw
             if out.shape[0] == c * h * w:
                 # torch row c*H*W + y*W + x -> our row (y*W + x)*C + c
@@ -133,10 +125,11 @@ def load_torch_state_dict(
     """
     flatten_chw = _flatten_chw(model)
     used: set[str] = set()
+    layers = model.named_layers()
     for attr, prefix in torch_layer_names(model).items():
-        module = _module(model, attr)
-        kind = attr.rsplit(".", 1)[1]
-        if kind == "neuron":
+        module = layers[attr]
+        kind = attr.rstrip("0123456789")
+        if kind == "sn":
             fields = []
             if hasattr(module, "w"):
                 fields.append(("w", "w"))

@@ -51,9 +51,7 @@ def fast_compile():
 @nnx.jit
 def _forward(model, x):
     """Forward with traces, compiled (eager dispatch compiles every op separately)."""
-    out = model(x, return_traces=True)
-    nnx.pop(model, nnx.Intermediate)
-    return out
+    return models.run_with_traces(model, x)
 
 
 def _abstract(name, **options):
@@ -73,20 +71,20 @@ def test_parameter_count_at_paper_size_matches_reference(name):
 
 def test_paper_layer_shapes_follow_the_reference_architecture():
     mnist = _abstract("mnist")
-    assert mnist.conv0.kernel.shape == (3, 3, 1, 128)
-    assert mnist.fc0.kernel.shape == (6272, 2048)
-    assert mnist.fc1.kernel.shape == (2048, 100)
+    assert mnist.named_layers()["conv0"].kernel.shape == (3, 3, 1, 128)
+    assert mnist.named_layers()["fc0"].kernel.shape == (6272, 2048)
+    assert mnist.named_layers()["fc1"].kernel.shape == (2048, 100)
     cifar = _abstract("cifar10")
-    assert cifar.conv5.kernel.shape == (3, 3, 256, 256)
-    assert cifar.fc0.kernel.shape == (16384, 2048)
+    assert cifar.named_layers()["conv5"].kernel.shape == (3, 3, 256, 256)
+    assert cifar.named_layers()["fc0"].kernel.shape == (16384, 2048)
     assert not hasattr(cifar, "dropout1")  # CIFAR-10 has a single dropout
     dvs = _abstract("cifar10dvs")
-    assert dvs.fc0.kernel.shape == (8192, 2048)  # not newer SpikingJelly's 512
+    assert dvs.named_layers()["fc0"].kernel.shape == (8192, 2048)  # not newer SpikingJelly's 512
     gesture = _abstract("dvsgesture")
-    assert gesture.fc0.kernel.shape == (2048, 512)
-    assert gesture.fc1.kernel.shape == (512, 110)
+    assert gesture.named_layers()["fc0"].kernel.shape == (2048, 512)
+    assert gesture.named_layers()["fc1"].kernel.shape == (512, 110)
     nmnist = _abstract("nmnist")
-    assert nmnist.fc0.kernel.shape == (8192, 2048)
+    assert nmnist.named_layers()["fc0"].kernel.shape == (8192, 2048)
 
 
 def test_lif_has_no_tau_parameter_and_learnable_alpha_adds_one_per_layer():
@@ -103,7 +101,7 @@ def test_init_tau_sets_w_and_defaults_match_paper():
     )
     for _, neuron in model.spiking_layers():
         np.testing.assert_allclose(float(neuron.w[...]), -np.log(15.0), rtol=1e-6)
-    cfg = models.resolve_options("mnist")
+    cfg = models.resolve("mnist")
     assert (cfg.T, cfg.pooling, cfg.bn_mode, cfg.dropout, cfg.hidden) == (
         8,
         "max",
@@ -112,18 +110,18 @@ def test_init_tau_sets_w_and_defaults_match_paper():
         2048,
     )
     assert (cfg.init_tau, cfg.detach_reset, cfg.surrogate) == (2.0, True, "atan")
-    assert models.resolve_options("dvsgesture").num_classes == 11
+    assert models.resolve("dvsgesture").num_classes == 11
 
 
 def test_conv_and_linear_init_is_pytorch_uniform_bound():
     model = models.create_model("mnist", rngs=nnx.Rngs(0), channels=64, hidden=512, T=1)
-    k = np.asarray(model.conv1.kernel[...])
+    k = np.asarray(model.named_layers()["conv1"].kernel[...])
     bound = 1.0 / np.sqrt(64 * 9)
     assert np.abs(k).max() <= bound
     assert np.abs(k).max() > 0.95 * bound
     # Uniform on [-b, b] has std b/sqrt(3).
     np.testing.assert_allclose(k.std(), bound / np.sqrt(3), rtol=0.05)
-    w = np.asarray(model.fc1.kernel[...])
+    w = np.asarray(model.named_layers()["fc1"].kernel[...])
     assert np.abs(w).max() <= 1.0 / np.sqrt(512)
 
 
@@ -158,7 +156,7 @@ def test_output_is_count_per_class_in_range(name):
         assert {leaf.dtype for leaf in jax.tree.leaves(nnx.state(model, nnx.Param))} == {
             jnp.dtype(jnp.float32)
         }
-        assert model.bn0.mean[...].dtype == jnp.float32
+        assert model.named_layers()["bn0"].mean[...].dtype == jnp.float32
     # The first layer really spikes at this input scale, so the check above is not vacuous.
     assert float(jnp.mean(traces["sn0"].spikes)) > 0.01
 
@@ -178,13 +176,16 @@ def test_static_encoder_bn_updates_once_and_inner_bn_updates_T_times():
     x = jax.random.normal(jax.random.key(3), (4, 1, 28, 28))
     _forward(model, x)
     # Encoder output statistics, computed by hand from the conv output.
-    z = np.asarray(model.conv0(jnp.moveaxis(x, 1, -1)))
+    z = np.asarray(model.named_layers()["conv0"](jnp.moveaxis(x, 1, -1)))
     n = z.shape[0] * z.shape[1] * z.shape[2]
     np.testing.assert_allclose(
-        np.asarray(model.bn0.mean[...]), 0.1 * z.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6
+        np.asarray(model.named_layers()["bn0"].mean[...]),
+        0.1 * z.mean(axis=(0, 1, 2)),
+        rtol=1e-4,
+        atol=1e-6,
     )
     np.testing.assert_allclose(
-        np.asarray(model.bn0.var[...]),
+        np.asarray(model.named_layers()["bn0"].var[...]),
         0.9 + 0.1 * z.var(axis=(0, 1, 2)) * n / (n - 1),
         rtol=1e-4,
     )
@@ -234,16 +235,17 @@ def test_bn_modes_give_different_statistics_on_the_same_input():
             "nmnist", rngs=nnx.Rngs(0), channels=4, input_size=8, bn_mode=mode
         )
         _forward(model, x)
-        stats[mode] = np.asarray(model.bn0.mean[...])
-    assert model.bn0.mode == "folded"
+        stats[mode] = np.asarray(model.named_layers()["bn0"].mean[...])
+    assert model.named_layers()["bn0"].mode == "folded"
     assert not np.allclose(stats["per_step"], stats["folded"])
 
 
 def test_dropout_rng_stream_is_part_of_the_model_state():
     model = models.create_model("nmnist", rngs=nnx.Rngs(0), channels=4, input_size=8)
     rng_state = nnx.state(model, nnx.RngState)
-    owners = {p[0].key for p, _ in jax.tree_util.tree_flatten_with_path(rng_state)[0]}
-    assert owners == {"dropout0", "dropout1"}
+    paths = jax.tree_util.tree_flatten_with_path(rng_state)[0]
+    owners = {tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in p[:3]) for p, _ in paths}
+    assert owners == {("classifier", "0", "dropout"), ("classifier", "1", "dropout")}
 
 
 BAD_OPTIONS = [
@@ -251,25 +253,25 @@ BAD_OPTIONS = [
     ("mnist", {"chanels": 4}, "unknown option(s) ['chanels']"),
     ("mnist", {"T": 0}, "T must be a positive int"),
     ("nmnist", {"T": -1}, "T must be a positive int"),
-    ("mnist", {"pooling": "min"}, "unknown pooling 'min'"),
-    ("mnist", {"neuron": "izhikevich"}, "unknown neuron 'izhikevich'"),
-    ("mnist", {"bn_mode": "batch"}, "unknown bn_mode 'batch'"),
-    ("mnist", {"surrogate": "relu"}, "unknown surrogate 'relu'"),
-    ("mnist", {"input_layout": "CHW"}, "unknown input_layout 'CHW'"),
+    ("mnist", {"pooling": "min"}, "Unknown pooling 'min'"),
+    ("mnist", {"neuron": "izhikevich"}, "Unknown neuron 'izhikevich'"),
+    ("mnist", {"bn_mode": "batch"}, "Unknown bn_mode 'batch'"),
+    ("mnist", {"surrogate": "relu"}, "Unknown surrogate 'relu'"),
+    ("mnist", {"input_layout": "CHW"}, "Unknown input_layout 'CHW'"),
     ("mnist", {"dropout": 1.0}, "dropout must be in [0, 1)"),
     ("mnist", {"init_tau": 1.0}, "init_tau must be > 1"),
     ("mnist", {"number_layer": 3}, "number_layer applies to the neuromorphic nets"),
     ("nmnist", {"number_layer": 0}, "number_layer must be a positive int"),
     ("nmnist", {"input_size": 3}, "too small for 2 2x2 poolings"),
     ("nmnist", {"channels": 2.5}, "channels must be a positive int"),
-    ("mnist", {"surrogate_alpha": -1.0}, "surrogate_alpha must be > 0"),
+    ("mnist", {"surrogate_alpha": -1.0}, "surrogate_alpha (surrogate sharpness) must be > 0"),
 ]
 
 
 @pytest.mark.parametrize("name,options,message", BAD_OPTIONS)
 def test_bad_option_raises_a_clear_error(name, options, message):
     with pytest.raises(ValueError) as err:
-        models.resolve_options(name, **options)
+        models.resolve(name, **options)
     assert message in str(err.value)
 
 
@@ -337,7 +339,7 @@ def _torch_layout_state_dict(model, seed=0):
     rng = np.random.default_rng(seed)
     sd = {}
     for attr, prefix in porting.torch_layer_names(model).items():
-        module = getattr(model, attr)
+        module = model.named_layers()[attr]
         if attr.startswith("conv"):
             kh, kw, i, o = module.kernel.shape
             sd[f"{prefix}.weight"] = rng.standard_normal((o, i, kh, kw)).astype(np.float32)
@@ -359,15 +361,22 @@ def test_load_torch_state_dict_converts_layouts_and_permutes_the_first_fc():
     sd = _torch_layout_state_dict(model)
     porting.load_torch_state_dict(model, sd)
     np.testing.assert_array_equal(
-        np.asarray(model.conv1.kernel[...]), sd["conv.4.weight"].transpose(2, 3, 1, 0)
+        np.asarray(model.named_layers()["conv1"].kernel[...]),
+        sd["conv.4.weight"].transpose(2, 3, 1, 0),
     )
-    np.testing.assert_array_equal(np.asarray(model.fc1.kernel[...]), sd["fc.5.weight"].T)
-    np.testing.assert_array_equal(np.asarray(model.bn1.var[...]), sd["conv.5.running_var"])
-    np.testing.assert_array_equal(np.asarray(model.bn0.scale[...]), sd["conv.1.weight"])
-    np.testing.assert_array_equal(np.asarray(model.sn2.w[...]), sd["fc.3.w"])
+    np.testing.assert_array_equal(
+        np.asarray(model.named_layers()["fc1"].kernel[...]), sd["fc.5.weight"].T
+    )
+    np.testing.assert_array_equal(
+        np.asarray(model.named_layers()["bn1"].var[...]), sd["conv.5.running_var"]
+    )
+    np.testing.assert_array_equal(
+        np.asarray(model.named_layers()["bn0"].scale[...]), sd["conv.1.weight"]
+    )
+    np.testing.assert_array_equal(np.asarray(model.named_layers()["sn2"].w[...]), sd["fc.3.w"])
     # The first FC sees an NHWC-flattened map here and a CHW-flattened one in torch.
     fmap = np.random.default_rng(1).standard_normal((4, 4, 3)).astype(np.float32)  # H, W, C
-    ours = fmap.reshape(-1) @ np.asarray(model.fc0.kernel[...])
+    ours = fmap.reshape(-1) @ np.asarray(model.named_layers()["fc0"].kernel[...])
     theirs = sd["fc.2.weight"] @ fmap.transpose(2, 0, 1).reshape(-1)
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
 
@@ -385,4 +394,6 @@ def test_load_torch_state_dict_rejects_missing_mismatched_and_unexpected_keys():
     with pytest.raises(KeyError, match=r"unexpected state_dict keys .*'fc.2.bias'"):
         porting.load_torch_state_dict(model, extra)
     porting.load_torch_state_dict(model, extra, strict=False)
-    np.testing.assert_array_equal(np.asarray(model.fc0.kernel[...]).shape, (48, 8))
+    np.testing.assert_array_equal(
+        np.asarray(model.named_layers()["fc0"].kernel[...]).shape, (48, 8)
+    )

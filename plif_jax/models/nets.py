@@ -96,6 +96,20 @@ class SpikingNet(nnx.Module):
         """The time-dependent blocks in order: the feature blocks, then the classifier."""
         return [*self.features, *self.classifier]
 
+    def named_layers(self) -> dict[str, nnx.Module]:
+        """Every layer by its short name, in depth order: ``conv<k>``/``bn<k>`` (the static
+        encoder is ``conv0``/``bn0``), ``sn<i>``, ``dropout<j>``, ``fc<j>``."""
+        out: dict[str, nnx.Module] = {}
+        synapses = [self.encoder] + [b.synapse for b in self.features if b.synapse is not None]
+        for k, synapse in enumerate(s for s in synapses if s is not None):
+            out[f"conv{k}"], out[f"bn{k}"] = synapse.conv, synapse.bn
+        out.update(self.spiking_layers())
+        for j, block in enumerate(self.classifier):
+            if block.dropout is not None:
+                out[f"dropout{j}"] = block.dropout
+            out[f"fc{j}"] = block.fc
+        return out
+
     def spiking_layers(self) -> list[tuple[str, nnx.Module]]:
         """``[(name, neuron), ...]`` for every spiking layer, in depth order (``sn0``, ...)."""
         return [(f"sn{i}", block.neuron) for i, block in enumerate(self.blocks())]
