@@ -63,10 +63,14 @@ def test_restore_best_rebuilds_the_model_with_its_test_accuracy(baseline):
         )
     )
     mesh = parallel.create_mesh(1)
-    result = train.evaluate(
-        eval_fn, train.TrainState(params, rest, None), bundle.test.batches(), mesh
-    )
+    state = train.TrainState(params, rest, None)
+    result = train.evaluate(eval_fn, state, bundle.test.batches(), mesh, predictions=True)
     assert result["accuracy"] == summary["best_test_accuracy"]
+    # Per-sample predictions of the unpadded samples, in order (what a confusion matrix needs).
+    assert len(result["pred"]) == len(result["y"]) == result["count"] == len(bundle.test)
+    np.testing.assert_array_equal(result["y"], bundle.test.labels)
+    assert np.mean(result["pred"] == result["y"]) == pytest.approx(result["accuracy"])
+    assert result["silent"].dtype == bool
     latest, _ = checkpoint_lib.restore(workdir, which="latest")
     assert models.layer_taus(latest, learnable_only=True) == pytest.approx(summary["tau"])
 
