@@ -16,7 +16,7 @@ import optax
 import pytest
 from flax import nnx
 
-from plif_jax import layers, models, neurons, train
+from plif_jax import layers, models, neurons, train, xla_cpu
 from tests.conftest import float64_quick_compile
 
 T = 4
@@ -60,10 +60,10 @@ def _build(name: str, chunk: int | None, *, train_mode: bool, dropout_seed: int 
     # Gains that make every layer of these tiny nets fire at 5-45% in both modes (at the
     # default init the eval-mode nets, normalised by the running statistics, stay silent).
     for attr, gain in (("conv0", 4.0), ("conv1", 4.0), ("fc0", 10.0), ("fc1", 10.0)):
-        kernel = getattr(model, attr).kernel
+        kernel = model.named_layers()[attr].kernel
         kernel[...] = kernel[...] * gain
     for attr in ("bn0", "bn1"):
-        bn = getattr(model, attr)
+        bn = model.named_layers()[attr]
         bn.mean[...] = jnp.asarray(rng.uniform(-0.3, 0.3, bn.mean.shape))
         bn.var[...] = jnp.asarray(rng.uniform(0.2, 0.6, bn.var.shape))
         bn.scale[...] = jnp.asarray(rng.uniform(0.8, 1.6, bn.scale.shape))
@@ -107,10 +107,10 @@ def _grad_fn(graphdef):
     def run(params, rest, x, y):
         def objective(params, rest):
             model = nnx.merge(graphdef, params, rest, copy=True)
-            counts, intermediates = nnx.capture(model, nnx.Intermediate)(x)
+            counts, rates = models.run_with_rates(model, x)
             _, _, rest = nnx.split(model, nnx.Param, ...)
             loss = train.loss_fn(counts, y, jnp.ones(y.shape, counts.dtype), NUM_CLASSES, T)
-            return loss, (counts, train.firing_rates(intermediates), rest)
+            return loss, (counts, rates, rest)
 
         return jax.value_and_grad(objective, has_aux=True)(params, rest)
 
@@ -122,7 +122,7 @@ def _traces_fn(graphdef):
     @jax.jit
     def run(state, x):
         model = nnx.merge(graphdef, state, copy=True)
-        counts, traces = model(x, return_traces=True)
+        counts, traces = models.run_with_traces(model, x)
         return counts, traces, nnx.state(model)
 
     return run
@@ -166,11 +166,12 @@ def test_chunked_forward_matches_default_counts_loss_gradients_and_state(
 
     ref_grads, got_grads = _flat(ref["grads"]), _flat(got["grads"])
     assert set(got_grads) == set(ref_grads)
-    assert {f"sn{i}/w" for i in range(4)} <= set(ref_grads)
+    tau_keys = [k for k in ref_grads if k.endswith("neuron/w")]  # one PLIF w per layer
+    assert len(tau_keys) == 4
     for key, g in ref_grads.items():
         np.testing.assert_allclose(got_grads[key], g, rtol=1e-6, atol=1e-12, err_msg=key)
     # The gradients are not all zero (dead nets would compare equal trivially).
-    assert all(np.any(ref_grads[f"sn{i}/w"] != 0) for i in range(4))
+    assert all(np.any(ref_grads[k] != 0) for k in tau_keys)
 
     ref_rest, got_rest = _flat(ref["rest"]), _flat(got["rest"])
     assert set(got_rest) == set(ref_rest)
@@ -186,7 +187,7 @@ def test_chunked_forward_matches_default_counts_loss_gradients_and_state(
 def test_chunked_running_statistics_move_in_training_and_stay_in_eval(name, reference):
     before = _flat(nnx.state(_build(name, None, train_mode=True), nnx.BatchStat))
     got = _run(_build(name, 2, train_mode=True), _input(name))
-    after = {k: v for k, v in _flat(got["rest"]).items() if k.startswith("bn")}
+    after = {k: v for k, v in _flat(got["rest"]).items() if "bn/" in k}
     assert set(after) == set(before)
     assert all(np.all(np.abs(after[k] - before[k]) > 1e-4) for k in before)
     got_eval = _run(_build(name, 2, train_mode=False), _input(name))
@@ -201,7 +202,10 @@ def test_every_neuron_spikes_equal_default_path_in_training_with_dropout(name, c
     outs = {}
     for label, c in (("default", None), ("remat", chunk)):
         model = _build(name, c, train_mode=True)
-        assert model.dropout0.rate == 0.5 and not model.dropout0.deterministic
+        assert (
+            model.named_layers()["dropout0"].rate == 0.5
+            and not model.named_layers()["dropout0"].deterministic
+        )
         graphdef, state = nnx.split(model)
         outs[label] = _traces_fn(graphdef)(state, x)
     (c_ref, tr_ref, st_ref), (c_got, tr_got, st_got) = outs["default"], outs["remat"]
@@ -302,18 +306,18 @@ def test_remat_chunk_must_divide_T_and_names_the_divisors():
 @pytest.mark.parametrize("bad", [0, -2, 2.0, True, "2"])
 def test_remat_chunk_rejects_non_positive_or_non_int(bad):
     with pytest.raises(ValueError, match="remat_chunk must be a positive int"):
-        models.resolve_options("nmnist", remat_chunk=bad)
+        models.resolve("nmnist", remat_chunk=bad)
 
 
 def test_remat_chunk_with_folded_batchnorm_is_refused_with_the_fix():
     with pytest.raises(ValueError, match=r"needs bn_mode='per_step'.*remat_chunk=None"):
-        models.resolve_options("dvsgesture", bn_mode="folded", remat_chunk=2)
+        models.resolve("dvsgesture", bn_mode="folded", remat_chunk=2)
 
 
 def test_remat_chunk_none_is_the_default_and_keeps_the_plain_forward():
-    assert models.resolve_options("dvsgesture").remat_chunk is None
-    assert models.resolve_options("dvsgesture", remat_chunk=5).remat_chunk == 5
-    assert "remat_chunk" in models.MODEL_OPTIONS
+    assert models.resolve("dvsgesture").remat_chunk is None
+    assert models.resolve("dvsgesture", remat_chunk=5).remat_chunk == 5
+    assert "remat_chunk" in models.OPTIONS
 
 
 def test_loop_friendly_conv_matches_module_forward_and_autodiff_gradients():
@@ -322,7 +326,7 @@ def test_loop_friendly_conv_matches_module_forward_and_autodiff_gradients():
     x = jnp.asarray(rng.normal(size=(2, 7, 6, 3)))
     coef = jnp.asarray(rng.normal(size=(2, 7, 6, 5)))
     np.testing.assert_array_equal(
-        np.asarray(layers.apply_conv3x3_in_loop(conv, x)), np.asarray(conv(x))
+        np.asarray(xla_cpu.apply_conv3x3_in_loop(conv, x)), np.asarray(conv(x))
     )
     kernel = conv.kernel[...]
     ref = jax.grad(
@@ -334,9 +338,9 @@ def test_loop_friendly_conv_matches_module_forward_and_autodiff_gradients():
         ),
         argnums=(0, 1),
     )(x, kernel)
-    got = jax.grad(lambda x, k: jnp.sum(coef * layers.conv3x3_loop_friendly(x, k)), argnums=(0, 1))(
-        x, kernel
-    )
+    got = jax.grad(
+        lambda x, k: jnp.sum(coef * xla_cpu.conv3x3_loop_friendly(x, k)), argnums=(0, 1)
+    )(x, kernel)
     for g, r in zip(got, ref, strict=True):
         assert g.shape == r.shape
         np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-12, atol=1e-12)
@@ -345,7 +349,7 @@ def test_loop_friendly_conv_matches_module_forward_and_autodiff_gradients():
 def test_loop_friendly_conv_refuses_other_convolutions():
     strided = nnx.Conv(2, 4, kernel_size=(3, 3), strides=(2, 2), use_bias=False, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="3x3, stride 1, padding 1, bias-free"):
-        layers.apply_conv3x3_in_loop(strided, jnp.zeros((1, 8, 8, 2)))
+        xla_cpu.apply_conv3x3_in_loop(strided, jnp.zeros((1, 8, 8, 2)))
 
 
 def test_config_remat_chunk_reaches_the_model_from_the_command_line():
@@ -353,12 +357,12 @@ def test_config_remat_chunk_reaches_the_model_from_the_command_line():
 
     config = test_configs.load_config("dvsgesture", "--config.model.remat_chunk=5")
     assert test_configs.load_config("dvsgesture").model.remat_chunk is None
-    name, options = train.model_spec(config, test_configs.dataset_info("dvsgesture", 20))
+    name, options = models.spec_from_config(config, test_configs.dataset_info("dvsgesture", 20))
     assert options["remat_chunk"] == 5
-    abstract = nnx.eval_shape(lambda: train.build_model(name, options, seed=0))
+    abstract = nnx.eval_shape(lambda: models.build_model(name, options, seed=0))
     assert abstract.config.remat_chunk == 5 and abstract.config.T == 20
     # The option adds no state: checkpoints of either setting hold the same tree.
     plain = nnx.eval_shape(
-        lambda: train.build_model(name, {**options, "remat_chunk": None}, seed=0)
+        lambda: models.build_model(name, {**options, "remat_chunk": None}, seed=0)
     )
     assert jax.tree.structure(nnx.state(abstract)) == jax.tree.structure(nnx.state(plain))

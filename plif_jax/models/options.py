@@ -154,7 +154,7 @@ def check_remat(chunk: Any, bn_mode: str, T: int | None, *, prefix: str = "") ->
         )
     if T is not None and T % chunk:
         divisors = [d for d in range(1, T + 1) if T % d == 0]
-        t_name = "config.data.T" if flag else "T"
+        t_name = "config.data.T" if flag else "the number of time steps T"
         raise ConfigError(
             f"{prefix}remat_chunk={chunk} does not divide {t_name}={T}; use a divisor of T "
             f"({divisors}) or {off}."
