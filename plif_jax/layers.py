@@ -24,11 +24,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from plif_jax import xla_cpu
-from plif_jax.xla_cpu import (  # noqa: F401  (temporary: models.py, test_remat.py)
-    apply_conv3x3_in_loop,
-    conv3x3_loop_friendly,
-    repeat_time,
-)
 
 Array = jax.Array
 
