@@ -273,19 +273,7 @@ def _describe(layer: nnx.Module) -> str:
     return f"Linear -> {layer.out_features}"
 
 
-def _next_synapses(model: models.SpikingNet) -> list[nnx.Module | None]:
-    """The synaptic layer (conv or linear) each spiking layer's output drives, or None."""
-    blocks = model.blocks()
-    out = []
-    for nxt in blocks[1:]:
-        if isinstance(nxt, models.SpikingFC):
-            out.append(nxt.fc)
-        else:
-            out.append(None if nxt.synapse is None else nxt.synapse.conv)
-    return out + [None]
-
-
-def record_forward(model: models.SpikingNet, x: Array) -> ForwardRecord:
+def record_forward(model: nnx.Module, x: Array) -> ForwardRecord:
     """Runs ``model`` on ``x`` in eval mode and records every spiking layer.
 
     The record is what the network sows under ``nnx.capture`` with ``record='traces'``
@@ -301,7 +289,10 @@ def record_forward(model: models.SpikingNet, x: Array) -> ForwardRecord:
     event frames, not by spikes) and the vote after the last layer are not counted.
 
     Args:
-      model: a paper network; it is switched to eval mode (``model.eval()``) and left there.
+      model: a paper network, or any model that records the same way (``spiking_layers()``,
+        ``next_synapses()``, a ``set_view(record=...)`` hook and
+        :func:`plif_jax.models.record.sow_layers` at the end of its forward); it is switched
+        to eval mode (``model.eval()``) and left there.
       x: one model input, e.g. ``[T, B, 2, H, W]`` event frames or ``[B, C, H, W]`` images.
 
     Returns:
@@ -309,7 +300,7 @@ def record_forward(model: models.SpikingNet, x: Array) -> ForwardRecord:
     """
     model.eval()
     named = models.spiking_layers(model)
-    synapses = _next_synapses(model)
+    synapses = [model.next_synapses()[name] for name, _ in named]
     graphdef, state = nnx.split(model)
 
     def run(state, x):

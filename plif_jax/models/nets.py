@@ -110,6 +110,18 @@ class SpikingNet(nnx.Module):
             out[f"fc{j}"] = block.fc
         return out
 
+    def next_synapses(self) -> dict[str, nnx.Module | None]:
+        """``{layer: the conv or linear layer its spikes drive}`` (None for the output layer)."""
+        blocks = self.blocks()
+        out = {}
+        for i, (name, _) in enumerate(self.spiking_layers()):
+            nxt = blocks[i + 1] if i + 1 < len(blocks) else None
+            if isinstance(nxt, SpikingFC):
+                out[name] = nxt.fc
+            else:
+                out[name] = None if nxt is None or nxt.synapse is None else nxt.synapse.conv
+        return out
+
     def spiking_layers(self) -> list[tuple[str, nnx.Module]]:
         """``[(name, neuron), ...]`` for every spiking layer, in depth order (``sn0``, ...)."""
         return [(f"sn{i}", block.neuron) for i, block in enumerate(self.blocks())]
@@ -138,6 +150,10 @@ class SpikingNet(nnx.Module):
         for block, c in zip(blocks, carry, strict=True):
             block.write_back(c)
         if self.record:
+            names = list(taps)
+            for i, name in enumerate(names):  # what each layer's spikes feed into
+                feeds = i + 1 < len(blocks) and blocks[i + 1].has_synapse
+                taps[name]["next_input"] = taps[names[i + 1]]["synapse_input"] if feeds else None
             record_lib.sow_layers(self, taps)
         # float32 for float32/bf16 compute (spike counts are small integers / 10, exact there).
         out_dtype = jnp.promote_types(jnp.float32, self.config.dtype)

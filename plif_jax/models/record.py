@@ -46,16 +46,16 @@ class Trace(NamedTuple):
 
 
 def sow_layers(net: nnx.Module, taps: dict[str, dict[str, Array]]) -> None:
-    """Sows each layer's rate (and, for ``record='traces'``, its :class:`Trace`) on ``net``."""
-    names = list(taps)
-    for i, name in enumerate(names):
-        tap = taps[name]
+    """Sows each layer's rate (and, for ``net.record == 'traces'``, its :class:`Trace`) on ``net``.
+
+    ``taps``: ``{layer: {'spikes', and for traces 'current', 'h', 'v', 'next_input'}}`` in depth
+    order. Any model can record this way: set ``record`` through a ``set_view`` hook and call
+    this at the end of its forward.
+    """
+    for name, tap in taps.items():
         net.sow(FiringRate, name, neurons.firing_rate(tap["spikes"]))
         if net.record == "traces":
-            nxt = taps[names[i + 1]] if i + 1 < len(names) else None
-            feeds_synapse = nxt is not None and net.blocks()[i + 1].has_synapse
-            next_input = nxt["synapse_input"] if feeds_synapse else None
-            trace = Trace(tap["current"], tap["spikes"], tap["h"], tap["v"], next_input)
+            trace = Trace(tap["current"], tap["spikes"], tap["h"], tap["v"], tap["next_input"])
             net.sow(LayerTrace, name, trace)
 
 
