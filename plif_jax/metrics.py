@@ -205,7 +205,6 @@ def read_metrics(path_or_workdir: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 # The name plif_jax.paper_runs still calls (it switches to read_metrics).
-read_jsonl = read_metrics
 
 
 def read_tensorboard_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:

@@ -22,7 +22,6 @@ import csv
 import dataclasses
 import importlib.resources
 import io
-import json
 import math
 import os
 import re
@@ -403,9 +402,8 @@ def curves_from_workdir(workdir: str | os.PathLike, label: str | None = None) ->
     """Per-epoch curves of a plif_jax run from ``<workdir>/metrics.jsonl``.
 
     Reads the per-epoch records the trainer writes (``test/accuracy``, ``val/accuracy``,
-    ``tau/<layer>``) with ``plif_jax.metrics.read_jsonl`` (``plif_jax.analysis.read_metrics``
-    reads the same but imports JAX, seconds on a loaded CPU). An epoch logged twice (a resumed run)
-    keeps its last record.
+    ``tau/<layer>``) with :func:`plif_jax.metrics.read_metrics`. An epoch logged twice (a
+    resumed run) keeps its last record.
 
     Raises:
       errors.MissingDataError: no ``metrics.jsonl`` in ``workdir``.
@@ -417,13 +415,7 @@ def curves_from_workdir(workdir: str | os.PathLike, label: str | None = None) ->
             f"{path} does not exist: point --workdir at a training workdir "
             "(python -m experiments.train ... --workdir DIR writes it)"
         )
-    try:
-        records = metrics.read_jsonl(path)
-    except json.JSONDecodeError as e:
-        raise errors.DataError(
-            f"{path}:{_bad_json_line(path)} is not valid JSON ({e.msg}); delete that line (a run "
-            "killed while writing leaves a truncated last line) and retry"
-        ) from e
+    records = metrics.read_metrics(path)  # a damaged line is a DataError naming it
     per_epoch = {int(r["epoch"]): r for r in records if "test/accuracy" in r and "epoch" in r}
     if not per_epoch:
         raise errors.DataError(
@@ -445,17 +437,6 @@ def curves_from_workdir(workdir: str | os.PathLike, label: str | None = None) ->
         val_accuracy=column("val/accuracy") if has_val else None,
         tau={layer: column(f"tau/{layer}") for layer in layers},
     )
-
-
-def _bad_json_line(path: str) -> int:
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            try:
-                if line.strip():
-                    json.loads(line)
-            except json.JSONDecodeError:
-                return i
-    return 0
 
 
 @dataclasses.dataclass(frozen=True)

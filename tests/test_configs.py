@@ -25,7 +25,7 @@ fast = test_train.fast
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(ROOT, "configs")
 
-# Parameter counts of the paper's networks (spec §3: conv + BN affine + FC + w).
+# Parameter counts of the paper's networks (codes/models.py: conv + BN affine + FC + w).
 PAPER_PARAMS = PAPER_PARAM_COUNTS
 PAPER_T = {"mnist": 8, "fashion_mnist": 8, "cifar10": 8, "nmnist": 10, "cifar10dvs": 20}
 PAPER_T["dvsgesture"] = 20
@@ -88,9 +88,9 @@ def test_paper_config_builds_the_paper_model(name):
         2.0,
     )
     assert config.data.T == PAPER_T[name]
-    model_name, options = train.model_spec(config, dataset_info(name, config.data.T))
+    model_name, options = models.spec_from_config(config, dataset_info(name, config.data.T))
     assert model_name == name
-    abstract = nnx.eval_shape(lambda: train.build_model(model_name, options, seed=0))
+    abstract = nnx.eval_shape(lambda: models.build_model(model_name, options, seed=0))
     params = nnx.state(abstract, nnx.Param)
     assert sum(p.size for p in jax.tree.leaves(params)) == PAPER_PARAMS[name]
     assert len(abstract.spiking_layers()) == PAPER_PLIF_LAYERS[name]
@@ -100,9 +100,9 @@ def test_quickstart_config_feeds_the_nmnist_network_at_reduced_width():
     config = load_config("quickstart")
     config_lib.validate(config, num_devices=1)
     assert config.dataset == "digits_events"
-    name, options = train.model_spec(config, dataset_info("digits_events", config.data.T))
+    name, options = models.spec_from_config(config, dataset_info("digits_events", config.data.T))
     assert name == "nmnist"
-    abstract = nnx.eval_shape(lambda: train.build_model(name, options, seed=0))
+    abstract = nnx.eval_shape(lambda: models.build_model(name, options, seed=0))
     count = sum(p.size for p in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
     # conv 2->32, 32->32 (3x3, no bias), 2 BN, FC 32*8*8 -> 256 -> 100 (no bias), 4 PLIF w.
     expected = 2 * 32 * 9 + 32 * 32 * 9 + 2 * 2 * 32 + 2048 * 256 + 256 * 100 + 4
@@ -123,7 +123,7 @@ def test_ablations_are_command_line_overrides():
     assert config.neuron.kind == "lif" and config.neuron.init_tau == 16.0
     assert config.model.pooling == "avg" and config.neuron.alpha_learnable is True
     assert config.protocol == "B" and config.model.hidden == 64
-    _, options = train.model_spec(config, dataset_info("cifar10", 8))
+    _, options = models.spec_from_config(config, dataset_info("cifar10", 8))
     assert options["neuron"] == "lif" and options["pooling"] == "avg"
     assert options["alpha_learnable"] is True and options["hidden"] == 64
     # A locked config rejects a misspelt field instead of silently adding it.
@@ -184,8 +184,18 @@ def test_more_devices_than_visible_is_rejected(tmp_path):
 
 
 def test_models_options_cover_model_spec():
-    # Every option train.model_spec passes is one create_model accepts.
+    # Every option models.spec_from_config passes is one create_model accepts.
     for name in PAPER_PARAMS:
         config = load_config(name)
-        _, options = train.model_spec(config, dataset_info(name, config.data.T))
-        assert set(options) <= set(models.MODEL_OPTIONS)
+        _, options = models.spec_from_config(config, dataset_info(name, config.data.T))
+        assert set(options) <= set(models.OPTIONS)
+
+
+def test_model_options_map_one_to_one_onto_config_model_and_neuron():
+    config = load_config("dvsgesture")
+    fields = {f"model.{k}" for k in config.model if k != "name"}
+    fields |= {f"neuron.{k}" for k in config.neuron}
+    mapped = list(models.options.CONFIG_FIELDS.values())
+    assert len(mapped) == len(set(mapped))  # no config field feeds two options
+    assert set(mapped) == fields  # and every model/neuron field reaches the model
+    assert set(models.options.CONFIG_FIELDS) <= set(models.OPTIONS)

@@ -352,12 +352,3 @@ def test_a_bug_keeps_its_traceback(tmp_path):
     assert "Traceback (most recent call last)" in proc.stderr
     assert "KeyError: 'a bug in plif_jax'" in proc.stderr
     assert "error: " not in proc.stderr
-
-
-def test_config_frame_choices_are_the_data_layers():
-    # plif_jax.config keeps its own copy (importing plif_jax.data would load tonic and torch).
-    from plif_jax import config as config_lib
-    from plif_jax.data import frames
-
-    assert config_lib.SPLIT_BY == frames.SPLIT_BY
-    assert config_lib.NORMALIZATIONS == frames.NORMALIZATIONS

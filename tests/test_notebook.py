@@ -20,7 +20,7 @@ import pytest
 from nbclient import NotebookClient
 
 from configs import common
-from plif_jax import analysis, train
+from plif_jax import analysis, checkpoint, models, train
 from plif_jax.data import digits
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -104,14 +104,16 @@ def tiny_run(tmp_path_factory):
 
 def test_layer_taus_from_workdir_equal_the_runs_final_taus(tiny_run):
     workdir, summary, *_ = tiny_run
-    taus = analysis.layer_taus(workdir)
+    model, _ = checkpoint.restore(workdir, "latest")
+    taus = models.layer_taus(model)
     assert list(taus) == ["sn0", "sn1", "sn2", "sn3"]
     assert list(summary["tau"]) == list(taus)
-    for name, entry in taus.items():
-        assert entry["tau"] == pytest.approx(1.0 + math.exp(-entry["w"]), rel=1e-12)
-        assert entry["tau"] == pytest.approx(summary["tau"][name], rel=1e-6)
-    # Training moved tau away from tau_0 = 2 (w away from 0) in at least one layer.
-    assert any(entry["w"] != 0.0 for entry in taus.values())
+    for name, neuron in models.spiking_layers(model):
+        w = float(np.asarray(neuron.w[...]))
+        assert taus[name] == pytest.approx(1.0 + math.exp(-w), rel=1e-12)
+        assert taus[name] == pytest.approx(summary["tau"][name], rel=1e-6)
+    # Training moved tau away from tau_0 = 2 in at least one layer.
+    assert any(abs(t - 2.0) > 1e-6 for t in taus.values())
 
 
 def test_tau_trajectories_of_the_run_end_at_its_final_taus(tiny_run):

@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 from plif_jax import metrics as metrics_lib
-from plif_jax import parallel, train
+from plif_jax import models, parallel, train
 from tests import test_train
 from tests.test_train import model_arrays, subprocess_env, tiny_config
 
@@ -71,8 +71,8 @@ def test_four_cpu_devices_match_one_device(baseline, tmp_path, jax_cache_dir, di
     assert sorted(ref) == sorted(got)
     for key in ref:
         np.testing.assert_allclose(got[key], ref[key], rtol=1e-4, atol=1e-5, err_msg=key)
-    ref_rec = metrics_lib.read_jsonl(os.path.join(ref_dir, "metrics.jsonl"))
-    got_rec = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    ref_rec = metrics_lib.read_metrics(ref_dir)
+    got_rec = metrics_lib.read_metrics(workdir)
     assert [r["step"] for r in got_rec] == [r["step"] for r in ref_rec]
     for a, b in zip(got_rec, ref_rec, strict=True):
         for key in ("train/loss", "train/epoch_loss", "test/loss"):
@@ -95,9 +95,9 @@ def test_bfloat16_compute_keeps_float32_params_and_state():
             time_steps=None,
         ),
     )
-    name, options = train.model_spec(config, info)
+    name, options = models.spec_from_config(config, info)
     assert options["dtype"] == "bfloat16"
-    model = train.build_model(name, options, seed=0)
+    model = models.build_model(name, options, seed=0)
     state = train.init_train_state(model, config)
     assert {p.dtype for p in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}
     model.train()
