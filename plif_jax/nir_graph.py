@@ -553,7 +553,9 @@ class NIRNetwork(nnx.Module):
         inputs = [k for k, n in graph.nodes.items() if type(n).__name__ == "Input"]
         outputs = [k for k, n in graph.nodes.items() if type(n).__name__ == "Output"]
         if len(inputs) != 1 or len(outputs) != 1:
-            raise ValueError(f"NIRNetwork needs one Input and one Output node, got {inputs}, {outputs}")
+            raise ValueError(
+                f"NIRNetwork needs one Input and one Output node, got {inputs}, {outputs}"
+            )
         self.input_name, self.output_name = inputs[0], outputs[0]
         ops, params = {}, {}
         for name in self.order:
