@@ -271,8 +271,8 @@ def test_dt_scales_tau_and_the_runner_uses_it(graphs, runs):
     x, (counts, _) = runs["nmnist"]
     runner = nir_graph.import_graph(graph, generic=True)
     assert runner.dt == 1e-4
-    np.testing.assert_allclose(np.asarray(nnx.jit(nir_graph.NIRNetwork.__call__)(runner, x)), np.asarray(counts),
-                               atol=1e-5)  # fmt: skip
+    got = nnx.jit(nir_graph.NIRNetwork.__call__)(runner, x)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(counts), atol=1e-5)
     assert isinstance(nir_graph.import_graph(graph), type(model))
 
 
@@ -351,6 +351,6 @@ def test_runner_evaluates_like_the_model(graphs, runs):
     model, graph = graphs["mnist"]
     runner = nir_graph.import_graph(graph, generic=True)
     x, (counts, _) = runs["mnist"]
-    np.testing.assert_allclose(np.asarray(nnx.jit(nir_graph.NIRNetwork.__call__)(runner, x)), np.asarray(counts),
-                               atol=1e-5)  # fmt: skip
+    got = nnx.jit(nir_graph.NIRNetwork.__call__)(runner, x)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(counts), atol=1e-5)
     assert runner.num_classes == 10 and math.isclose(runner.dt, 1.0)
