@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +24,7 @@ import pytest
 from flax import nnx
 
 from plif_jax import layers, models, neurons, nir_graph
+from tests.test_train import digits_npz, fast, jax_cache_dir, tiny_config  # noqa: F401
 
 nir = pytest.importorskip("nir")
 
@@ -354,3 +356,24 @@ def test_runner_evaluates_like_the_model(graphs, runs):
     got = nnx.jit(nir_graph.NIRNetwork.__call__)(runner, x)
     np.testing.assert_allclose(np.asarray(got), np.asarray(counts), atol=1e-5)
     assert runner.num_classes == 10 and math.isclose(runner.dt, 1.0)
+
+
+@pytest.mark.usefixtures("fast")
+def test_export_cli_on_a_tiny_run(tmp_path, capsys):
+    """``python -m experiments.export_nir``: model.nir beside the checkpoint, the imported
+    graph's test accuracy equal to the checkpoint's."""
+    from experiments import export_nir
+    from plif_jax import train
+
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(tiny_config(num_epochs=1, steps_per_epoch=2), workdir)
+    assert export_nir.main(["--workdir", workdir, "--which", "best"]) == 0
+    out = capsys.readouterr().out
+    assert os.path.exists(os.path.join(workdir, "checkpoints", "model.nir"))
+    acc = {
+        line[len("test accuracy ") :].rsplit(maxsplit=1)[0].strip(): float(line.split()[-1])
+        for line in out.splitlines()
+        if line.startswith("test accuracy")
+    }
+    assert acc["checkpoint"] == acc["nir (plif_jax)"], out
+    assert "imported graph equals the checkpoint (confusion matrix): True" in out
