@@ -117,12 +117,11 @@ def _jax_step(model, x, labels, T, num_classes):
     """Forward + gradient, compiled once per network/mode (eager dispatch compiles per op)."""
 
     def loss_fn(m):
-        counts, traces = m(x, return_traces=True)
+        counts, traces = models.run_with_traces(m, x)
         counts = counts.astype(jnp.float64)
         return _loss(counts, labels, T, num_classes), (counts, traces)
 
     (loss, (counts, traces)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-    nnx.pop(model, nnx.Intermediate)
     return loss, counts, traces, grads
 
 
@@ -214,15 +213,16 @@ def test_network_matches_spikingjelly_in_train_and_eval(name, bn_mode):
     # model then draws the identical masks), and reorder the first one's features from the NHWC
     # flatten order to torch's CHW order.
     clone = nnx.clone(model)
-    c, hw = model.config.channels, model.fc0.kernel.shape[0] // model.config.channels
+    c, hw = model.config.channels, model.named_layers()["fc0"].kernel.shape[0] // model.config.channels
     side = int(round(hw**0.5))
     masks = []
+    layers, clone_layers = model.named_layers(), clone.named_layers()
     for i, (attr, feats) in enumerate(
-        (a, getattr(model, f"fc{k}").kernel.shape[0])
+        (a, layers[f"fc{k}"].kernel.shape[0])
         for k, a in enumerate(("dropout0", "dropout1"))
-        if hasattr(model, a)
+        if a in layers
     ):
-        m = np.asarray(getattr(clone, attr).make_mask(batch, feats, jnp.float64))
+        m = np.asarray(clone_layers[attr].make_mask(batch, feats, jnp.float64))
         if i == 0:
             m = m.reshape(batch, side, side, c).transpose(0, 3, 1, 2).reshape(batch, feats)
         assert 0.0 < (m == 0).mean() < 1.0

@@ -207,38 +207,10 @@ def final_spatial_size(name: str, input_size: int, number_layer: int | None) -> 
     return size
 
 
-def resolve(name: str, **options: Any) -> NetConfig:
-    """Fills in the paper defaults for ``name`` and validates every option.
-
-    Options (``None`` = the default): ``channels`` (conv width; 128, CIFAR-10 256),
-    ``number_layer`` (conv blocks, neuromorphic nets only: N-MNIST 2, CIFAR10-DVS 4, DVS128
-    Gesture 5), ``pooling`` ('max' | 'avg'), ``neuron`` ('plif' | 'lif'), ``init_tau`` (2.0),
-    ``detach_reset`` (True), ``surrogate`` ('atan' | 'sigmoid'), ``surrogate_alpha`` (None = the
-    surrogate's default), ``alpha_learnable`` (False), ``bn_mode`` ('per_step' | 'folded'),
-    ``dropout`` (0.5), ``remat_chunk`` (None), ``T`` (static nets: time steps, 8; neuromorphic
-    nets: the expected input T or None), ``hidden`` (hidden FC width; static 2048, neuromorphic
-    c*h*w/4), ``input_layout`` ('NCHW' | 'NHWC'), ``num_classes`` (10; DVS128 Gesture 11),
-    ``input_size`` (28, 32, 34, 128), ``in_channels`` (1, 3, 2), ``dtype`` (float32).
-
-    Raises:
-      ConfigError (a ValueError): an unknown name or option, or an invalid value.
-    """
-    if name not in NETWORKS:
-        raise ConfigError(f"unknown model {name!r}; valid names: {list(NETWORKS)}")
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise ConfigError(
-            f"unknown option(s) {unknown} for create_model; valid options: {sorted(OPTIONS)}"
-        )
+def _check(name: str, opts: dict[str, Any], *, number_layer_given: bool) -> None:
+    """Validates the merged options of ``name`` in place (fills ``hidden`` and, for the static
+    nets, ``number_layer=None``)."""
     static = name in STATIC_NETS
-    opts: dict[str, Any] = dict(
-        pooling="max", neuron="plif", init_tau=2.0, detach_reset=True, surrogate="atan",
-        alpha_learnable=False, bn_mode="per_step", dropout=0.5, input_layout="NCHW",
-        dtype=jnp.float32,
-    )  # fmt: skip
-    opts.update({k: v for k, v in PAPER[name].items() if k != "hidden"})
-    # Explicit None keeps the default, so a config can pass every field uniformly.
-    opts.update({k: v for k, v in options.items() if v is not None})
     for option, allowed in (
         ("pooling", POOLINGS),
         ("neuron", NEURON_KINDS),
@@ -250,7 +222,7 @@ def resolve(name: str, **options: Any) -> NetConfig:
     for key in ("channels", "num_classes", "input_size", "in_channels"):
         check_positive_int(key, opts[key])
     if static:
-        if options.get("number_layer") is not None:
+        if number_layer_given:
             raise ConfigError(
                 f"number_layer applies to the neuromorphic nets {list(NEUROMORPHIC_NETS)}, not "
                 f"{name!r} (its depth is fixed by the paper); drop the option"
@@ -282,6 +254,40 @@ def resolve(name: str, **options: Any) -> NetConfig:
             )
     check_positive_int("hidden", opts["hidden"])
     check_remat(opts.get("remat_chunk"), opts["bn_mode"], opts.get("T"))
+
+
+def resolve(name: str, **options: Any) -> NetConfig:
+    """Fills in the paper defaults for ``name`` and validates every option.
+
+    Options (``None`` = the default): ``channels`` (conv width; 128, CIFAR-10 256),
+    ``number_layer`` (conv blocks, neuromorphic nets only: N-MNIST 2, CIFAR10-DVS 4, DVS128
+    Gesture 5), ``pooling`` ('max' | 'avg'), ``neuron`` ('plif' | 'lif'), ``init_tau`` (2.0),
+    ``detach_reset`` (True), ``surrogate`` ('atan' | 'sigmoid'), ``surrogate_alpha`` (None = the
+    surrogate's default), ``alpha_learnable`` (False), ``bn_mode`` ('per_step' | 'folded'),
+    ``dropout`` (0.5), ``remat_chunk`` (None), ``T`` (static nets: time steps, 8; neuromorphic
+    nets: the expected input T or None), ``hidden`` (hidden FC width; static 2048, neuromorphic
+    c*h*w/4), ``input_layout`` ('NCHW' | 'NHWC'), ``num_classes`` (10; DVS128 Gesture 11),
+    ``input_size`` (28, 32, 34, 128), ``in_channels`` (1, 3, 2), ``dtype`` (float32).
+
+    Raises:
+      ConfigError (a ValueError): an unknown name or option, or an invalid value.
+    """
+    if name not in NETWORKS:
+        raise ConfigError(f"unknown model {name!r}; valid names: {list(NETWORKS)}")
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) {unknown} for create_model; valid options: {sorted(OPTIONS)}"
+        )
+    opts: dict[str, Any] = dict(
+        pooling="max", neuron="plif", init_tau=2.0, detach_reset=True, surrogate="atan",
+        alpha_learnable=False, bn_mode="per_step", dropout=0.5, input_layout="NCHW",
+        dtype=jnp.float32,
+    )  # fmt: skip
+    opts.update({k: v for k, v in PAPER[name].items() if k != "hidden"})
+    # Explicit None keeps the default, so a config can pass every field uniformly.
+    opts.update({k: v for k, v in options.items() if v is not None})
+    _check(name, opts, number_layer_given=options.get("number_layer") is not None)
     return NetConfig(
         name=name,
         channels=opts["channels"],
