@@ -11,7 +11,7 @@ Protocol B (85/15 per-class train/val split)::
 
     python -m experiments.train --config configs/cifar10.py --config.protocol=B
 
-Paper (spec §6, from the reference's logs): accuracy-A 93.50% (epoch 950); accuracy-B 92.58% (epoch
+Paper (the original repository's logs/, shipped in plif_jax/paper_logs): accuracy-A 93.50% (epoch 950); accuracy-B 92.58% (epoch
 952).
 """
 
@@ -28,5 +28,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset = "cifar10"
     config.eval_batch_size = 256  # The reference's test batch (irrelevant in eval mode).
     config.data.T = 8  # Time steps (the image is repeated; direct encoding).
-    config.model.channels = 256  # Conv channels (spec §3).
+    config.model.channels = 256  # Conv channels (codes/models.py).
     return config

@@ -11,7 +11,7 @@ Protocol B (85/15 per-class train/val split)::
 
     python -m experiments.train --config configs/dvsgesture.py --config.protocol=B
 
-Paper (spec §6, from the reference's logs): accuracy-A 97.57% (epoch 321); accuracy-B 96.53% (epoch
+Paper (the original repository's logs/, shipped in plif_jax/paper_logs): accuracy-A 97.57% (epoch 321); accuracy-B 96.53% (epoch
 867; val reached 100% at 405, 416, 422, 867).
 """
 
@@ -30,6 +30,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.T = 20  # Frames per sample = time steps.
     config.data.split_by = "number"  # Equal-event-count frames (`-split_by number`).
     config.data.normalization = None  # Raw per-pixel event counts.
-    config.model.channels = 128  # Conv channels (spec §3).
-    config.model.number_layer = 5  # Conv blocks (spec §3).
+    config.model.channels = 128  # Conv channels (codes/models.py).
+    config.model.number_layer = 5  # Conv blocks (codes/models.py).
     return config

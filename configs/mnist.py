@@ -11,7 +11,7 @@ Protocol B (85/15 per-class train/val split)::
 
     python -m experiments.train --config configs/mnist.py --config.protocol=B
 
-Paper (spec §6, from the reference's logs): accuracy-A 99.72% (best test, epoch 549); accuracy-B
+Paper (the original repository's logs/, shipped in plif_jax/paper_logs): accuracy-A 99.72% (best test, epoch 549); accuracy-B
 99.63% (test at best val, epoch 804).
 """
 
@@ -28,5 +28,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset = "mnist"
     config.eval_batch_size = 128  # The reference's test batch (irrelevant in eval mode).
     config.data.T = 8  # Time steps (the image is repeated; direct encoding).
-    config.model.channels = 128  # Conv channels (spec §3).
+    config.model.channels = 128  # Conv channels (codes/models.py).
     return config

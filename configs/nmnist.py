@@ -11,7 +11,7 @@ Protocol B (85/15 per-class train/val split)::
 
     python -m experiments.train --config configs/nmnist.py --config.protocol=B
 
-Paper (spec §6, from the reference's logs): accuracy-A 99.61% (T = 10, epoch 981); accuracy-B 99.57%
+Paper (the original repository's logs/, shipped in plif_jax/paper_logs): accuracy-A 99.61% (T = 10, epoch 981); accuracy-B 99.57%
 (epoch 532; that run used T = 20: add --config.data.T=20).
 """
 
@@ -30,6 +30,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.T = 10  # Frames per sample = time steps.
     config.data.split_by = "number"  # Equal-event-count frames (`-split_by number`).
     config.data.normalization = None  # Raw per-pixel event counts.
-    config.model.channels = 128  # Conv channels (spec §3).
-    config.model.number_layer = 2  # Conv blocks (spec §3).
+    config.model.channels = 128  # Conv channels (codes/models.py).
+    config.model.number_layer = 2  # Conv blocks (codes/models.py).
     return config
