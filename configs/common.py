@@ -1,4 +1,4 @@
-"""Shared defaults for every plif_jax run (Fang et al., ICCV 2021; original repository codes/models.py, codes/train_val.py).
+"""Shared defaults for every plif_jax run (Fang et al., ICCV 2021; original codes/train_val.py).
 
 A dataset config imports :func:`get_config`, sets ``dataset`` and changes a few fields. Every field
 can be overridden on the command line, e.g.::
