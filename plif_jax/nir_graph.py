@@ -213,13 +213,17 @@ def export(model: nnx.Module, *, input_shape: tuple[int, ...] | None = None, dt:
             two = np.array([2, 2])
             out = size // 2
             if block.pooling == "max":
-                nodes[f"pool{i}"] = nir.SumPool2d(kernel_size=two, stride=two, padding=np.zeros(2))
+                nodes[f"pool{i}"] = nir.SumPool2d(
+                    kernel_size=two, stride=two, padding=np.zeros(2, dtype=np.int64)
+                )
                 nodes[f"pool{i}_or"] = nir.Threshold(
                     threshold=np.full((channels, out, out), 0.5, dtype=np.float32),
                     metadata={"plif_jax": "max pooling of 0/1 spikes = OR = SumPool2d > 0.5"},
                 )
             else:
-                nodes[f"pool{i}"] = nir.AvgPool2d(kernel_size=two, stride=two, padding=np.zeros(2))
+                nodes[f"pool{i}"] = nir.AvgPool2d(
+                    kernel_size=two, stride=two, padding=np.zeros(2, dtype=np.int64)
+                )
             size = out
     flat_shape = np.array([channels, size, size])
     nodes["flatten"] = nir.Flatten(input_type={"input": flat_shape}, start_dim=0, end_dim=-1)
