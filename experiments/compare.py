@@ -27,7 +27,7 @@ from typing import Any
 
 from absl import app, flags
 
-from plif_jax import cli, errors, paper_runs
+from plif_jax import cli, errors, paper_compare, paper_runs
 
 FLAGS = flags.FLAGS
 
@@ -120,7 +120,7 @@ def config_differences(config: Mapping[str, Any]) -> list[str]:
 
 def compare_workdir(
     workdir: str, paper_run: str | None = None
-) -> tuple[paper_runs.Comparison, paper_runs.PaperRun]:
+) -> tuple[paper_compare.Comparison, paper_runs.PaperRun]:
     """Matches (or loads ``paper_run``), compares, writes the CSV and PNG into ``workdir``."""
     config = read_config(workdir)
     ours_settings = paper_runs.settings_from_config(config)
@@ -128,7 +128,7 @@ def compare_workdir(
         paper = paper_runs.load(paper_run)
     else:
         paper = paper_runs.match(ours_settings)
-    ours = paper_runs.curves_from_workdir(workdir, label="ours")
+    ours = paper_compare.curves_from_workdir(workdir, label="ours")
     notes = []
     setting_diffs = paper_runs.differences(ours_settings, paper.settings)
     if setting_diffs:
@@ -140,9 +140,9 @@ def compare_workdir(
                 f"not the paper's settings (configs/{config['dataset']}.py): "
                 + "; ".join(config_diffs)
             )
-    comparison = paper_runs.compare(ours, paper, notes=tuple(notes))
+    comparison = paper_compare.compare(ours, paper, notes=tuple(notes))
     comparison.write_csv(os.path.join(workdir, TABLE_NAME))
-    paper_runs.plot_comparison(
+    paper_compare.plot_comparison(
         comparison,
         os.path.join(workdir, FIGURE_NAME),
         title=f"{os.path.normpath(workdir)} vs paper {paper.key}",
@@ -151,7 +151,7 @@ def compare_workdir(
 
 
 def _summary_lines(
-    workdir: str, comparison: paper_runs.Comparison, paper: paper_runs.PaperRun
+    workdir: str, comparison: paper_compare.Comparison, paper: paper_runs.PaperRun
 ) -> list[str]:
     epochs = comparison.epochs
     cols = comparison.columns()

@@ -11,7 +11,7 @@ can compute the same numbers:
   potential (``h`` before firing, ``v`` after the reset), spikes, firing rate per time step and the
   number of synaptic operations its spikes cause downstream.
 * :func:`evaluate_split`: accuracy and confusion matrix of a model on a ``BatchSource``.
-* :data:`PAPER_TAUS`: the learned tau per layer of the paper's runs, for comparison.
+* :func:`paper_taus`: the learned tau per layer of the paper's main runs, for comparison.
 """
 
 from __future__ import annotations
@@ -27,43 +27,23 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from plif_jax import metrics, models, neurons, parallel, steps
+from plif_jax import metrics, models, neurons, paper_runs, parallel, steps
 
 Array = jax.Array
 
-PAPER_TAUS_SOURCE = (
-    "fangwei123456/Parametric-Leaky-Integrate-and-Fire-Spiking-Neuron@f644ff6, logs/ (TensorBoard "
-    "scalars w0..w{L-1} after the last of 1024 epochs, tau = 1 + exp(-w)), the "
-    "per-epoch CSVs of which ship in plif_jax/paper_logs/"
-)
-"""Where :data:`PAPER_TAUS` and :data:`PAPER_TAU_RUNS` come from."""
 
-PAPER_TAU_RUNS: dict[str, tuple[float, ...]] = {
-    "mnist A": (2.056, 1.564, 23.61, 2.542),
-    "fashion_mnist A": (1.744, 1.776, 29.72, 3.432),
-    "cifar10 A": (1.929, 1.237, 1.577, 1.637, 1.674, 2.060, 55.00, 2.747),
-    "cifar10 A, init_tau=16": (2.551, 1.521, 1.766, 1.735, 1.848, 2.245, 55.43, 2.602),
-    "nmnist A (T=10)": (1.468, 2.576, 9.550, 7.479),
-    "cifar10dvs A": (1.417, 1.515, 1.675, 1.639, 9.537, 2.050),
-    "dvsgesture A": (1.613, 1.513, 2.007, 1.916, 1.672, 3.994, 1.794),
-    "dvsgesture A, init_tau=16": (2.764, 2.696, 2.737, 2.769, 2.942, 6.576, 1.931),
-    "dvsgesture B": (1.671, 1.207, 2.381, 1.951, 1.657, 4.101, 1.709),
-    "cifar10 B": (1.853, 1.228, 1.524, 1.576, 1.670, 1.992, 48.39, 2.679),
-}
-"""Final learned tau per PLIF layer (depth order: conv layers, hidden FC, output FC) of every paper
-run in the reference logs, keyed by ``"<dataset> <protocol>[, variant]"``. Source:
-:data:`PAPER_TAUS_SOURCE`."""
+def paper_taus(dataset: str, protocol: str = "A") -> tuple[float, ...]:
+    """Final learned tau per PLIF layer (depth order) of the paper's main run on ``dataset``.
 
-PAPER_TAUS: dict[str, tuple[float, ...]] = {
-    "mnist": PAPER_TAU_RUNS["mnist A"],
-    "fashion_mnist": PAPER_TAU_RUNS["fashion_mnist A"],
-    "cifar10": PAPER_TAU_RUNS["cifar10 A"],
-    "nmnist": PAPER_TAU_RUNS["nmnist A (T=10)"],
-    "cifar10dvs": PAPER_TAU_RUNS["cifar10dvs A"],
-    "dvsgesture": PAPER_TAU_RUNS["dvsgesture A"],
-}
-"""Learned tau per layer of the paper's main run (protocol A, init_tau 2, PLIF, max pooling) for
-each of the six datasets, keyed by dataset name. Source: :data:`PAPER_TAUS_SOURCE`."""
+    Read from the original repository's logs shipped in ``plif_jax/paper_logs``
+    (:func:`plif_jax.paper_runs.main_run`: PLIF, tau_0 2, max pooling, the paper's T), the value
+    after the last logged epoch.
+
+    Raises:
+      plif_jax.paper_runs.NoPaperRunError: the paper has no run on ``dataset``.
+    """
+    run = paper_runs.main_run(dataset, protocol)
+    return tuple(float(taus[-1]) for taus in run.curves.tau.values())
 
 
 # --------------------------------------------------------------------------------------------------

@@ -282,22 +282,17 @@ def test_tau_trajectories_names_missing_file_and_truncated_line(tmp_path):
         analysis.tau_trajectories(tmp_path)
 
 
-def test_paper_taus_cover_the_six_datasets_with_positive_taus_above_one():
+def test_paper_taus_cover_the_six_datasets_with_one_tau_per_spiking_layer():
     # One tau per spiking layer of each paper net (the counts tests/test_models.py checks).
-    assert set(analysis.PAPER_TAUS) == set(PAPER_NUM_SPIKING)
-    lengths = {name: len(t) for name, t in analysis.PAPER_TAUS.items()}
-    assert lengths == PAPER_NUM_SPIKING
-    assert all(t > 1 for run in analysis.PAPER_TAU_RUNS.values() for t in run)
-    assert analysis.PAPER_TAUS["cifar10"][6] == 55.00
-
-
-def test_paper_taus_have_one_value_per_spiking_layer_of_each_paper_network():
-    from plif_jax import models
-
-    for name, taus in analysis.PAPER_TAUS.items():
+    taus = {name: analysis.paper_taus(name) for name in PAPER_NUM_SPIKING}
+    assert {name: len(t) for name, t in taus.items()} == PAPER_NUM_SPIKING
+    assert all(t > 1 for run in taus.values() for t in run)
+    # The logs' last epoch of the CIFAR-10 main run: the hidden FC layer's tau is ~55.
+    assert 54.0 < taus["cifar10"][6] < 56.0
+    for name, run in taus.items():
         # Abstract (shape-only) model at paper size: no 36M-parameter allocation.
         model = nnx.eval_shape(lambda name=name: models.create_model(name, rngs=nnx.Rngs(0)))
-        assert len(models.spiking_layers(model)) == len(taus), name
+        assert len(models.spiking_layers(model)) == len(run), name
 
 
 def _border_fan_in_counts(size: int) -> np.ndarray:

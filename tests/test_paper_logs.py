@@ -22,7 +22,7 @@ import pytest
 
 from configs import cifar10dvs, dvsgesture, fashion_mnist, mnist, nmnist, quickstart
 from experiments import compare as compare_cli
-from plif_jax import errors, metrics, paper_runs
+from plif_jax import errors, metrics, paper_compare, paper_runs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FMNIST_A = "FashionMNIST_init_tau_2.0_use_plif_True_use_max_pool_True_T_8_detach_reset_True"
@@ -154,23 +154,23 @@ def test_protocol_b_comparison_puts_validation_accuracy_beside_the_papers():
     ours = paper_runs.Curves(
         "ours", np.arange(2), np.array([0.88, 0.9]), np.array([0.89, 0.91]), taus
     )
-    cols = paper_runs.compare(ours, run).columns()
+    cols = paper_compare.compare(ours, run).columns()
     assert cols["val_accuracy_paper"].tolist() == [0.887678, 0.908141]
     assert cols["val_accuracy_ours"].tolist() == [0.89, 0.91]
     np.testing.assert_allclose(cols["test_accuracy_diff"], [0.88 - 0.8817, 0.9 - 0.9038])
-    header = paper_runs.compare(ours, run).format_table().splitlines()[0].split()
+    header = paper_compare.compare(ours, run).format_table().splitlines()[0].split()
     assert header[:8] == ["epoch", "test", "ours", "paper", "diff", "(pt)", "val", "ours"]
 
 
 def test_compare_notes_why_tau_is_not_compared():
     ours = paper_runs.Curves("ours", np.arange(2), np.array([0.5, 0.6]), None, {})
     lif = paper_runs.load(FMNIST_A.replace("use_plif_True", "use_plif_False"))
-    assert paper_runs.compare(ours, lif).notes == (
+    assert paper_compare.compare(ours, lif).notes == (
         "tau not compared: neither run learned tau (LIF)",
     )
     deep = paper_runs.load(NMNIST_A.replace("n_2", "n_4"))  # 6 PLIF layers
     four = dict.fromkeys(["sn0", "sn1", "sn2", "sn3"], np.array([2.0, 2.0]))
-    cmp = paper_runs.compare(dataclasses.replace(ours, tau=four), deep)
+    cmp = paper_compare.compare(dataclasses.replace(ours, tau=four), deep)
     assert cmp.layers == () and "ours has 4 PLIF layers, the paper's run 6" in cmp.notes[0]
 
 
@@ -279,15 +279,15 @@ def test_compare_cli_bad_workdir_is_one_line_error(tmp_path):
 def test_damaged_or_empty_metrics_are_user_errors_naming_the_file(tmp_path):
     workdir = tmp_path / "run"
     _write_workdir(workdir, fashion_mnist.get_config())
-    ours = paper_runs.curves_from_workdir(workdir)
+    ours = paper_compare.curves_from_workdir(workdir)
     assert ours.label == "run" and ours.test_accuracy.tolist() == OURS_TEST
     with open(workdir / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 3, "test/acc')  # a run killed mid-write
     with pytest.raises(errors.DataError, match=r"metrics.jsonl:7 is not valid JSON.*delete"):
-        paper_runs.curves_from_workdir(workdir)
+        paper_compare.curves_from_workdir(workdir)
     (workdir / "metrics.jsonl").write_text('{"epoch": 0, "step": 4, "train/loss": 0.1}\n')
     with pytest.raises(errors.DataError, match="no finished epoch yet"):
-        paper_runs.curves_from_workdir(workdir)
+        paper_compare.curves_from_workdir(workdir)
 
 
 def test_config_differences_list_only_what_changes_learning():

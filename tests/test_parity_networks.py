@@ -213,7 +213,10 @@ def test_network_matches_spikingjelly_in_train_and_eval(name, bn_mode):
     # model then draws the identical masks), and reorder the first one's features from the NHWC
     # flatten order to torch's CHW order.
     clone = nnx.clone(model)
-    c, hw = model.config.channels, model.named_layers()["fc0"].kernel.shape[0] // model.config.channels
+    c, hw = (
+        model.config.channels,
+        model.named_layers()["fc0"].kernel.shape[0] // model.config.channels,
+    )
     side = int(round(hw**0.5))
     masks = []
     layers, clone_layers = model.named_layers(), clone.named_layers()
