@@ -173,7 +173,13 @@ def _options(cfg: options_lib.NetConfig) -> dict[str, Any]:
     return out
 
 
-def export(model: nnx.Module, *, input_shape: tuple[int, ...] | None = None, dt: float = 1.0):
+def export(
+    model: nnx.Module,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    dt: float = 1.0,
+    flatten_start_dim: int = 0,
+):
     """``model`` (a paper network in eval mode) as a ``nir.NIRGraph``.
 
     Args:
@@ -182,10 +188,14 @@ def export(model: nnx.Module, *, input_shape: tuple[int, ...] | None = None, dt:
       dt: the time step the graph's ``tau`` is expressed in: ``tau_nir = tau * dt``. ``1``
         (time steps) by default; ``1e-4`` for snnTorch's importer, which discretises with a
         fixed ``dt = 1e-4`` (see the README's NIR section).
+      flatten_start_dim: ``0`` (default) or ``-3``: the ``Flatten`` node's ``start_dim``. Both
+        flatten the whole ``(C, H, W)`` in NIR (shapes without the batch axis); torch importers
+        that map it to ``torch.nn.Flatten`` on a batched ``[B, C, H, W]`` tensor (snnTorch,
+        nirtorch) flatten the batch too with ``0``, correctly with ``-3``.
 
     Raises:
-      ValueError: the model is in training mode (batch statistics or active dropout), or
-        ``input_shape`` is not the model's.
+      ValueError: the model is in training mode (batch statistics or active dropout),
+        ``input_shape`` is not the model's, or ``flatten_start_dim`` is not 0 or -3.
     """
     nir = _nir()
     _check_exportable(model)
@@ -199,6 +209,8 @@ def export(model: nnx.Module, *, input_shape: tuple[int, ...] | None = None, dt:
     if not float(dt) > 0:
         raise ValueError(f"dt must be > 0, got {dt}")
     dt = float(dt)
+    if flatten_start_dim not in (0, -3):
+        raise ValueError(f"flatten_start_dim must be 0 or -3, got {flatten_start_dim}")
     nodes: dict[str, Any] = {"input": nir.Input(input_type={"input": np.array(shape)})}
     size, channels = cfg.input_size, cfg.in_channels
     if model.encoder is not None:
@@ -226,7 +238,9 @@ def export(model: nnx.Module, *, input_shape: tuple[int, ...] | None = None, dt:
                 )
             size = out
     flat_shape = np.array([channels, size, size])
-    nodes["flatten"] = nir.Flatten(input_type={"input": flat_shape}, start_dim=0, end_dim=-1)
+    nodes["flatten"] = nir.Flatten(
+        input_type={"input": flat_shape}, start_dim=int(flatten_start_dim), end_dim=-1
+    )
     # plif_jax flattens (H, W, C); NIR (C, H, W): nir_column[k] = plif_row[perm[k]].
     perm = np.arange(channels * size * size).reshape(size, size, channels)
     perm = np.transpose(perm, (2, 0, 1)).reshape(-1)
