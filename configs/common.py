@@ -37,6 +37,22 @@ def get_config() -> ml_collections.ConfigDict:
     config.log_every_steps = 256  # Train loss/accuracy scalars every N steps (reference: 256).
     config.progress_bar = True  # tqdm bar with ETA on stderr.
 
+    # --- Several seeds in one run (plif_jax.members) ------------------------------------------
+    # Members trained together in one compiled step over stacked states (1: an ordinary run).
+    config.num_seeds = 1
+    config.members = ml_collections.ConfigDict()
+    # Init/dropout seeds, a comma list of num_seeds integers, e.g. "7,8,9" (None: seed, seed+1..).
+    config.members.seeds = config_dict.placeholder(str)
+    # Per-member values of fields that keep the step's shapes, "FIELD=V1,V2,...;FIELD=...":
+    # neuron.init_tau (PLIF), optim.lr, neuron.alpha (with neuron.alpha_learnable=True).
+    config.members.values = config_dict.placeholder(str)
+    # 'shared': every member trains on the same batches (config.seed's order and augmentation);
+    # 'per_member': member i shuffles and augments with its own seed.
+    config.members.data_order = "shared"
+    # How the k member steps are compiled: 'vmap' (one batched program) or 'loop' (k copies of the
+    # step in one jitted function). Same results up to float rounding; BENCHMARKS.md, seeds.
+    config.members.layout = "vmap"
+
     # --- Checkpoints (Orbax, <workdir>/checkpoints) ----------------------------------------------
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.keep = 3  # How many of the latest end-of-epoch checkpoints to keep.

@@ -120,10 +120,18 @@ class CheckpointStore:
             write_json_atomic(path, current)
         return has_checkpoint
 
-    def save_model_spec(self, name: str, options: Mapping[str, Any]) -> None:
-        """Records how the model was built (``restore`` rebuilds it without the dataset)."""
+    def save_model_spec(
+        self, name: str, options: Mapping[str, Any], *, members: list | None = None
+    ) -> None:
+        """Records how the model was built (``restore`` rebuilds it without the dataset).
+
+        ``members`` (a run of k > 1 members): each member's ``seed``, ``data_seed``, ``values``
+        and ``options``; ``options`` is then member 0's.
+        """
         if jax.process_index() == 0:
             spec = {"name": name, "options": dict(options)}
+            if members is not None:
+                spec["members"] = [dict(m) for m in members]
             write_json_atomic(os.path.join(self.directory, MODEL_NAME), spec)
 
     # --- save / restore ------------------------------------------------------------------------
@@ -322,12 +330,17 @@ class CheckpointStore:
                 m.close()
 
 
-def restore(workdir: str, which: str = "best") -> tuple[nnx.Module, ml_collections.ConfigDict]:
+def restore(
+    workdir: str, which: str = "best", *, member: int | None = None
+) -> tuple[nnx.Module, ml_collections.ConfigDict]:
     """Rebuilds a trained model from a run directory.
 
     Args:
       workdir: the ``--workdir`` of a training run.
-      which: ``'best'`` (by the protocol's criterion) or ``'latest'``.
+      which: ``'best'`` (by the protocol's criterion; a k-member run: the members' mean) or
+        ``'latest'``.
+      member: which member of a run of ``num_seeds = k > 1`` members (``0 .. k-1``); required
+        there. None or 0 for an ordinary run.
 
     Returns:
       ``(model, config)``: the model (eval mode) with the checkpoint's parameters and batch
@@ -347,13 +360,35 @@ def restore(workdir: str, which: str = "best") -> tuple[nnx.Module, ml_collectio
             )
     config = ml_collections.ConfigDict(read_json(os.path.join(directory, CONFIG_NAME)))
     spec = read_json(os.path.join(directory, MODEL_NAME))
-    model = models.build_model(spec["name"], spec["options"], seed=config.seed)
-    template = steps.init_train_state(model, config)
+    stored_members = spec.get("members")
+    if stored_members is None:
+        if member not in (None, 0):
+            raise ValueError(f"{workdir!r} is a one-member run: member must be None or 0.")
+        seed = int(spec.get("seed", config.seed))
+        model = models.build_model(spec["name"], spec["options"], seed=seed)
+        template = steps.init_train_state(model, config)
+    else:
+        k = len(stored_members)
+        if isinstance(member, bool) or not isinstance(member, int) or not 0 <= member < k:
+            raise ValueError(
+                f"{workdir!r} trained {k} members (num_seeds={k}): pass member=0..{k - 1}, "
+                f"got {member!r}."
+            )
+        from plif_jax import member_steps
+
+        built = [
+            models.build_model(spec["name"], m["options"], seed=int(m["seed"]))
+            for m in stored_members
+        ]
+        template = member_steps.stack([steps.init_train_state(m, config) for m in built])
+        model = built[member]
     store = CheckpointStore(workdir, keep=config.checkpoint.keep, async_save=False)
     try:
         state, _, _ = store.restore(template, which)
     finally:
         store.close()
+    if stored_members is not None:
+        state = member_steps.member_view(state, member)
     steps.assign_state(model, state)
     model.eval()
     return model, config

@@ -36,7 +36,18 @@ NORMALIZATIONS = (None, "frequency", "max", "norm", "sum")
 
 # Settings that change the model's parameter shapes, the data it sees or the meaning of the
 # saved optimiser state: a checkpoint written under other values cannot be continued.
-RESUME_CRITICAL = ("dataset", "protocol", "seed", "batch_size", "data", "model", "neuron", "optim")
+RESUME_CRITICAL = (
+    "dataset", "protocol", "seed", "batch_size", "data", "model", "neuron", "optim",
+    "num_seeds", "members",
+)  # fmt: skip
+# Resume-critical fields added later: a config saved before them had these values.
+_ABSENT_DEFAULTS = {
+    "num_seeds": 1,
+    "members.seeds": None,
+    "members.values": None,
+    "members.data_order": "shared",
+}
+_NOT_CRITICAL = ("members.layout",)  # same state and results up to float rounding
 
 
 def _choice(name: str, value: Any, allowed: tuple) -> None:
@@ -77,6 +88,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
         if int(config[name]) <= 0:
             raise ConfigError(f"config.{name} must be > 0, got {config[name]}.")
     _positive_int("checkpoint.keep", config.checkpoint.keep, " (checkpoints kept in latest/)")
+    _check_members(config, num_devices)
     # Multi-host: JAX may not start a backend before jax.distributed.initialize (the mesh checks).
     if not config.get("distributed", False):
         _check_devices(config.num_devices)
@@ -88,6 +100,16 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
                     f"devices the batch is sharded over; use a multiple of {num_devices} "
                     "or set --config.num_devices to a divisor of it."
                 )
+
+
+def _check_members(config: ml_collections.ConfigDict, num_devices: int | None) -> None:
+    """``num_seeds`` and ``members``; every member's own config passes :func:`validate`."""
+    from plif_jax import members as members_lib
+
+    specs = members_lib.members(config)
+    if len(specs) > 1 or specs[0].values:  # a member's config has num_seeds 1, no values
+        for m in specs:
+            validate(members_lib.member_config(config, m), num_devices=num_devices)
 
 
 def _check_frames(data: ml_collections.ConfigDict) -> None:
@@ -145,9 +167,10 @@ def resume_conflicts(saved: Mapping[str, Any], current: Mapping[str, Any]) -> li
     old, new = _flatten(saved), _flatten(current)
     diffs = []
     for key in sorted(set(old) | set(new)):
-        if key.split(".")[0] not in RESUME_CRITICAL:
+        if key.split(".")[0] not in RESUME_CRITICAL or key in _NOT_CRITICAL:
             continue
-        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        default = _ABSENT_DEFAULTS.get(key, "<absent>")
+        a, b = old.get(key, default), new.get(key, default)
         if a != b:
             diffs.append(f"{key}: {a!r} -> {b!r}")
     return diffs

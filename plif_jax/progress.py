@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import numpy as np
 
 from plif_jax.errors import IncompatibleRunError
 
@@ -65,10 +66,20 @@ class Progress:
     window_acc: Accumulator = dataclasses.field(default_factory=Accumulator)
     train_seconds: float = 0.0
     train_samples: int = 0
+    # A run of k > 1 members (plif_jax.members): each member's own records and accumulators
+    # (their epoch/step fields unused). The run's own best fields then track the members' MEAN
+    # accuracy (what picks the best checkpoint). Empty for a one-member run (and not stored).
+    members: list[Progress] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The checkpoint's ``meta`` record (plain JSON types)."""
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if not self.members:
+            del out["members"]  # a one-member run's record is as before the field existed
+        else:
+            for m in out["members"]:
+                del m["members"]
+        return out
 
     @classmethod
     def from_json(cls, meta: Mapping[str, Any]) -> Progress:
@@ -79,7 +90,7 @@ class Progress:
             checkpoint of another plif_jax version).
         """
         names = {f.name for f in dataclasses.fields(cls)}
-        if set(meta) != names:
+        if set(meta) | {"members"} != names:
             raise IncompatibleRunError(
                 f"The checkpoint's progress record has other fields than this code's (missing "
                 f"{sorted(names - set(meta))}, unknown {sorted(set(meta) - names)}): it was "
@@ -88,6 +99,7 @@ class Progress:
         values = dict(meta)
         for name in ("epoch_acc", "window_acc"):
             values[name] = Accumulator(**values[name])
+        values["members"] = [cls.from_json(m) for m in values.get("members", [])]
         return cls(**values)
 
 
@@ -153,6 +165,21 @@ class MetricsDrain:
         step_in_epoch, global_step, m = self._pending
         self._pending = None
         m = jax.device_get(m)
+        members = self.progress.members
+        if members:  # k members: a leading member axis on every metric
+            bad = [i for i, ok in enumerate(np.asarray(m["finite"])) if not ok]
+            if bad:
+                raise FloatingPointError(
+                    f"Non-finite loss or gradient at epoch {self.epoch}, step {step_in_epoch} of "
+                    f"the epoch (global step {global_step}) in member(s) {bad}: loss="
+                    f"{np.asarray(m['loss']).tolist()}. Stopped without saving; the last good "
+                    f"checkpoint in {self.checkpoint_dir} is kept."
+                )
+            for i, p in enumerate(members):
+                mi = jax.tree.map(lambda a, i=i: np.asarray(a)[i], m)
+                p.epoch_acc.add(mi, self.batch_size)
+                p.window_acc.add(mi, self.batch_size)
+            return
         if not bool(m["finite"]):
             raise FloatingPointError(
                 f"Non-finite loss or gradient at epoch {self.epoch}, step {step_in_epoch} of the "

@@ -13,6 +13,7 @@ checkpoint; best-tracking; reading step metrics one step late), :mod:`plif_jax.p
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -29,8 +30,9 @@ import optax
 
 from plif_jax import checkpoint as checkpoint_lib
 from plif_jax import config as config_lib
+from plif_jax import member_steps, models, parallel
+from plif_jax import members as members_lib
 from plif_jax import metrics as metrics_lib
-from plif_jax import models, parallel
 from plif_jax.preemption import StopRequest
 from plif_jax.progress import Accumulator, MetricsDrain, Progress, update_best
 from plif_jax.steps import (
@@ -121,22 +123,32 @@ def train_and_evaluate(
     try:
         resuming = store.check_config(config)  # raises on an incompatible checkpoint
         logging.info("Run info:\n%s", record_run_info(workdir, config, mesh))
-        bundle = _open_data(config, mesh)
-        name, options = models.spec_from_config(config, bundle.info)
-        model = models.build_model(name, options, seed=int(config.seed))
-        store.save_model_spec(name, options)
-        steps = jit_steps(
-            model,
-            tx=make_optimizer(config),
-            preprocess=bundle.preprocess,
-            seed=int(config.seed),
-            num_classes=int(bundle.info.num_classes),
-            time_steps=int(getattr(model, "T", None) or config.data.T),
-            mesh=mesh,
-        )
-        state = parallel.put_replicated(init_train_state(model, config), mesh)
+        # The members (plif_jax.members): one for num_seeds=1, whose config is then the run's
+        # own up to its seeds and per-member values.
+        specs = members_lib.members(config)
+        member_configs = [members_lib.member_config(config, m) for m in specs]
+        bundle = _open_data(member_configs[0], mesh)
+        if len(specs) == 1:
+            config = member_configs[0]
+            name, options = models.spec_from_config(config, bundle.info)
+            model = models.build_model(name, options, seed=specs[0].seed)
+            store.save_model_spec(name, options)
+            steps = jit_steps(
+                model,
+                tx=make_optimizer(config),
+                preprocess=bundle.preprocess,
+                seed=specs[0].data_seed,
+                num_classes=int(bundle.info.num_classes),
+                time_steps=int(getattr(model, "T", None) or config.data.T),
+                mesh=mesh,
+            )
+            state = parallel.put_replicated(init_train_state(model, config), mesh)
+            fresh = Progress()
+        else:
+            model, state, steps = _build_members(config, specs, member_configs, bundle, store, mesh)
+            fresh = Progress(members=[Progress() for _ in specs])
         del model  # the state lives in `state` from here on
-        state, progress = _resume(store, state) if resuming else (state, Progress())
+        state, progress = _resume(store, state) if resuming else (state, fresh)
         writer = metrics_lib.MetricWriter(
             workdir,
             resume_offset=progress.metrics_offset,
@@ -150,8 +162,9 @@ def train_and_evaluate(
         bar = _progress_bar(config, progress, steps_per_epoch, is_main)
         with StopRequest(stop_after_steps) as stop:
             run = _Epochs(config, bundle, mesh, steps, store, writer, bar, stop, steps_per_epoch)
+            run.set_members(specs, member_configs)
             while progress.epoch < num_epochs and not stop.requested:
-                lr = float(learning_rate(progress.epoch, config.optim.lr, config.optim.t_max))
+                lr = run.learning_rate(progress.epoch)
                 t_epoch, first_step = time.time(), progress.step_in_epoch
                 state = run.train(state, progress, lr)
                 train_seconds = time.time() - t_epoch
@@ -170,6 +183,8 @@ def train_and_evaluate(
             store.wait()
             wall = time.time() - t_start
             summary = _summary(config, progress, steps, state, status, wall, workdir)
+            if progress.members:
+                summary = _members_summary(summary, run, progress, state)
         if is_main:
             checkpoint_lib.write_json_atomic(
                 os.path.join(workdir, "summary.json"), summary, sort_keys=False
@@ -198,6 +213,41 @@ def _open_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> An
             # Multi-process: each process then reads only its own rows of every batch.
             source.sharding = parallel.batch_sharded(mesh)
     return bundle
+
+
+def _build_members(config, specs, member_configs, bundle, store, mesh):
+    """k members: their models (member 0's returned), stacked train state and compiled steps."""
+    built = [models.spec_from_config(c, bundle.info) for c in member_configs]
+    member_models = [
+        models.build_model(name, options, seed=m.seed)
+        for (name, options), m in zip(built, specs, strict=True)
+    ]
+    states = [init_train_state(m, config) for m in member_models]
+    member_steps.check_same_structure(states)
+    name, options = built[0]
+    store.save_model_spec(
+        name,
+        options,
+        members=[
+            {"seed": m.seed, "data_seed": m.data_seed, "values": m.values, "options": o}
+            for m, (_, o) in zip(specs, built, strict=True)
+        ],
+    )
+    model = member_models[0]
+    steps = member_steps.jit_member_steps(
+        model,
+        k=len(specs),
+        tx=make_optimizer(config),
+        preprocess=bundle.preprocess,
+        data_seeds=[m.data_seed for m in specs],
+        per_member_data=members_lib.data_order(config) == "per_member",
+        num_classes=int(bundle.info.num_classes),
+        time_steps=int(getattr(model, "T", None) or config.data.T),
+        mesh=mesh,
+        layout=members_lib.layout(config),
+    )
+    state = parallel.put_replicated(member_steps.stack(states), mesh)
+    return model, state, steps
 
 
 def _resume(store: checkpoint_lib.CheckpointStore, template: TrainState):
@@ -241,6 +291,33 @@ class _Epochs:
     bar: Any
     stop: StopRequest
     steps_per_epoch: int
+    members: list = dataclasses.field(default_factory=list)  # k > 1: the Member specs
+    member_configs: list = dataclasses.field(default_factory=list)
+    member_sources: list | None = None  # per-member data: each member's training batches
+
+    def set_members(self, specs: list, member_configs: list) -> None:
+        """A run of k > 1 members (a one-member run keeps the plain path)."""
+        if len(specs) == 1:
+            return
+        self.members, self.member_configs = list(specs), list(member_configs)
+        if members_lib.data_order(self.config) == "per_member":
+            self.member_sources = []
+            for m in specs:
+                source = copy.copy(self.bundle.train)
+                source.seed = m.data_seed  # the shuffle order; augmentation keys are in the step
+                self.member_sources.append(source)
+
+    def learning_rate(self, epoch: int) -> float | list[float]:
+        """The epoch's learning rate (k members: one per member)."""
+        t_max = self.config.optim.t_max
+        if not self.members:
+            return float(learning_rate(epoch, self.config.optim.lr, t_max))
+        return [float(learning_rate(epoch, c.optim.lr, t_max)) for c in self.member_configs]
+
+    def _train_batches(self, epoch: int, start: int):
+        if self.member_sources is None:
+            return self.bundle.train.batches(epoch=epoch, start=start)
+        return _member_batches(self.member_sources, epoch, start, self.mesh)
 
     def save(self, state: TrainState, progress: Progress, *, best: bool) -> None:
         """Checkpoints ``state`` and ``progress`` (with the length of ``metrics.jsonl``)."""
@@ -250,7 +327,8 @@ class _Epochs:
     def train(self, state: TrainState, progress: Progress, lr: float) -> TrainState:
         """The rest of ``progress.epoch``'s steps, or up to a stop request."""
         epoch, first_step = progress.epoch, progress.step_in_epoch
-        lr_in, epoch_in = np.float32(lr), np.int32(epoch)
+        lr_in = np.asarray(lr, np.float32) if self.members else np.float32(lr)
+        epoch_in = np.int32(epoch)
         log_every = max(1, int(self.config.log_every_steps))
         drain = MetricsDrain(
             progress,
@@ -258,7 +336,7 @@ class _Epochs:
             batch_size=int(self.config.batch_size),
             checkpoint_dir=self.store.directory,
         )
-        batches = self.bundle.train.batches(epoch=epoch, start=first_step)
+        batches = self._train_batches(epoch, first_step)
         try:
             for step_idx in range(first_step, self.steps_per_epoch):
                 batch = to_device(next(batches), self.mesh)
@@ -279,6 +357,8 @@ class _Epochs:
         return state
 
     def _log_window(self, progress: Progress, lr: float) -> None:
+        if progress.members:
+            return self._log_members_window(progress, lr)
         w = progress.window_acc
         scalars = {"train/loss": w.mean_loss(), "train/accuracy": w.accuracy(), "lr": lr}
         self.writer.write(epoch=progress.epoch, step=progress.global_step, scalars=scalars)
@@ -297,6 +377,8 @@ class _Epochs:
         t_epoch: float,
     ) -> None:
         """Evaluates the finished epoch, logs it, moves ``progress`` to the next and saves."""
+        if progress.members:
+            return self._end_members(state, progress, lr, samples_per_sec, t_epoch)
         protocol, epoch, acc = self.config.protocol, progress.epoch, progress.epoch_acc
         test = evaluate(self.steps.eval, state, self.bundle.test.batches(), self.mesh)
         scalars = {
@@ -333,6 +415,157 @@ class _Epochs:
         progress.epoch, progress.step_in_epoch, progress.epoch_acc = epoch + 1, 0, Accumulator()
         self.save(state, progress, best=improved)
 
+    # --- k > 1 members --------------------------------------------------------------------------
+    def _log_members_window(self, progress: Progress, lr: list[float]) -> None:
+        ws = [p.window_acc for p in progress.members]
+        scalars = aggregate("train/loss", [w.mean_loss() for w in ws])
+        scalars.update(aggregate("train/accuracy", [w.accuracy() for w in ws]))
+        scalars.update(aggregate("lr", lr))
+        self.writer.write(epoch=progress.epoch, step=progress.global_step, scalars=scalars)
+        self.bar.set_postfix(
+            epoch=progress.epoch, loss=f"{scalars['train/loss']:.4f}", lr=f"{scalars['lr']:.2e}"
+        )
+        for p in progress.members:
+            p.window_acc = Accumulator()
+
+    def _member_models(self, state: TrainState) -> list:
+        return [
+            self.steps.model(member_steps.member_view(state, i)) for i in range(len(self.members))
+        ]
+
+    def _end_members(
+        self, state: TrainState, progress: Progress, lr: list[float], samples_per_sec, t_epoch
+    ) -> None:
+        protocol, epoch, ms = self.config.protocol, progress.epoch, progress.members
+        test = member_steps.evaluate_members(
+            self.steps.eval, state, self.bundle.test.batches(), self.mesh
+        )
+        val = None
+        if protocol == "B":
+            val = member_steps.evaluate_members(
+                self.steps.eval, state, self.bundle.val.batches(), self.mesh
+            )
+        for i, p in enumerate(ms):
+            update_best(p, protocol, epoch, test["accuracy"][i], val and val["accuracy"][i])
+        # The run's own records follow the members' mean: it picks the best checkpoint.
+        improved = update_best(
+            progress,
+            protocol,
+            epoch,
+            float(np.mean(test["accuracy"])),
+            None if val is None else float(np.mean(val["accuracy"])),
+        )
+        scalars = aggregate("train/epoch_loss", [p.epoch_acc.mean_loss() for p in ms])
+        scalars.update(aggregate("train/epoch_accuracy", [p.epoch_acc.accuracy() for p in ms]))
+        scalars.update(aggregate("test/accuracy", test["accuracy"]))
+        scalars.update(aggregate("test/loss", test["loss"]))
+        scalars.update(aggregate("lr", lr))
+        if val is not None:
+            scalars.update(aggregate("val/accuracy", val["accuracy"]))
+            scalars.update(aggregate("val/loss", val["loss"]))
+            scalars.update(aggregate("best/test_at_best_val", [p.test_at_best_val for p in ms]))
+        scalars.update(aggregate("best/test_accuracy", [p.best_test_accuracy for p in ms]))
+        scalars["best/mean_test_accuracy"] = progress.best_test_accuracy
+        member_models = self._member_models(state)
+        for key, fn in (("tau", _taus), ("alpha", models.layer_alphas)):
+            per = [fn(m) for m in member_models]
+            for layer in per[0]:
+                scalars.update(aggregate(f"{key}/{layer}", [d[layer] for d in per]))
+        rates = [p.epoch_acc.mean_rates() for p in ms]
+        for layer in rates[0]:
+            scalars.update(aggregate(f"firing_rate/{layer}", [r[layer] for r in rates]))
+        scalars["perf/samples_per_sec"] = samples_per_sec
+        scalars["perf/seed_samples_per_sec"] = samples_per_sec * len(ms)
+        scalars["perf/epoch_seconds"] = time.time() - t_epoch
+        self.writer.write(epoch=epoch, step=progress.global_step, scalars=scalars)
+        logging.info(
+            "epoch %d (%d members): train loss %.5f | test acc %.4f +- %.4f (%s)%s",
+            epoch,
+            len(ms),
+            scalars["train/epoch_loss"],
+            scalars["test/accuracy"],
+            scalars["test/accuracy/std"],
+            " ".join(f"{a:.4f}" for a in test["accuracy"]),
+            f" | val acc {scalars['val/accuracy']:.4f}" if val is not None else "",
+        )
+        progress.epoch, progress.step_in_epoch = epoch + 1, 0
+        for p in ms:
+            p.epoch_acc = Accumulator()
+        self.save(state, progress, best=improved)
+
+
+def aggregate(name: str, values) -> dict[str, float]:
+    """``{name: mean, name/std: std (ddof 1), name/m<i>: member i}`` of k > 1 members' values."""
+    values = [float(v) for v in values]
+    out = {name: float(np.mean(values)), f"{name}/std": _std(values)}
+    out.update({f"{name}/m{i}": v for i, v in enumerate(values)})
+    return out
+
+
+def _std(values) -> float:
+    """The sample standard deviation (ddof 1; 0 for one value)."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def _member_batches(sources, epoch: int, start: int, mesh):
+    """Per-member data: each member's batch of the step, stacked on a member axis."""
+    iterators = [s.batches(epoch=epoch, start=start) for s in sources]
+    try:
+        yield from member_steps.stacked_batches(iterators, mesh)
+    finally:
+        for it in iterators:
+            it.close()
+
+
+def _members_summary(summary: dict, run: _Epochs, progress: Progress, state) -> dict:
+    """A k-member run's summary: each member's records and the mean +- std over members.
+
+    The run-level ``best_test_accuracy`` / ``best_test_epoch`` (and B's) are those of the members'
+    MEAN accuracy curve (the best checkpoint's epoch); ``accuracy_A`` (and ``accuracy_B``) are
+    the mean and std (ddof 1) of each member's own accuracy-A (B) at its own best epoch.
+    """
+    protocol = summary["protocol"]
+    taus = [_taus(m) for m in run._member_models(state)]
+    members = []
+    for spec, p, tau in zip(run.members, progress.members, taus, strict=True):
+        record = {
+            "seed": spec.seed,
+            "data_seed": spec.data_seed,
+            "values": dict(spec.values),
+            "best_test_accuracy": p.best_test_accuracy,
+            "best_test_epoch": p.best_test_epoch,
+            "final_test_accuracy": p.last_test_accuracy,
+        }
+        if protocol == "B":
+            record.update(
+                test_at_best_val=p.test_at_best_val,
+                best_val_accuracy=p.best_val_accuracy,
+                best_val_epoch=p.best_val_epoch,
+            )
+        record["tau"] = tau
+        members.append(record)
+    out = dict(summary)
+    out.pop("tau")
+    tail = {k: out.pop(k) for k in ("wall_seconds", "train_samples_per_sec", "compilations")}
+    workdir = out.pop("workdir")
+    out["num_seeds"] = len(members)
+    out["final_test_accuracy_std"] = _std([m["final_test_accuracy"] for m in members])
+
+    def stats(key):
+        values = [m[key] for m in members]
+        return {"mean": float(np.mean(values)), "std": _std(values), "per_member": values}
+
+    out["accuracy_A"] = stats("best_test_accuracy")
+    if protocol == "B":
+        out["accuracy_B"] = stats("test_at_best_val")
+    out["members"] = members
+    out["tau"] = {k: float(np.mean([t[k] for t in taus])) for k in (taus[0] if taus else {})}
+    out["tau_std"] = {k: _std([t[k] for t in taus]) for k in (taus[0] if taus else {})}
+    out.update(tail)
+    out["seed_samples_per_sec"] = out["train_samples_per_sec"] * len(members)
+    out["workdir"] = workdir
+    return out
+
 
 def _taus(model) -> dict[str, float]:
     """The learnable (PLIF) taus: what ``tau/<layer>`` and the summary's ``tau`` report."""
@@ -357,12 +590,55 @@ def _summary(config, progress: Progress, steps: Steps, state, status, wall, work
             best_val_accuracy=p.best_val_accuracy,
             best_val_epoch=p.best_val_epoch,
         )
-    out["tau"] = _taus(steps.model(state))
+    out["tau"] = _taus(steps.model(state)) if not p.members else {}  # members: their mean
     out["wall_seconds"] = wall
     out["train_samples_per_sec"] = p.train_samples / max(p.train_seconds, 1e-9)
     out["compilations"] = dict(steps.traces)
     out["workdir"] = workdir
     return out
+
+
+def _members_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The per-member and mean +- std lines of a k-member run's printed summary."""
+    k, protocol = summary["num_seeds"], summary["protocol"]
+    lines = [f"{k} members ({summary['seed_samples_per_sec']:.1f} seed-samples/s):"]
+    for i, m in enumerate(summary["members"]):
+        values = "".join(f", {f} {v:g}" for f, v in m["values"].items())
+        if m["best_test_epoch"] < 0:
+            lines.append(f"  member {i} (seed {m['seed']}{values}): no epoch completed yet")
+            continue
+        text = (
+            f"  member {i} (seed {m['seed']}{values}): accuracy-A "
+            f"{100 * m['best_test_accuracy']:.2f}% at epoch {m['best_test_epoch']}"
+        )
+        if protocol == "B" and m["best_val_epoch"] >= 0:
+            text += (
+                f", accuracy-B {100 * m['test_at_best_val']:.2f}% at epoch {m['best_val_epoch']}"
+            )
+        text += f"; final {100 * m['final_test_accuracy']:.2f}%"
+        if m["tau"]:
+            text += "; tau " + " ".join(f"{n} {v:.3f}" for n, v in m["tau"].items())
+        lines.append(text)
+    for key, label in (("accuracy_A", "accuracy-A (best test)"),
+                       ("accuracy_B", "accuracy-B (test at best val)")):  # fmt: skip
+        if key in summary and summary["best_test_epoch"] >= 0:
+            st = summary[key]
+            lines.append(
+                f"{label}, mean +- std over {k} members: {100 * st['mean']:.2f} +- "
+                f"{100 * st['std']:.2f}%"
+            )
+    if summary["best_test_epoch"] >= 0:
+        lines.append(
+            f"members' mean test accuracy: best {100 * summary['best_test_accuracy']:.2f}% at "
+            f"epoch {summary['best_test_epoch']} (the best checkpoint); final "
+            f"{100 * summary['final_test_accuracy']:.2f}%"
+        )
+    if summary["tau"]:
+        taus = ", ".join(
+            f"{n} {v:.3f} +- {summary['tau_std'][n]:.3f}" for n, v in summary["tau"].items()
+        )
+        lines.append(f"tau per PLIF layer, mean +- std: {taus}")
+    return lines
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
@@ -385,7 +661,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             f"accuracy-B (test at best val): {100 * summary['test_at_best_val']:.2f}% at epoch "
             f"{summary['best_val_epoch']} (val {100 * summary['best_val_accuracy']:.2f}%)"
         )
-    if summary["tau"]:
+    if summary.get("members"):
+        lines[1:] = _members_lines(summary)
+    elif summary["tau"]:
         taus = ", ".join(f"{k} {v:.3f}" for k, v in summary["tau"].items())
         lines.append(f"tau per PLIF layer: {taus}")
     lines.append(f"summary: {os.path.join(summary['workdir'], 'summary.json')}")
