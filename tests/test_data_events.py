@@ -141,7 +141,7 @@ def test_empty_sample_gives_zero_frames(tmp_path):
 
 def test_missing_event_data_names_the_location_and_how_to_get_it(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
-        get_datasets(event_config(tmp_path, "nmnist"))
+        get_datasets(event_config(tmp_path, "nmnist", T=10))
     msg = str(err.value)
     assert str(tmp_path / "raw" / "NMNIST") in msg
     assert "tonic.datasets.NMNIST(save_to=" in msg

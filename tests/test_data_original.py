@@ -190,10 +190,10 @@ def test_dvsgesture_first_78_trials_is_the_paper_runs_training_set(tmp_path):
     )
     with pytest.raises(ConfigError, match="dvsgesture_train='first_78_trials'.*source=original"):
         get_datasets(
-            config(tmp_path, "dvsgesture", source="tonic", dvsgesture_train="first_78_trials")
+            config(tmp_path, "dvsgesture", T=1, source="tonic", dvsgesture_train="first_78_trials")
         )
     with pytest.raises(ConfigError, match="Unknown config.data.dvsgesture_train 'paper'"):
-        get_datasets(config(tmp_path, "dvsgesture", dvsgesture_train="paper"))
+        get_datasets(config(tmp_path, "dvsgesture", T=1, dvsgesture_train="paper"))
 
 
 def test_dvsgesture_original_and_tonic_copy_give_the_same_frames(tmp_path, tonic_few_files, caplog):

@@ -57,6 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from plif_jax.config import DATASETS, PROTOCOLS, STATIC_DATASETS
 from plif_jax.data import digits as digits_lib
 from plif_jax.data import events as events_lib
 from plif_jax.data import original as original_lib
@@ -79,10 +80,7 @@ __all__ = [
     "SPLIT_BY",
 ]
 
-STATIC_DATASETS = ("mnist", "fashion_mnist", "cifar10", "digits_static")
-EVENT_DATASETS = ("nmnist", "cifar10dvs", "dvsgesture", "digits_events")
-DATASETS = STATIC_DATASETS + EVENT_DATASETS
-PROTOCOLS = ("A", "B")
+EVENT_DATASETS = tuple(d for d in DATASETS if d not in STATIC_DATASETS)
 DEFAULT_CACHE_DIR = "~/.cache/plif_jax/frames"
 DEFAULT_EVENTS_ROOT = "~/event_data"
 # Which paper network each dataset feeds.
@@ -158,6 +156,48 @@ def get_datasets(config: Any) -> DataBundle:
         valid values), T <= 0, or a batch size larger than the training split.
       FileNotFoundError: the raw data is missing (the message says where and how to get it).
     """
+    name, protocol, opts = _read_options(config)
+    loaded = _load_splits(name, opts)
+    common = dict(prefetch=opts["prefetch"], sample_shape=loaded.sample_shape, dtype=loaded.dtype)
+    fetch_train, tr_y = loaded.fetch_train, loaded.train_labels
+    val = None
+    if protocol == "B":
+        tr_idx, va_idx = accuracy_b_split(tr_y, opts["val_ratio"])
+        val = BatchSource(
+            name=f"{name}/val", labels=tr_y[va_idx], fetch=_subset_fetch(fetch_train, va_idx),
+            batch_size=opts["eval_batch_size"], train=False, **common,
+        )  # fmt: skip
+        fetch_train, tr_y = _subset_fetch(fetch_train, tr_idx), tr_y[tr_idx]
+    train = BatchSource(
+        name=f"{name}/train", labels=tr_y, fetch=fetch_train, batch_size=opts["batch_size"],
+        train=True, seed=opts["seed"], **common,
+    )  # fmt: skip
+    test = BatchSource(
+        name=f"{name}/test", labels=loaded.test_labels, fetch=loaded.fetch_test,
+        batch_size=opts["eval_batch_size"], train=False, **common,
+    )  # fmt: skip
+    info = DatasetInfo(
+        name=name,
+        kind=loaded.kind,
+        num_classes=loaded.num_classes,
+        sample_shape=loaded.sample_shape,
+        time_steps=loaded.time_steps,
+        num_train=len(train),
+        num_val=len(val) if val is not None else 0,
+        num_test=len(test),
+        model_name=MODEL_NAME[name],
+        input_layout=loaded.layout,
+    )
+    if loaded.kind == "events":
+        logging.info(
+            "%s: source %s; %d train / %d val / %d test samples.",
+            name, loaded.source, info.num_train, info.num_val, info.num_test,
+        )  # fmt: skip
+    return DataBundle(train=train, val=val, test=test, info=info, preprocess=loaded.preprocess)
+
+
+def _read_options(config: Any) -> tuple[str, str, dict[str, Any]]:
+    """``(dataset, protocol, options)`` from a config, checked."""
     name = _get(config, "dataset", None)
     if name not in DATASETS:
         raise ConfigError(f"Unknown dataset {name!r}; valid values: {list(DATASETS)}.")
@@ -167,10 +207,11 @@ def get_datasets(config: Any) -> DataBundle:
     batch_size = _get(config, "batch_size", None)
     if batch_size is None:
         raise ConfigError("config.batch_size is required (the paper uses 16).")
-    eval_batch_size = _get(config, "eval_batch_size", batch_size)
-    seed = int(_get(config, "seed", 0))
     data = _get(config, "data", None)
     opts = dict(
+        batch_size=batch_size,
+        eval_batch_size=_get(config, "eval_batch_size", batch_size),
+        seed=int(_get(config, "seed", 0)),
         root=_get(data, "root", None),
         cache_dir=_get(data, "cache_dir", DEFAULT_CACHE_DIR),
         T=_get(data, "T", None),
@@ -190,81 +231,50 @@ def get_datasets(config: Any) -> DataBundle:
             f"Unknown config.data.source {opts['source']!r}; choose one of "
             f"{', '.join(map(repr, original_lib.SOURCES))} (e.g. --config.data.source=original)."
         )
-    # config.data.T is the one owner of the number of time steps (plif_jax.config checks it).
-    check_frame_settings(opts["T"], opts["split_by"], opts["normalization"])
+    # config.data.T is the one owner of the number of time steps; static images have no frames.
+    static_without_T = name in STATIC_DATASETS and opts["T"] is None
+    check_frame_settings(
+        1 if static_without_T else opts["T"], opts["split_by"], opts["normalization"]
+    )
+    return name, protocol, opts
 
+
+@dataclasses.dataclass(frozen=True)
+class _Splits:
+    """What one dataset provides: the fetch functions and labels of both splits, and its shape."""
+
+    fetch_train: Callable[[np.ndarray], np.ndarray]
+    train_labels: np.ndarray
+    fetch_test: Callable[[np.ndarray], np.ndarray]
+    test_labels: np.ndarray
+    sample_shape: tuple[int, ...]
+    time_steps: int | None
+    num_classes: int
+    preprocess: Callable[..., jax.Array]
+    dtype: Any
+    kind: str
+    layout: str
+    source: str | None = None
+
+
+def _load_splits(name: str, opts: dict[str, Any]) -> _Splits:
     if name in STATIC_DATASETS:
         (tr_x, tr_y), (te_x, te_y) = _load_static(name, opts["root"])
-        fetch_train = _array_fetch(tr_x)
-        fetch_test = _array_fetch(te_x)
-        sample_shape, time_steps = tuple(tr_x.shape[1:]), None
-        num_classes = 10
         norm_name = "mnist" if name == "digits_static" else name
         preprocess = static_lib.make_preprocess(
             norm_name, interpolation=opts["affine_interpolation"]
         )
-        dtype, kind, layout = np.uint8, "static", "NHWC"
-    else:
-        T = int(opts["T"])
-        (tr_store, tr_y), (te_store, te_y), sensor, source = _prepare_events(name, T, opts)
-        fetch_train, fetch_test = tr_store.load_many, te_store.load_many
-        sample_shape, time_steps = (T, 2, sensor[1], sensor[0]), T
-        num_classes = 10 if name != "dvsgesture" else 11
-        preprocess = events_preprocess
-        dtype, kind, layout = np.float32, "events", "TBCHW"
-
-    common = dict(prefetch=opts["prefetch"], sample_shape=sample_shape, dtype=dtype)
-    val = None
-    if protocol == "B":
-        tr_idx, va_idx = accuracy_b_split(tr_y, opts["val_ratio"])
-        val = BatchSource(
-            name=f"{name}/val",
-            labels=tr_y[va_idx],
-            fetch=_subset_fetch(fetch_train, va_idx),
-            batch_size=eval_batch_size,
-            train=False,
-            **common,
-        )
-        fetch_train, tr_y = _subset_fetch(fetch_train, tr_idx), tr_y[tr_idx]
-    train = BatchSource(
-        name=f"{name}/train",
-        labels=tr_y,
-        fetch=fetch_train,
-        batch_size=batch_size,
-        train=True,
-        seed=seed,
-        **common,
-    )
-    test = BatchSource(
-        name=f"{name}/test",
-        labels=te_y,
-        fetch=fetch_test,
-        batch_size=eval_batch_size,
-        train=False,
-        **common,
-    )
-    info = DatasetInfo(
-        name=name,
-        kind=kind,
-        num_classes=num_classes,
-        sample_shape=sample_shape,
-        time_steps=time_steps,
-        num_train=len(train),
-        num_val=len(val) if val is not None else 0,
-        num_test=len(test),
-        model_name=MODEL_NAME[name],
-        input_layout=layout,
-    )
-    if kind == "events":
-        logging.info(
-            "%s: source %s; %d train / %d val / %d test samples.",
-            name,
-            source,
-            info.num_train,
-            info.num_val,
-            info.num_test,
-        )
-    return DataBundle(train=train, val=val, test=test, info=info, preprocess=preprocess)
+        return _Splits(
+            _array_fetch(tr_x), tr_y, _array_fetch(te_x), te_y, tuple(tr_x.shape[1:]), None,
+            10, preprocess, np.uint8, "static", "NHWC",
+        )  # fmt: skip
+    T = int(opts["T"])
+    (tr_store, tr_y), (te_store, te_y), sensor, source = _prepare_events(name, T, opts)
+    return _Splits(
+        tr_store.load_many, tr_y, te_store.load_many, te_y, (T, 2, sensor[1], sensor[0]), T,
+        10 if name != "dvsgesture" else 11, events_preprocess, np.float32, "events", "TBCHW",
+        source,
+    )  # fmt: skip
 
 
 def _normalization(value: Any) -> str | None:
