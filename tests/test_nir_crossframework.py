@@ -1,4 +1,4 @@
-"""Cross-framework NIR check (issue 13): plif_jax's graphs in snnTorch 1.0.0, snnTorch's in plif_jax.
+"""Cross-framework NIR check (issue 13): plif_jax graphs in snnTorch 1.0.0 and the reverse.
 
 snnTorch's importer (``snntorch.import_nir.import_from_nir``, nirtorch 2.6 underneath) maps NIR
 ``LIF`` to ``snn.Leaky`` with a hard-coded ``dt = 1e-4``: ``beta = 1 - dt/tau``, reset to zero in
@@ -122,7 +122,11 @@ def run_torch(module, seq: np.ndarray, dtype=torch.float32):
     try:
         with torch.no_grad():
             for t in range(seq.shape[0]):
-                out, state = module(torch.from_numpy(seq[t]).to(dtype), state)
+                x = torch.from_numpy(seq[t]).to(dtype)
+                if isinstance(module, torch.nn.Sequential):  # snnTorch's own network
+                    out = module(x)
+                else:  # a nirtorch GraphModule: (output, state)
+                    out, state = module(x, state)
                 outs.append(out.numpy())
     finally:
         for h in hooks:
@@ -133,7 +137,7 @@ def run_torch(module, seq: np.ndarray, dtype=torch.float32):
 @pytest.fixture(scope="module")
 def forward_runs():
     """{name: (model, graph, seq, plif_jax (counts, traces), snnTorch (out, spikes))}."""
-    traced = models.run_with_traces
+    traced = nnx.jit(models.run_with_traces)
     out = {}
     for name, build in FORWARD.items():
         model = build()
@@ -155,6 +159,8 @@ def test_snntorch_imports_the_exported_net(forward_runs, name):
         ours = np.asarray(trace.spikes)
         theirs = nhwc(t_spikes[layer])
         assert 0.0 < ours.mean() < 1.0, (layer, ours.mean())  # every layer fires, none saturates
+        # snnTorch fires at U > thr, plif_jax at H >= 1: no membrane exactly at the threshold.
+        assert int(np.sum(np.asarray(trace.h) == 1.0)) == 0, layer
         differ = ours != theirs
         diffs[layer] = int(differ.sum())
         if first is None and differ.any():
@@ -172,3 +178,114 @@ def test_snntorch_imports_the_exported_net(forward_runs, name):
     if not any(diffs.values()):  # the common case: the vote of identical spikes
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
     print(f"{name}: differing spikes per layer {diffs} of {total}")
+
+
+def snntorch_node_map():
+    """snnTorch 1.0.0's own NIR -> module mapping, as ``import_from_nir`` passes it to nirtorch."""
+    to_module = lambda n: import_nir._nir_to_snntorch_module(n, init_hidden=True)
+    kinds = (nir.Affine, nir.Linear, nir.Conv2d, nir.Flatten, nir.AvgPool2d, nir.IF, nir.LIF)
+    return {kind: to_module for kind in kinds}
+
+
+def test_flatten_start_dim_zero_flattens_the_batch_in_snntorch(forward_runs):
+    """NIR's Flatten(start_dim=0) over (C, H, W) becomes torch.nn.Flatten(0, -1) on [B, C, H, W]:
+    the batch is flattened into the features and the first Linear refuses the shape. One sample
+    without the batch axis runs, and equals the -3 export."""
+    model, _, seq, _, (t_out, _) = forward_runs["fashion_mnist"]
+    module = quiet(import_nir.import_from_nir, nir_graph.export(model, dt=DT))
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        run_torch(module, seq)
+    one, _ = run_torch(module, np.ascontiguousarray(seq[:, 0]))
+    np.testing.assert_array_equal(one, t_out[:, 0])
+
+
+@pytest.mark.parametrize("name", MAX_POOLING)
+def test_max_pooling_nets_do_not_import(name):
+    """snnTorch 1.0.0 maps no NIR Threshold (nirtorch's default map has SumPool2d, as LPPool2d
+    with norm 1, but no Threshold): the max-pooling nets fail to import."""
+    graph = nir_graph.export(make(name), dt=DT, flatten_start_dim=-3)
+    kinds = {type(n).__name__ for n in graph.nodes.values()}
+    assert {"SumPool2d", "Threshold"} <= kinds
+    with pytest.raises(ValueError, match="Unknown node type .*Threshold"):
+        quiet(import_nir.import_from_nir, graph)
+
+
+class _Threshold(torch.nn.Module):
+    """NIR Threshold: a spike where the input exceeds the threshold (what snnTorch lacks)."""
+
+    def __init__(self, node):
+        super().__init__()
+        self.register_buffer("threshold", torch.as_tensor(np.asarray(node.threshold)))
+
+    def forward(self, x):
+        return (x > self.threshold).to(x.dtype)
+
+
+def test_max_pooling_net_with_a_threshold_module_added():
+    """snnTorch's mapping plus the one node it lacks (Threshold; SumPool2d from nirtorch's
+    defaults): the max-pooling MNIST net then spikes like plif_jax in every layer."""
+    model = make("mnist", gains=[1.0, 1.0, 2.5, 1.8])  # every layer fires on these inputs
+    graph = nir_graph.export(model, dt=DT, flatten_start_dim=-3)
+    node_map = {**snntorch_node_map(), nir.Threshold: _Threshold}
+    module = quiet(nirtorch.nir_to_torch, graph, node_map)
+    seq = sequence(model)
+    counts, traces = nnx.jit(models.run_with_traces)(model, model_input(model, seq))
+    t_out, t_spikes = run_torch(module, seq)
+    for layer, trace in traces.items():
+        ours = np.asarray(trace.spikes)
+        assert 0.0 < ours.mean() < 1.0, layer
+        np.testing.assert_array_equal(ours, nhwc(t_spikes[layer]), err_msg=layer)
+    np.testing.assert_allclose(t_out.sum(0), np.asarray(counts), rtol=0, atol=1e-5)
+
+
+# --- the reverse: a conv SNN built and exported by snnTorch, run by plif_jax ------------------
+def snntorch_conv_snn(seed: int = 0):
+    """Conv2d(2->4, 3x3, pad 1) -> Leaky -> AvgPool2d(2) -> Flatten -> Linear(64->10) -> Leaky on
+    2x8x8 frames. Reset to zero (NIR's LIF; snnTorch's default, subtraction, is not what its
+    exporter writes: it records v_reset = 0 and no mechanism). beta and threshold as arrays of
+    the layer's shape: snnTorch's exporter writes their shapes into the LIF node, and NIR's
+    type inference needs them to match the layer."""
+    torch.manual_seed(seed)
+    shape1, shape2 = (4, 8, 8), (10,)
+    beta1 = torch.empty(shape1).uniform_(0.5, 0.95)  # per-neuron decay rates
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(2, 4, 3, padding=1),
+        snn.Leaky(beta=beta1, threshold=torch.ones(shape1), init_hidden=True,
+                  reset_mechanism="zero"),
+        torch.nn.AvgPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(64, 10),
+        snn.Leaky(beta=torch.full(shape2, 0.7), threshold=torch.ones(shape2), init_hidden=True,
+                  reset_mechanism="zero"),
+    )  # fmt: skip
+    with torch.no_grad():
+        net[0].weight.mul_(3.0)
+        net[0].bias.add_(0.2)
+        net[4].weight.mul_(6.0)
+    return net
+
+
+@pytest.mark.filterwarnings("ignore:nirtorch.extract_nir_graph is being deprecated")
+def test_snntorch_exported_conv_snn_runs_in_plif_jax(tmp_path):
+    net = snntorch_conv_snn()
+    rng = np.random.default_rng(3)
+    seq = (rng.uniform(size=(8, BATCH, 2, 8, 8)) < 0.4).astype(np.float32)
+    graph = quiet(export_nir.export_to_nir, net, torch.from_numpy(seq[0]), ignore_dims=[0])
+    kinds = [type(graph.nodes[k]).__name__ for k in ("0", "1", "2", "3", "4", "5")]
+    assert kinds == ["Conv2d", "LIF", "AvgPool2d", "Flatten", "Affine", "LIF"]
+    lif = graph.nodes["1"]
+    # snnTorch's convention: tau = dt / (1 - beta), r = tau / dt (so dt r / tau = 1).
+    np.testing.assert_allclose(lif.tau, DT / (1 - net[1].beta.numpy()), rtol=1e-5)
+    path = tmp_path / "snntorch.nir"
+    nir.write(path, graph)
+    runner = nir_graph.import_graph(nir.read(path), dt=DT)
+    assert isinstance(runner, nir_graph.NIRNetwork) and runner.threshold_rule == ">"
+
+    want_out, want = run_torch(net, seq)
+    out, spikes = runner.run(seq, record=True)
+    assert sorted(spikes) == sorted(want) == ["1", "5"]
+    for layer in want:
+        got = np.asarray(spikes[layer])
+        assert 0.0 < got.mean() < 1.0, (layer, got.mean())
+        np.testing.assert_array_equal(got, want[layer], err_msg=layer)
+    np.testing.assert_array_equal(np.asarray(out), want_out)
