@@ -18,6 +18,11 @@ Suites:
   and with rematerialisation (``remat_chunk`` in 1, 2, 4, 5, 10: peak, temp, step time, ratios
   to the default); a ``jax.checkpoint`` probe; growth with T and batch (N-MNIST).
 * ``variants`` (not in the default set): the neuron scan's unroll factor; bf16 compute.
+* ``seeds`` (not in the default set): k = 1, 2, 4, 8 members in one compiled train step
+  (``--config.num_seeds``; both layouts, ``vmap`` and ``loop``) against k sequential runs, as
+  seed-samples/s, on the quick-start network (``--seeds-nets quickstart,nmnist`` adds N-MNIST at
+  paper width, batch 4). One command: ``python -m experiments.benchmark --suite seeds
+  --xla-flags=--xla_cpu_experimental_ynn_fusion_type=dot,reduce``.
 
 Timing: compilation is excluded and reported separately (``compile_s``), one warm-up call, then
 the median of ``--repeats`` calls, each ending in ``block_until_ready``; torch uses every core
@@ -35,7 +40,7 @@ import sys
 import time
 from typing import Any
 
-SUITES = ("neuron", "networks", "roofline", "memory", "variants")
+SUITES = ("neuron", "networks", "roofline", "memory", "variants", "seeds")
 DEFAULT_SUITES = ("neuron", "networks", "roofline", "memory")
 ALLOCATORS = {
     "system": None,
@@ -81,6 +86,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--networks", default=None, help="comma list of networks (default: all six)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats (median)")
     p.add_argument("--no-sj", action="store_true", help="skip the SpikingJelly side")
+    p.add_argument("--seeds-ks", default="1,2,4,8", help="seeds suite: member counts k")
+    p.add_argument("--seeds-layouts", default="vmap,loop", help="seeds suite: vmap and/or loop")
+    p.add_argument("--seeds-nets", default="quickstart", help="seeds suite: quickstart,nmnist")
     p.add_argument(
         "--impl",
         default="fast",
@@ -361,6 +369,22 @@ def run_variants(args) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Output
 # ---------------------------------------------------------------------------------------------
+def run_seeds(args) -> list[dict[str, Any]]:
+    from benchmarks import seeds
+
+    ks = [int(k) for k in args.seeds_ks.split(",") if k.strip()]
+    layouts = [lay.strip() for lay in args.seeds_layouts.split(",") if lay.strip()]
+    rows = []
+    for net in [n.strip() for n in args.seeds_nets.split(",") if n.strip()]:
+        row = seeds.seeds_workload(
+            net, ks=ks, layouts=layouts, repeats=args.repeats or 5, quick=args.quick
+        )
+        for line in seeds.format_rows(row):
+            _log(line)
+        rows.append(row)
+    return rows
+
+
 def _fmt_s(s: float | None) -> str:
     return "-" if s is None else (f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s")
 
@@ -506,6 +530,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result["memory"] = run_memory(args, cache)
         if "variants" in args.suites:
             result["variants"] = run_variants(args)
+        if "seeds" in args.suites:
+            result["seeds"] = run_seeds(args)
     result["rss_peak_mib"] = timing.peak_rss_mib()
     result["total_s"] = time.perf_counter() - t_start
     result["load_average_end"] = list(os.getloadavg())

@@ -90,10 +90,11 @@ class Progress:
             checkpoint of another plif_jax version).
         """
         names = {f.name for f in dataclasses.fields(cls)}
-        if set(meta) | {"members"} != names:
+        given = set(meta) | {"members"}  # absent in a one-member run's record
+        if given != names:
             raise IncompatibleRunError(
                 f"The checkpoint's progress record has other fields than this code's (missing "
-                f"{sorted(names - set(meta))}, unknown {sorted(set(meta) - names)}): it was "
+                f"{sorted(names - given)}, unknown {sorted(given - names)}): it was "
                 "written by another plif_jax version. Use a new --workdir, or that version."
             )
         values = dict(meta)
