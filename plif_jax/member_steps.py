@@ -150,7 +150,7 @@ def evaluate_members(
     batches: Iterable[Mapping[str, Any]],
     mesh: jax.sharding.Mesh,
 ) -> dict[str, Any]:
-    """Per-member accuracy and loss over the batches: ``{'accuracy': [k], 'loss': [k], 'count'}``."""
+    """Per-member accuracy and loss: ``{'accuracy': [k], 'loss': [k], 'count'}``."""
     results = [eval_fn(state.params, state.rest, to_device(batch, mesh)) for batch in batches]
     results = jax.device_get(results)
     correct = np.sum([np.asarray(r["correct"], np.int64) for r in results], axis=0)
