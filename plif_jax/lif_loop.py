@@ -1,0 +1,123 @@
+"""The LIF time loop's fast path: :func:`lif_loop` with a hand-written backward (custom_vjp).
+
+XLA:CPU runs a `lax.scan` body as separate kernels (one per output: the carry and each stacked
+output recompute the step), each reading and writing through the loop state. The formulation
+below keeps ONE buffer in the loop: the forward loop reads H[t-1] and X[t] and writes H[t] into
+the same [T, ...] buffer in place (one fused kernel per step, minimal traffic); the spikes
+S = H >= V_th are then computed by one vectorised (multi-threaded) kernel, and V[t] is a function
+of H[t]. The backward loop likewise carries only dL/dH in a [T, ...] buffer; the gradients of
+k and alpha and dL/dX = k dL/dH are vectorised reductions/maps outside the loop. Forward
+numerics are those of `lif_step` exactly: the same H formula and comparison, and
+where(S, V_reset, H) equals H * (1 - S) + V_reset * S for S in {0, 1}.
+
+Backward (t = T-1 .. 0; dL/dV[T-1] = the cotangent of v_final; S_d = S when detach_reset)::
+
+  dL/dV[t]  = (1 - k) * gH[t+1]                               (t < T-1)
+  dL/dS[t] += dL/dV[t] * (V_reset - H[t])                     (only without detach_reset)
+  gH[t]     = dL/dS[t] * sg'(H[t] - V_th) + dL/dV[t] * (1 - S_d[t])
+  dL/dX[t]  = k * gH[t];   dL/dv_init = (1 - k) * gH[0]
+  dL/dk     = sum_t gH[t] * (X[t] - V[t-1] + V_reset)        (V[-1] = v_init)
+  dL/dalpha = sum_t dL/dS[t] * dsg/dalpha(H[t] - V_th)
+
+:func:`plif_jax.neurons.lif_multistep` calls it when no membrane trace is asked for.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from plif_jax import surrogate as surrogate_lib
+
+
+def _reset(h, v_threshold, v_reset):
+    """``V[t]`` from ``H[t]``: the hard reset."""
+    return jnp.where(h - v_threshold >= 0, jnp.asarray(v_reset, h.dtype), h)
+
+
+def _lif_forward_loop(x_seq, v0, decay, v_threshold, v_reset, unroll):
+    """``H[t]`` for every step, ``[T, ...]`` (the only quantity the loop has to produce)."""
+
+    def charge(v, x):
+        return v + (x - (v - v_reset)) * decay
+
+    def body(t, h_buf):
+        v = _reset(jax.lax.dynamic_index_in_dim(h_buf, t - 1, keepdims=False), v_threshold, v_reset)
+        x = jax.lax.dynamic_index_in_dim(h_buf, t, keepdims=False)
+        return jax.lax.dynamic_update_index_in_dim(h_buf, charge(v, x), t, 0)
+
+    # The buffer starts as X itself: step t reads X[t] before overwriting it with H[t], so XLA can
+    # run the loop in place in X's buffer when X is not needed afterwards.
+    h_buf = x_seq.at[0].set(charge(v0, x_seq[0]))
+    return jax.lax.fori_loop(1, x_seq.shape[0], body, h_buf, unroll=unroll)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
+def lif_loop(x_seq, v0, decay, alpha, v_threshold, v_reset, detach_reset, kind, unroll):
+    """``(spikes, v_final)`` of the LIF dynamics (``decay``, ``alpha``: x_seq-dtype scalars)."""
+    args = (x_seq, v0, decay, alpha, v_threshold, v_reset, detach_reset, kind, unroll)
+    return _lif_loop_fwd(*args)[0]
+
+
+def _lif_loop_fwd(x_seq, v0, decay, alpha, v_threshold, v_reset, detach_reset, kind, unroll):
+    del detach_reset, kind  # the forward only needs the dynamics
+    h = _lif_forward_loop(x_seq, v0, decay, v_threshold, v_reset, unroll)
+    out = ((h - v_threshold >= 0).astype(x_seq.dtype), _reset(h[-1], v_threshold, v_reset))
+    # X is not kept: the backward needs X[t] - V[t-1] + V_reset only, which is (H[t] - V[t-1]) / k.
+    return out, (v0, h, decay, alpha)
+
+
+def _lif_loop_bwd(v_threshold, v_reset, detach_reset, kind, unroll, res, cotangents):
+    v0, h_seq, decay, alpha = res
+    gs_seq, gv_final = cotangents
+    partials = surrogate_lib._PARTIALS[kind]
+    one_minus_k = 1.0 - decay
+    acc_dtype = jnp.promote_types(h_seq.dtype, jnp.float32)
+    T = h_seq.shape[0]
+
+    def grad_h(gs, h, gv):
+        z = h - v_threshold
+        fire = z >= 0
+        if not detach_reset:
+            gs = gs + gv * (v_reset - h)
+        return gs * partials(z, alpha)[0] + jnp.where(fire, jnp.zeros_like(gv), gv)
+
+    def body(i, gh_buf):
+        t = T - 2 - i  # t = T-2 .. 0
+        gh_next = jax.lax.dynamic_index_in_dim(gh_buf, t + 1, keepdims=False)
+        gs = jax.lax.dynamic_index_in_dim(gh_buf, t, keepdims=False)  # still dL/dS[t]
+        h = jax.lax.dynamic_index_in_dim(h_seq, t, keepdims=False)
+        return jax.lax.dynamic_update_index_in_dim(
+            gh_buf, grad_h(gs, h, one_minus_k * gh_next), t, 0
+        )
+
+    gh_last = grad_h(gs_seq[-1], h_seq[-1], gv_final.astype(h_seq.dtype))
+    # The buffer starts as dL/dS (in place when the cotangent is dead afterwards): step t reads
+    # dL/dS[t] before overwriting it with gH[t].
+    gh = gs_seq.at[-1].set(gh_last)
+    gh = jax.lax.fori_loop(0, T - 1, body, gh, unroll=unroll)
+
+    # Everything below is vectorised over time (outside the loop).
+    v_prev = jnp.concatenate([v0[None], _reset(h_seq[:-1], v_threshold, v_reset)])
+    # dL/dk = sum gH[t] (X[t] - V[t-1] + V_reset) = sum gH[t] (H[t] - V[t-1]) / k.
+    g_decay = jnp.sum((gh * (h_seq - v_prev)).astype(acc_dtype), dtype=acc_dtype) / decay.astype(
+        acc_dtype
+    )
+    gs_eff = gs_seq
+    if not detach_reset:
+        gv_seq = jnp.concatenate([one_minus_k * gh[1:], gv_final[None].astype(h_seq.dtype)])
+        gs_eff = gs_seq + gv_seq * (v_reset - h_seq)
+    g_alpha = jnp.sum(
+        (gs_eff * partials(h_seq - v_threshold, alpha)[1]).astype(acc_dtype), dtype=acc_dtype
+    )
+    return (
+        gh * decay,
+        (one_minus_k * gh[0]).astype(v0.dtype),
+        g_decay.astype(decay.dtype),
+        g_alpha.astype(alpha.dtype),
+    )
+
+
+lif_loop.defvjp(_lif_loop_fwd, _lif_loop_bwd)
