@@ -86,7 +86,7 @@ CASES = {
     ),
     "remat_chunk not dividing T": Case(
         (*QUICK, "--config.model.remat_chunk=3", "--workdir={fresh}"),
-        ("remat_chunk=3 does not divide config.data.T=8", "(1, 2, 4, 8)"),
+        ("remat_chunk=3 does not divide config.data.T=8", "[1, 2, 4, 8]"),
     ),
     "negative learning rate": Case(
         (*QUICK, "--config.optim.lr=-0.001", "--workdir={fresh}"),
