@@ -49,9 +49,9 @@ def get_config() -> ml_collections.ConfigDict:
     # 'shared': every member trains on the same batches (config.seed's order and augmentation);
     # 'per_member': member i shuffles and augments with its own seed.
     config.members.data_order = "shared"
-    # How the k member steps are compiled: 'vmap' (one batched program) or 'loop' (k copies of the
-    # step in one jitted function). Same results up to float rounding; BENCHMARKS.md, seeds.
-    config.members.layout = "vmap"
+    # How the k member steps are compiled: 'loop' (k copies of the step in one jitted function)
+    # or 'vmap' (one batched program: grouped convolutions, slower on XLA:CPU; README).
+    config.members.layout = "loop"
 
     # --- Checkpoints (Orbax, <workdir>/checkpoints) ----------------------------------------------
     config.checkpoint = ml_collections.ConfigDict()

@@ -168,7 +168,7 @@ def members(config: Any) -> list[Member]:
             f"config.members.data_order must be one of {', '.join(map(repr, DATA_ORDERS))}, "
             f"got {order!r}."
         )
-    layout = section.get("layout", "vmap")
+    layout = section.get("layout", "loop")
     if layout not in LAYOUTS:
         raise ConfigError(
             f"config.members.layout must be one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}."
@@ -206,7 +206,7 @@ def member_config(config: ml_collections.ConfigDict, member: Member) -> ml_colle
 
 
 def layout(config: Any) -> str:
-    return _members_section(config).get("layout", "vmap")
+    return _members_section(config).get("layout", "loop")
 
 
 def data_order(config: Any) -> str:

@@ -181,3 +181,38 @@ def test_one_member_config_is_unchanged_and_resume_checks_members():
     assert config_lib.resume_conflicts(saved, json.loads(c.to_json())) == []
     diffs = config_lib.resume_conflicts(json.loads(c.to_json()), json.loads(k2_config().to_json()))
     assert "num_seeds: 1 -> 2" in diffs
+
+
+def test_vmap_and_loop_layouts_give_the_same_step():
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from plif_jax import member_steps, models, parallel, steps
+
+    opts = dict(T=2, input_layout="NHWC", channels=2, hidden=8, input_size=28, in_channels=1)
+    built = [models.create_model("mnist", rngs=nnx.Rngs(params=s, dropout=s + 1), **opts)
+             for s in (0, 1)]  # fmt: skip
+    tx = steps.optax.scale_by_adam()
+    rng = np.random.default_rng(0)
+    batch = {
+        "x": jnp.asarray(rng.standard_normal((4, 28, 28, 1)), jnp.float32),
+        "y": jnp.arange(4, dtype=jnp.int32),
+        "mask": jnp.ones((4,), jnp.float32),
+    }
+    out = {}
+    for layout in ("vmap", "loop"):
+        states = []
+        for m in built:
+            _, p, r = nnx.split(m, nnx.Param, ...)
+            states.append(steps.TrainState(p, r, tx.init(p)))
+        fn = member_steps.jit_member_steps(
+            built[0], k=2, tx=tx, preprocess=lambda x, train, rng: x, data_seeds=[0],
+            per_member_data=False, num_classes=10, time_steps=2,
+            mesh=parallel.create_mesh(1), layout=layout,
+        )  # fmt: skip
+        lr = jnp.asarray([1e-2, 2e-2], jnp.float32)
+        state, metrics = fn.train(member_steps.stack(states), batch, lr, jnp.int32(0), jnp.int32(0))
+        out[layout] = jax.device_get((state.params, metrics["loss"]))
+    for a, b in zip(jax.tree.leaves(out["vmap"]), jax.tree.leaves(out["loop"]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
