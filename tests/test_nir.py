@@ -248,7 +248,7 @@ def test_graph_contents_follow_the_mapping(graphs):
         "Flatten", "Linear", "LIF", "Linear", "LIF", "Linear", "Output",
     ]  # fmt: skip
     meta = graph.metadata
-    assert float(meta["dt"]) == 1.0 and nir_graph._meta_str(meta["threshold_rule"]) == ">="
+    assert float(meta["dt"]) == 1.0 and nir_graph.common._meta_str(meta["threshold_rule"]) == ">="
     assert list(np.asarray(meta["input_shape"])) == [1, 12, 12]
     sn0 = graph.nodes["sn0"]
     assert sn0.tau.shape == (4, 12, 12)  # full arrays of the layer's (C, H, W)
