@@ -21,7 +21,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 ORACLE_INSTALL = (
-    "pip install torch==2.13.0 && pip install --no-deps spikingjelly==2.0.0 loguru h5py"
+    "pip install torch==2.13.0 && pip install --no-deps spikingjelly==2.0.0 loguru h5py "
+    "snntorch==1.0.0 nirtorch==2.6"
 )
 REQUIRE_ORACLE_ENV = "PLIF_REQUIRE_ORACLE"
 

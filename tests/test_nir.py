@@ -9,7 +9,8 @@
   runs through ``NIRNetwork`` with NIR's ``>`` threshold and the folded BatchNorm: every spike of
   every layer equal to the network's, and no membrane exactly at the threshold (counted), so the
   ``>=`` / ``>`` difference changed nothing; a constructed case shows which rule each side uses.
-* Cross-framework (snnTorch's NIR importer, torch CPU): see the last tests.
+* Cross-framework (snnTorch's NIR importer and exporter, torch CPU):
+  ``tests/test_nir_crossframework.py``.
 """
 
 from __future__ import annotations
