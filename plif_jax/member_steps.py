@@ -87,9 +87,8 @@ def jit_member_steps(
     model.eval()
     graphdef_eval = nnx.graphdef(model)
     traces: collections.Counter = collections.Counter()
-    common = dict(
-        preprocess=preprocess, num_classes=num_classes, time_steps=time_steps, trace_counter=traces
-    )
+    # Traces are counted once per compiled k-member step (the loop traces the step k times).
+    common = dict(preprocess=preprocess, num_classes=num_classes, time_steps=time_steps)
     if per_member_data:
         keys = jnp.stack([jax.random.key(int(s)) for s in data_seeds])
     else:
@@ -129,13 +128,17 @@ def jit_member_steps(
     else:
         raise ValueError(f"layout must be 'vmap' or 'loop', got {layout!r}.")
 
+    def train_fn(state, batch, lr, epoch, step):
+        traces["train_step"] += 1  # runs only while tracing
+        return train_k(state, batch, lr, keys, epoch, step)
+
+    def eval_fn(params, rest, batch):
+        traces["eval_step"] += 1
+        return eval_k(params, rest, batch)
+
     replicated = parallel.replicated(mesh)
-    train = jax.jit(
-        lambda state, batch, lr, epoch, step: train_k(state, batch, lr, keys, epoch, step),
-        donate_argnums=0,
-        out_shardings=replicated,
-    )
-    evaluate_ = jax.jit(eval_k, out_shardings=replicated)
+    train = jax.jit(train_fn, donate_argnums=0, out_shardings=replicated)
+    evaluate_ = jax.jit(eval_fn, out_shardings=replicated)
     return Steps(train=train, eval=evaluate_, traces=traces, graphdef=graphdef_eval)
 
 
