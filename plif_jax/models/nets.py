@@ -85,6 +85,14 @@ class SpikingNet(nnx.Module):
         return SpikingFC(n_in, n_out, self._neuron(), dropout=rate, dtype=self.config.dtype,
                          rngs=rngs)  # fmt: skip
 
+    def _two_fc(self, n_in: int, rngs: nnx.Rngs, *, second_dropout: bool = True) -> nnx.List:
+        """``DO FC(n_in, hidden) SN [DO] FC(hidden, 10 K) SN`` (the original ``create_2fc``)."""
+        cfg = self.config
+        return nnx.List([
+            self._fc(n_in, cfg.hidden, dropout=True, rngs=rngs),
+            self._fc(cfg.hidden, cfg.num_classes * VOTE_GROUP, dropout=second_dropout, rngs=rngs),
+        ])  # fmt: skip
+
     def set_view(self, record: str | None = None):
         """``nnx.view(model, record='rates' | 'traces' | False)``: what the forward sows."""
         if record is not None:
@@ -285,10 +293,7 @@ class MNISTNet(SpikingNet):
             SpikingBlock(None, self._neuron(), pool),
             SpikingBlock(self._conv(c, c, rngs), self._neuron(), pool),
         ])  # fmt: skip
-        self.classifier = nnx.List([
-            self._fc(c * side * side, cfg.hidden, dropout=True, rngs=rngs),
-            self._fc(cfg.hidden, cfg.num_classes * VOTE_GROUP, dropout=True, rngs=rngs),
-        ])  # fmt: skip
+        self.classifier = self._two_fc(c * side * side, rngs)
 
 
 class CIFAR10Net(SpikingNet):
@@ -304,10 +309,7 @@ class CIFAR10Net(SpikingNet):
             conv(None), conv(pool),
             conv(None), conv(None), conv(pool),
         ])  # fmt: skip
-        self.classifier = nnx.List([
-            self._fc(c * side * side, cfg.hidden, dropout=True, rngs=rngs),
-            self._fc(cfg.hidden, cfg.num_classes * VOTE_GROUP, dropout=False, rngs=rngs),
-        ])  # fmt: skip
+        self.classifier = self._two_fc(c * side * side, rngs, second_dropout=False)
 
 
 class NeuromorphicNet(SpikingNet):
@@ -324,10 +326,7 @@ class NeuromorphicNet(SpikingNet):
             blocks.append(SpikingBlock(synapse, self._neuron(), cfg.pooling))
             side //= 2
         self.features = nnx.List(blocks)
-        self.classifier = nnx.List([
-            self._fc(c * side * side, cfg.hidden, dropout=True, rngs=rngs),
-            self._fc(cfg.hidden, cfg.num_classes * VOTE_GROUP, dropout=True, rngs=rngs),
-        ])  # fmt: skip
+        self.classifier = self._two_fc(c * side * side, rngs)
 
 
 NETS: dict[str, type[SpikingNet]] = {
