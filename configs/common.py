@@ -45,7 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.members.seeds = config_dict.placeholder(str)
     # Per-member values of fields that keep the step's shapes, "FIELD=V1,V2,...;FIELD=...":
     # neuron.init_tau (PLIF), optim.lr, neuron.alpha (with neuron.alpha_learnable=True).
-    config.members.values = config_dict.placeholder(str)
+    config.members.overrides = config_dict.placeholder(str)
     # 'shared': every member trains on the same batches (config.seed's order and augmentation);
     # 'per_member': member i shuffles and augments with its own seed.
     config.members.data_order = "shared"

@@ -44,7 +44,7 @@ RESUME_CRITICAL = (
 _ABSENT_DEFAULTS = {
     "num_seeds": 1,
     "members.seeds": None,
-    "members.values": None,
+    "members.overrides": None,
     "members.data_order": "shared",
 }
 _NOT_CRITICAL = ("members.layout",)  # same state and results up to float rounding

@@ -10,7 +10,7 @@ A run with ``config.num_seeds = k`` trains k *members* in one compiled step over
   on the same batches, shuffled and augmented with ``config.seed`` (one pipeline); with
   ``'per_member'`` member ``i`` shuffles and augments with its own ``seed``;
 - its own values of the fields that keep the compiled step's shapes and structure
-  (``config.members.values``, e.g. ``"neuron.init_tau=2,16;optim.lr=1e-3,5e-4"``):
+  (``config.members.overrides``, e.g. ``"neuron.init_tau=2,16;optim.lr=1e-3,5e-4"``):
   ``neuron.init_tau`` (PLIF: only the initial ``w`` differs), ``optim.lr`` (an input of the
   step) and ``neuron.alpha`` (only with ``neuron.alpha_learnable=True``: a fixed surrogate alpha
   is a constant compiled into the step, a learnable one is a parameter that each member starts
@@ -93,7 +93,7 @@ def _field_exists(config: Any, path: str) -> bool:
 
 
 def parse_values(text: Any, k: int, config: Any) -> dict[str, list[float]]:
-    """``{field: [value per member]}`` from ``config.members.values`` (None: no field)."""
+    """``{field: [value per member]}`` from ``config.members.overrides`` (None: no field)."""
     if text is None or (isinstance(text, str) and not text.strip()):
         return {}
     out: dict[str, list[float]] = {}
@@ -102,8 +102,8 @@ def parse_values(text: Any, k: int, config: Any) -> dict[str, list[float]]:
         field = field.strip().removeprefix("config.")
         if not eq:
             raise ConfigError(
-                f"config.members.values: {item!r} is not FIELD=V1,V2,... "
-                '(e.g. --config.members.values="neuron.init_tau=2,16").'
+                f"config.members.overrides: {item!r} is not FIELD=V1,V2,... "
+                '(e.g. --config.members.overrides="neuron.init_tau=2,16").'
             )
         if field not in PER_MEMBER_FIELDS:
             what = (
@@ -112,35 +112,35 @@ def parse_values(text: Any, k: int, config: Any) -> dict[str, list[float]]:
                 else "would change the network's shapes or compiled structure"
             )
             raise ConfigError(
-                f"config.members.values: {field} {what}; members may differ only in "
+                f"config.members.overrides: {field} {what}; members may differ only in "
                 f"{', '.join(PER_MEMBER_FIELDS)} (values that keep the one compiled step's "
                 "shapes). Train other settings as separate runs."
             )
         if field in out:
-            raise ConfigError(f"config.members.values names {field} twice.")
+            raise ConfigError(f"config.members.overrides names {field} twice.")
         try:
             nums = [float(v) for v in _split(values, ",")]
         except ValueError:
             raise ConfigError(
-                f"config.members.values: {field}={values!r} is not a comma list of numbers."
+                f"config.members.overrides: {field}={values!r} is not a comma list of numbers."
             ) from None
         if len(nums) != k:
             raise ConfigError(
-                f"config.members.values: {field} lists {len(nums)} values but "
+                f"config.members.overrides: {field} lists {len(nums)} values but "
                 f"config.num_seeds={k}; give one value per member."
             )
         if not all(math.isfinite(v) for v in nums):
-            raise ConfigError(f"config.members.values: {field} has a non-finite value {nums}.")
+            raise ConfigError(f"config.members.overrides: {field} has a non-finite value {nums}.")
         out[field] = nums
     if "neuron.init_tau" in out and config.neuron.kind != "plif":
         raise ConfigError(
-            "config.members.values: per-member neuron.init_tau needs neuron.kind='plif' (LIF's "
+            "config.members.overrides: per-member neuron.init_tau needs neuron.kind='plif' (LIF's "
             "tau is a constant compiled into the step, not a parameter); train LIF taus as "
             "separate runs."
         )
     if "neuron.alpha" in out and not config.neuron.alpha_learnable:
         raise ConfigError(
-            "config.members.values: per-member neuron.alpha needs "
+            "config.members.overrides: per-member neuron.alpha needs "
             "--config.neuron.alpha_learnable=True (a fixed surrogate alpha is a constant "
             "compiled into the step; a learnable one is a parameter each member starts at its "
             "own value); train fixed alphas as separate runs."
@@ -174,7 +174,7 @@ def members(config: Any) -> list[Member]:
             f"config.members.layout must be one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}."
         )
     seeds = parse_seeds(section.get("seeds", None), k, int(config.seed))
-    values = parse_values(section.get("values", None), k, config)
+    values = parse_values(section.get("overrides", None), k, config)
     return [
         Member(
             index=i,
@@ -198,7 +198,7 @@ def member_config(config: ml_collections.ConfigDict, member: Member) -> ml_colle
     if "members" not in c:
         c.members = ml_collections.ConfigDict()
     c.members.seeds = str(member.seed)
-    c.members.values = None
+    c.members.overrides = None
     for field, value in member.values.items():
         section, key = field.split(".")
         c[section][key] = float(value)

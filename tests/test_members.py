@@ -39,7 +39,7 @@ RTOL, ATOL = 1e-4, 1e-5
 
 def k2_config(**overrides):
     c = tiny_config(num_epochs=EPOCHS, steps_per_epoch=STEPS, num_seeds=2)
-    c.members.values = "neuron.init_tau=2,4;optim.lr=0.01,0.02"
+    c.members.overrides = "neuron.init_tau=2,4;optim.lr=0.01,0.02"
     c.members.data_order = "per_member"
     for key, value in overrides.items():
         node = c
@@ -158,11 +158,11 @@ def test_per_member_and_aggregate_scalars_summary_and_restore(k2_run):
     [
         ({"num_seeds": 0}, r"config.num_seeds must be an integer >= 1"),
         ({"members.seeds": "1,2,3"}, r"lists 3 seeds but config.num_seeds=2"),
-        ({"members.values": "optim.lr=0.1"}, r"optim.lr lists 1 values but config.num_seeds=2"),
-        ({"members.values": "model.channels=4,8"}, r"model.channels would change the network's"),
-        ({"members.values": "neuron.alpha=1,2"}, r"needs --config.neuron.alpha_learnable=True"),
-        ({"members.values": "neuron.init_tau=2,0.5"}, r"init_tau"),
-        ({"members.values": "nope.x=1,2"}, r"nope.x is not a field of the config"),
+        ({"members.overrides": "optim.lr=0.1"}, r"optim.lr lists 1 values but config.num_seeds=2"),
+        ({"members.overrides": "model.channels=4,8"}, r"model.channels would change the network's"),
+        ({"members.overrides": "neuron.alpha=1,2"}, r"needs --config.neuron.alpha_learnable=True"),
+        ({"members.overrides": "neuron.init_tau=2,0.5"}, r"init_tau"),
+        ({"members.overrides": "nope.x=1,2"}, r"nope.x is not a field of the config"),
         ({"members.data_order": "mixed"}, r"config.members.data_order must be one of"),
     ],
 )
