@@ -18,6 +18,7 @@ from plif_jax import checkpoint as checkpoint_lib
 from plif_jax import config as config_lib
 from plif_jax import members as members_lib
 from plif_jax import metrics as metrics_lib
+from plif_jax import summary as summary_lib
 from plif_jax import train
 from plif_jax.errors import ConfigError
 from tests.test_train import (  # noqa: F401 (fixtures)
@@ -147,8 +148,8 @@ def test_per_member_and_aggregate_scalars_summary_and_restore(k2_run):
     # restore(member=i): one ordinary model, each member its own; a member is required.
     m0, _ = checkpoint_lib.restore(workdir, "latest", member=0)
     m1, _ = checkpoint_lib.restore(workdir, "latest", member=1)
-    assert train._taus(m0) == pytest.approx(summary["members"][0]["tau"])
-    assert train._taus(m1) == pytest.approx(summary["members"][1]["tau"])
+    assert summary_lib.learnable_taus(m0) == pytest.approx(summary["members"][0]["tau"])
+    assert summary_lib.learnable_taus(m1) == pytest.approx(summary["members"][1]["tau"])
     with pytest.raises(ValueError, match=r"trained 2 members .*member=0..1"):
         checkpoint_lib.restore(workdir, "latest")
 

@@ -22,6 +22,7 @@ from flax import nnx
 from configs import common
 from plif_jax import checkpoint as checkpoint_lib
 from plif_jax import checkpoint_files, models, train
+from plif_jax import epochs as epochs_lib
 from plif_jax import metrics as metrics_lib
 from plif_jax.data import digits as digits_lib
 from plif_jax.progress import Progress
@@ -316,7 +317,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     # Fault injection: a learning rate of 1e38 in epoch 1 makes the weights overflow.
     real_lr = train.learning_rate
     monkeypatch.setattr(
-        train, "learning_rate", lambda e, lr0, t: 1e38 if e == 1 else real_lr(e, lr0, t)
+        epochs_lib, "learning_rate", lambda e, lr0, t: 1e38 if e == 1 else real_lr(e, lr0, t)
     )
     workdir = str(tmp_path / "run")
     with pytest.raises(FloatingPointError, match=r"Non-finite loss or gradient at epoch 1, step"):
@@ -408,14 +409,14 @@ def test_sigterm_checkpoints_at_the_next_step_and_resumes_exactly(baseline, tmp_
             os.kill(os.getpid(), signal.SIGTERM)  # a preemption notice mid-run
         return real_lr(epoch, lr0, t_max)
 
-    monkeypatch.setattr(train, "learning_rate", lr_and_sigterm_at_epoch_1)
+    monkeypatch.setattr(epochs_lib, "learning_rate", lr_and_sigterm_at_epoch_1)
     workdir = str(tmp_path / "run")
     handler_before = signal.getsignal(signal.SIGTERM)
     first = train.train_and_evaluate(tiny_config(), workdir)
     assert first["status"] == "interrupted"
     assert first["global_step"] == STEPS + 1  # stopped after epoch 1's first step
     assert signal.getsignal(signal.SIGTERM) is handler_before  # our handler is uninstalled
-    monkeypatch.setattr(train, "learning_rate", real_lr)
+    monkeypatch.setattr(epochs_lib, "learning_rate", real_lr)
     second = train.train_and_evaluate(tiny_config(), workdir)
     assert second["status"] == "completed"
     ref, got = model_arrays(ref_dir), model_arrays(workdir)
