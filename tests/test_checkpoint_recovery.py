@@ -269,3 +269,24 @@ def test_asyncio_reports_of_abandoned_orbax_reads_are_dropped_and_others_kept(ca
         abandon(unrelated)
     never = [r for r in caplog.records if "Task exception was never retrieved" in str(r.msg)]
     assert len(never) == 1 and "unrelated" in str(never[0].msg)
+
+
+def test_tensorstore_callbacks_on_orbaxs_closed_loop_are_dropped_and_other_errors_kept(capsys):
+    # TensorStore reports a failing Python callback with PyErr_Print (sys.excepthook).
+    import sys
+
+    from plif_jax import checkpoint_files
+
+    checkpoint_files.quiet_abandoned_orbax_reads()
+
+    def call_soon_threadsafe():  # the frame asyncio's closed loop raises from
+        raise RuntimeError("Event loop is closed")
+
+    for fn in (call_soon_threadsafe, lambda: 1 / 0):
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the hook as PyErr_Print would
+            sys.excepthook(type(e), e, e.__traceback__)
+    err = capsys.readouterr().err
+    assert "Event loop is closed" not in err
+    assert "ZeroDivisionError" in err and "Traceback" in err
