@@ -58,10 +58,15 @@ class TauTrajectories:
       taus: ``{layer: (epochs, taus)}``, two float arrays of equal length, layers in the order in
         which they first appear in the file (the trainer writes them in depth order).
       lr: ``(epochs, lrs)``, the learning rate each epoch trained with (empty if never logged).
+      members: a several-seed run's (``config.num_seeds``) per-member taus, ``{'m0': {layer:
+        (epochs, taus)}, ...}``; then ``taus`` holds the members' mean. Empty for one seed.
     """
 
     taus: dict[str, tuple[np.ndarray, np.ndarray]]
     lr: tuple[np.ndarray, np.ndarray]
+    members: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = dataclasses.field(
+        default_factory=dict
+    )
 
     def __getitem__(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
         return self.taus[layer]
@@ -73,7 +78,8 @@ class TauTrajectories:
 def tau_trajectories(workdir: str | os.PathLike) -> TauTrajectories:
     """Tau of every layer and the learning rate per epoch, read from ``<workdir>/metrics.jsonl``.
 
-    Every record holding an ``epoch`` and keys ``tau/<layer>`` contributes one point per layer; a
+    Every record holding an ``epoch`` and keys ``tau/<layer>`` contributes one point per layer
+    (``tau/<layer>/m<i>``: member ``i`` of a several-seed run; ``.../std`` is skipped); a
     record with ``lr`` gives that epoch's learning rate. When an epoch appears more than once (a
     resumed run re-logs it) the last record wins.
 
@@ -92,14 +98,20 @@ def tau_trajectories(workdir: str | os.PathLike) -> TauTrajectories:
             "plif_jax.train.train_and_evaluate writes into its workdir; pass that workdir."
         )
     taus: dict[str, dict[int, float]] = {}
+    members: dict[str, dict[str, dict[int, float]]] = {}
     lrs: dict[int, float] = {}
     for rec in metrics.read_metrics(path):
         if "epoch" not in rec:
             continue
         epoch = int(rec["epoch"])
         for key, value in rec.items():
-            if key.startswith("tau/") and value is not None:
-                taus.setdefault(key[len("tau/") :], {})[epoch] = float(value)
+            if not key.startswith("tau/") or value is None:
+                continue
+            layer, _, member = key[len("tau/") :].partition("/")
+            if not member:
+                taus.setdefault(layer, {})[epoch] = float(value)
+            elif member != "std":
+                members.setdefault(member, {}).setdefault(layer, {})[epoch] = float(value)
         if rec.get("lr") is not None:
             lrs[epoch] = float(rec["lr"])
     if not taus:
@@ -113,7 +125,12 @@ def tau_trajectories(workdir: str | os.PathLike) -> TauTrajectories:
         return np.asarray(epochs, np.int64), np.asarray([points[e] for e in epochs], np.float64)
 
     return TauTrajectories(
-        taus={layer: arrays(points) for layer, points in taus.items()}, lr=arrays(lrs)
+        taus={layer: arrays(points) for layer, points in taus.items()},
+        lr=arrays(lrs),
+        members={
+            m: {layer: arrays(points) for layer, points in layers.items()}
+            for m, layers in members.items()
+        },
     )
 
 

@@ -354,3 +354,18 @@ def test_record_forward_on_a_rematerialised_model_records_the_same_layers():
     for name in plain.layers:
         np.testing.assert_array_equal(remat.layers[name].spikes, plain.layers[name].spikes)
         np.testing.assert_array_equal(remat.layers[name].synops, plain.layers[name].synops)
+
+
+def test_tau_trajectories_of_a_several_seed_run_give_each_member_and_the_mean(tmp_path):
+    records = [
+        {"epoch": e, "tau/sn0": 2.0 + e, "tau/sn0/std": 0.5, "tau/sn0/m0": 1.5 + e,
+         "tau/sn0/m1": 2.5 + e, "lr": 1e-3, "lr/m0": 1e-3}
+        for e in range(3)
+    ]  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    traj = analysis.tau_trajectories(tmp_path)
+    assert list(traj) == ["sn0"]  # the mean; '/std' and the members are not layers
+    np.testing.assert_array_equal(traj["sn0"][1], [2.0, 3.0, 4.0])
+    assert sorted(traj.members) == ["m0", "m1"]
+    np.testing.assert_array_equal(traj.members["m1"]["sn0"][0], [0, 1, 2])
+    np.testing.assert_array_equal(traj.members["m1"]["sn0"][1], [2.5, 3.5, 4.5])

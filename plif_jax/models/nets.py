@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from plif_jax import layers, xla_cpu
+from plif_jax import layers, neurons, xla_cpu
 from plif_jax import surrogate as surrogate_lib
 from plif_jax.models import record as record_lib
 from plif_jax.models.blocks import ConvBN, SpikingBlock, SpikingFC, make_neuron
@@ -157,11 +157,12 @@ class SpikingNet(nnx.Module):
             out, carry, taps = self._chunked(x, t, batch, blocks)
         for block, c in zip(blocks, carry, strict=True):
             block.write_back(c)
-        if self.record:
+        if self.record == "traces":
             names = list(taps)
             for i, name in enumerate(names):  # what each layer's spikes feed into
                 feeds = i + 1 < len(blocks) and blocks[i + 1].has_synapse
                 taps[name]["next_input"] = taps[names[i + 1]]["synapse_input"] if feeds else None
+        if self.record:
             record_lib.sow_layers(self, taps)
         # float32 for float32/bf16 compute (spike counts are small integers / 10, exact there).
         out_dtype = jnp.promote_types(jnp.float32, self.config.dtype)
@@ -216,6 +217,12 @@ class SpikingNet(nnx.Module):
                 x_in = xla_cpu.repeat_time(encoded, chunk)
                 x_in = x_in.reshape(chunk * batch, *encoded.shape[1:])
             out, carry, taps = self._body(x_in, chunk, carry, in_scan=True)
+            # The scan stacks what the chunk returns over all T: only what is recorded (else the
+            # stacked activations would undo the memory saving), rates as rates.
+            if self.record == "rates":
+                taps = {k: {"rate": neurons.firing_rate(tap["spikes"])} for k, tap in taps.items()}
+            elif self.record != "traces":
+                taps = {}
             return carry, (out, taps)
 
         body = jax.checkpoint(run_chunk, prevent_cse=REMAT_PREVENT_CSE)

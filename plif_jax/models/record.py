@@ -48,12 +48,13 @@ class Trace(NamedTuple):
 def sow_layers(net: nnx.Module, taps: dict[str, dict[str, Array]]) -> None:
     """Sows each layer's rate (and, for ``net.record == 'traces'``, its :class:`Trace`) on ``net``.
 
-    ``taps``: ``{layer: {'spikes', and for traces 'current', 'h', 'v', 'next_input'}}`` in depth
-    order. Any model can record this way: set ``record`` through a ``set_view`` hook and call
-    this at the end of its forward.
+    ``taps``: ``{layer: {'spikes' (or its per-step 'rate'), and for traces 'current', 'h', 'v',
+    'next_input'}}`` in depth order. Any model can record this way: set ``record`` through a
+    ``set_view`` hook and call this at the end of its forward.
     """
     for name, tap in taps.items():
-        net.sow(FiringRate, name, neurons.firing_rate(tap["spikes"]))
+        rate = tap["rate"] if "rate" in tap else neurons.firing_rate(tap["spikes"])
+        net.sow(FiringRate, name, rate)
         if net.record == "traces":
             trace = Trace(tap["current"], tap["spikes"], tap["h"], tap["v"], tap["next_input"])
             net.sow(LayerTrace, name, trace)
