@@ -39,16 +39,14 @@ RTOL, ATOL = 1e-4, 1e-5
 
 
 def k2_config(**overrides):
-    c = tiny_config(num_epochs=EPOCHS, steps_per_epoch=STEPS, num_seeds=2)
-    c.members.overrides = "neuron.init_tau=2,4;optim.lr=0.01,0.02"
-    c.members.data_order = "per_member"
-    for key, value in overrides.items():
-        node = c
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
-    return c
+    settings = {
+        "num_epochs": EPOCHS,
+        "steps_per_epoch": STEPS,
+        "num_seeds": 2,
+        "members.overrides": "neuron.init_tau=2,4;optim.lr=0.01,0.02",
+        "members.data_order": "per_member",
+    }
+    return tiny_config(**{**settings, **overrides})
 
 
 @pytest.fixture(scope="module")
