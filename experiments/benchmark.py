@@ -4,7 +4,8 @@ Usage::
 
     python -m experiments.benchmark [--suite neuron,networks,roofline,memory] [--device cpu]
         [--quick] [--out results.json] [--networks mnist,dvsgesture] [--repeats 3] [--no-sj]
-        [--impl fast|reference] [--xla-flags FLAGS] [--allocator system|tcmalloc|jemalloc]
+        [--impl fast|reference] [--xla-flags FLAGS]
+        [--allocator glibc-tuned|system|tcmalloc|jemalloc]
 
 Suites:
 
@@ -43,6 +44,7 @@ from typing import Any
 SUITES = ("neuron", "networks", "roofline", "memory", "variants", "seeds")
 DEFAULT_SUITES = ("neuron", "networks", "roofline", "memory")
 ALLOCATORS = {
+    "glibc-tuned": None,  # what experiments.train runs: plif_jax.allocator.keep_freed_memory()
     "system": None,
     "tcmalloc": "libtcmalloc_minimal.so.4",  # Debian: apt-get install libtcmalloc-minimal4
     "jemalloc": "libjemalloc.so.2",  # Debian: apt-get install libjemalloc2
@@ -105,10 +107,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument(
         "--allocator",
-        default="system",
+        default="glibc-tuned",
         choices=tuple(ALLOCATORS),
-        help="malloc for the whole process (both frameworks): a caching allocator avoids the "
-        "page faults of fresh large buffers; the process re-executes itself with LD_PRELOAD",
+        help="malloc for the whole process (both frameworks). glibc-tuned (default): glibc set "
+        "to keep freed memory, as experiments.train does (plif_jax.allocator); system: glibc's "
+        "defaults, which unmap every large buffer on free (page faults each step); tcmalloc, "
+        "jemalloc: the process re-executes itself with LD_PRELOAD",
     )
     args = p.parse_args(argv)
     args.suites = [s.strip() for s in args.suite.split(",") if s.strip()]
@@ -440,7 +444,7 @@ def _preload_allocator(name: str, argv: list[str]) -> None:
 
         raise UserError(
             f"--allocator {name}: {lib} not found in {_LIB_DIRS}; install it (Debian: "
-            f"{ALLOCATORS_APT[name]}) or use --allocator system"
+            f"{ALLOCATORS_APT[name]}) or use --allocator glibc-tuned"
         )
     env = dict(os.environ, LD_PRELOAD=":".join(filter(None, [path, os.environ.get("LD_PRELOAD")])))
     _log(f"[run] re-executing with LD_PRELOAD={env['LD_PRELOAD']}")
@@ -478,6 +482,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     _preload_allocator(args.allocator, argv)
+    from plif_jax import allocator
+
+    if args.allocator == "glibc-tuned":
+        allocator.keep_freed_memory()
     # The platform and XLA flags must be set before jax initialises its backends (they are
     # ignored if this process already used jax: the JSON records what was in effect).
     os.environ["JAX_PLATFORMS"] = args.device
@@ -496,6 +504,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["environment"] = {
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
         "LD_PRELOAD": os.environ.get("LD_PRELOAD", ""),
+        "malloc": allocator.in_effect(),
         "jax_backend_already_initialised": backend_before,
     }
     if args.no_sj:

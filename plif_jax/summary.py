@@ -14,8 +14,8 @@ import ml_collections
 import numpy as np
 import optax
 
+from plif_jax import allocator, models
 from plif_jax import checkpoint as checkpoint_lib
-from plif_jax import models
 from plif_jax.progress import Progress
 from plif_jax.steps import (
     Steps,
@@ -35,6 +35,8 @@ def record_run_info(workdir: str, config: ml_collections.ConfigDict, mesh) -> st
         f"backend: {jax.default_backend()}, processes: {jax.process_count()}, "
         f"devices: {jax.device_count()} ({', '.join(str(d) for d in jax.devices())})",
         f"mesh: {dict(mesh.shape)}",
+        f"malloc: {allocator.in_effect()}",
+        f"XLA_FLAGS: {os.environ.get('XLA_FLAGS', '')!r}",
     ]
     text = "\n".join(lines)
     if jax.process_index() == 0:

@@ -223,6 +223,10 @@ def test_run_writes_tensorboard_jsonl_checkpoints_and_summary(baseline):
     assert saved["train_samples_per_sec"] > 0
     for name in ("config.json", "run_info.txt"):
         assert os.path.getsize(os.path.join(workdir, name)) > 0
+    with open(os.path.join(workdir, "run_info.txt")) as f:
+        info = f.read()
+    # The speed figures depend on these two: every run records them (plif_jax.allocator).
+    assert "\nmalloc: " in info and "\nXLA_FLAGS: " in info
 
 
 def test_logged_learning_rate_follows_periodic_cosine(baseline):
