@@ -44,7 +44,7 @@ from typing import Any
 SUITES = ("neuron", "networks", "roofline", "memory", "variants", "seeds")
 DEFAULT_SUITES = ("neuron", "networks", "roofline", "memory")
 ALLOCATORS = {
-    "glibc-tuned": None,  # what experiments.train runs: plif_jax.allocator.keep_freed_memory()
+    "glibc-tuned": None,  # what experiments.train's steps run with (plif_jax.allocator)
     "system": None,
     "tcmalloc": "libtcmalloc_minimal.so.4",  # Debian: apt-get install libtcmalloc-minimal4
     "jemalloc": "libjemalloc.so.2",  # Debian: apt-get install libjemalloc2
@@ -109,10 +109,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--allocator",
         default="glibc-tuned",
         choices=tuple(ALLOCATORS),
-        help="malloc for the whole process (both frameworks). glibc-tuned (default): glibc set "
-        "to keep freed memory, as experiments.train does (plif_jax.allocator); system: glibc's "
-        "defaults, which unmap every large buffer on free (page faults each step); tcmalloc, "
-        "jemalloc: the process re-executes itself with LD_PRELOAD",
+        help="malloc for the whole process (both frameworks). glibc-tuned (default): glibc "
+        "keeps freed memory for reuse, as experiments.train does while its steps run "
+        "(plif_jax.allocator); system: glibc's defaults, which unmap every large buffer on "
+        "free (page faults each step); tcmalloc, jemalloc: the process re-executes itself "
+        "with LD_PRELOAD",
     )
     args = p.parse_args(argv)
     args.suites = [s.strip() for s in args.suite.split(",") if s.strip()]
@@ -525,7 +526,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     impl = workloads.reference_implementation() if args.impl == "reference" else None
     # --quick is a smoke run: its timings are not figures, so compile with fewer optimisations.
     quick = _fewer_xla_optimisations() if args.quick else contextlib.nullcontext()
-    with impl or contextlib.nullcontext(), quick:
+    # glibc-tuned: every step's buffers reused, as in the train CLI's steps (plif_jax.allocator).
+    malloc = allocator.reusing_freed_memory()
+    with impl or contextlib.nullcontext(), quick, malloc:
         if "neuron" in args.suites:
             result["neuron"] = run_neuron(args, sj_note)
         network_rows: list[dict[str, Any]] = []

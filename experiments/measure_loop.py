@@ -125,13 +125,14 @@ def main(argv: list[str]) -> None:
         drain = MetricsDrain(progress, epoch=epoch, batch_size=b, checkpoint_dir=tmp)
         batches = bundle.train.batches(epoch=epoch) if setting != "bare" else None
         m = None
-        for i in range(n):
-            batch = fixed if batches is None else to_device(next(batches), mesh)
-            state, m = steps.train(state, batch, lr, epoch_in, np.int32(i))
-            if setting == "+drain":
-                drain.push(i, i, m)
-        drain.flush()
-        jax.block_until_ready((state, m))
+        with allocator.reusing_freed_memory():  # as Epochs.train does
+            for i in range(n):
+                batch = fixed if batches is None else to_device(next(batches), mesh)
+                state, m = steps.train(state, batch, lr, epoch_in, np.int32(i))
+                if setting == "+drain":
+                    drain.push(i, i, m)
+            drain.flush()
+            jax.block_until_ready((state, m))
         if batches is not None:
             batches.close()
 

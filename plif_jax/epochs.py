@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -15,8 +16,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from plif_jax import allocator, member_steps, models
 from plif_jax import checkpoint as checkpoint_lib
-from plif_jax import member_steps, models
 from plif_jax import members as members_lib
 from plif_jax import metrics as metrics_lib
 from plif_jax.preemption import StopRequest
@@ -90,7 +91,8 @@ class Epochs:
             checkpoint_dir=self.store.directory,
         )
         batches = self._train_batches(epoch, first_step)
-        try:
+        # The steps' large buffers reused, not mapped afresh each step (plif_jax.allocator).
+        with allocator.reusing_freed_memory(), contextlib.closing(batches):
             for step_idx in range(first_step, self.steps_per_epoch):
                 batch = to_device(next(batches), self.mesh)
                 state, m = self.steps.train(state, batch, lr_in, epoch_in, np.int32(step_idx))
@@ -105,8 +107,6 @@ class Epochs:
                 if self.stop.requested:
                     break
             drain.flush()
-        finally:
-            batches.close()
         return state
 
     def _log_window(self, progress: Progress, lr: float) -> None:
