@@ -124,3 +124,53 @@ def format_rows(row: dict[str, Any]) -> list[str]:
                 f"{r['ratio_vs_sequential']:.2f}x sequential"
             )
     return lines
+
+
+def conv_probe(*, k: int = 2, repeats: int = 5, quick: bool = False) -> dict[str, Any]:
+    """One 3x3 convolution's forward + backward, for k members: k calls against one vmap.
+
+    The quick-start's second convolution (``[T*B, 17, 17, 32]`` NHWC, 32 -> 32 channels, T 8,
+    batch 16): what the ``loop`` layout runs k times, against ``jax.vmap`` over the members'
+    inputs and kernels, which XLA receives as one ``feature_group_count = k`` convolution.
+    """
+    rows, size, c = (8, 6, 4) if quick else (128, 17, 32)
+    rng = jax.random.key(0)
+    xs = jax.random.normal(rng, (k, rows, size, size, c), jnp.float32)
+    ws = 0.1 * jax.random.normal(jax.random.fold_in(rng, 1), (k, 3, 3, c, c), jnp.float32)
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(
+            x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    def fwd_bwd(x, w):
+        y, pull = jax.vjp(conv, x, w)
+        return pull(jnp.tanh(y))  # some cotangent that depends on the output
+
+    loop = jax.jit(lambda xs, ws: [fwd_bwd(xs[i], ws[i]) for i in range(k)])
+    vmapped = jax.jit(jax.vmap(fwd_bwd))
+    out: dict[str, Any] = dict(k=k, shape=[rows, size, size, c], kernel=[3, 3, c, c])
+    for name, fn in (("loop", loop), ("vmap", vmapped)):
+        t, _, _ = timing.time_jax(fn, (xs, ws), repeats=repeats)
+        hlo = fn.lower(xs, ws).as_text()
+        groups = sorted({int(g) for g in _feature_groups(hlo)})
+        out[name] = dict(timing=t, feature_group_counts=groups)
+    out["vmap_over_loop"] = out["vmap"]["timing"]["median_s"] / out["loop"]["timing"]["median_s"]
+    return out
+
+
+def _feature_groups(stablehlo: str) -> list[str]:
+    import re
+
+    found = re.findall(r"feature_group_count = (\d+)", stablehlo)
+    return found or ["1"] * stablehlo.count("stablehlo.convolution")
+
+
+def format_probe(p: dict[str, Any]) -> str:
+    lo, vm = p["loop"], p["vmap"]
+    return (
+        f"[seeds] conv probe, k={p['k']} x conv3x3 {p['shape']} fwd+bwd: loop "
+        f"{lo['timing']['median_s'] * 1e3:.2f} ms (groups {lo['feature_group_counts']}), vmap "
+        f"{vm['timing']['median_s'] * 1e3:.2f} ms (groups {vm['feature_group_counts']}): "
+        f"vmap/loop {p['vmap_over_loop']:.2f}x"
+    )

@@ -374,7 +374,7 @@ def run_variants(args) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Output
 # ---------------------------------------------------------------------------------------------
-def run_seeds(args) -> list[dict[str, Any]]:
+def run_seeds(args) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     from benchmarks import seeds
 
     ks = [int(k) for k in args.seeds_ks.split(",") if k.strip()]
@@ -387,7 +387,12 @@ def run_seeds(args) -> list[dict[str, Any]]:
         for line in seeds.format_rows(row):
             _log(line)
         rows.append(row)
-    return rows
+    # Why vmap loses: one convolution of the quick-start net, k calls against one vmapped call.
+    probes = []
+    for k in [k for k in ks if k > 1]:
+        probes.append(seeds.conv_probe(k=k, repeats=args.repeats or 5, quick=args.quick))
+        _log(seeds.format_probe(probes[-1]))
+    return rows, probes
 
 
 def _fmt_s(s: float | None) -> str:
@@ -543,7 +548,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "variants" in args.suites:
             result["variants"] = run_variants(args)
         if "seeds" in args.suites:
-            result["seeds"] = run_seeds(args)
+            result["seeds"], result["seeds_conv_probe"] = run_seeds(args)
     result["rss_peak_mib"] = timing.peak_rss_mib()
     result["total_s"] = time.perf_counter() - t_start
     result["load_average_end"] = list(os.getloadavg())

@@ -213,3 +213,13 @@ def test_fast_max_pool_matches_reduce_window_values_and_tie_gradients(shape, bin
     grad_fast = jax.grad(lambda x: jnp.sum(layers.pool2x2(x) * g))(x)
     grad_ref = jax.grad(lambda x: jnp.sum(_reference_max_pool(x) * g))(x)
     np.testing.assert_array_equal(np.asarray(grad_fast), np.asarray(grad_ref))
+
+
+def test_conv_probe_times_k_convolutions_against_one_grouped_vmapped_convolution():
+    from benchmarks import seeds
+
+    probe = seeds.conv_probe(k=2, repeats=1, quick=True)
+    assert probe["loop"]["feature_group_counts"] == [1]
+    assert probe["vmap"]["feature_group_counts"] == [2]  # the members' kernels as groups
+    assert probe["loop"]["timing"]["median_s"] > 0 and probe["vmap"]["timing"]["median_s"] > 0
+    assert "vmap/loop" in seeds.format_probe(probe)
