@@ -22,8 +22,11 @@ Suites:
 * ``seeds`` (not in the default set): k = 1, 2, 4, 8 members in one compiled train step
   (``--config.num_seeds``; both layouts, ``vmap`` and ``loop``) against k sequential runs, as
   seed-samples/s, on the quick-start network (``--seeds-nets quickstart,nmnist`` adds N-MNIST at
-  paper width, batch 4). One command: ``python -m experiments.benchmark --suite seeds
-  --xla-flags=--xla_cpu_experimental_ynn_fusion_type=dot,reduce``.
+  paper width, batch 4); and for each k > 1 a conv probe: one quick-start convolution's forward
+  + backward as k calls against one vmapped (feature-grouped) call. One command::
+
+    python -m experiments.benchmark --suite seeds \
+        --xla-flags=--xla_cpu_experimental_ynn_fusion_type=dot,reduce
 
 Timing: compilation is excluded and reported separately (``compile_s``), one warm-up call, then
 the median of ``--repeats`` calls, each ending in ``block_until_ready``; torch uses every core
