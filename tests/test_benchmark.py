@@ -95,8 +95,10 @@ def test_quick_benchmark_writes_consistent_json(tmp_path, capsys):
     assert set(result["environment"]) == {
         "XLA_FLAGS",
         "LD_PRELOAD",
+        "malloc",
         "jax_backend_already_initialised",
     }
+    assert "glibc" in result["environment"]["malloc"] or result["environment"]["LD_PRELOAD"]
 
     assert result["command"].startswith("python -m experiments.benchmark --quick")
     assert result["machine"]["cpu_count"] >= 1
