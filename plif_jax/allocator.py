@@ -21,6 +21,11 @@ Two parts, both documented ``mallopt(3)`` parameters:
   different sizes in one heap) grew the Fashion-MNIST paper net's resident size from 2.1 GB
   after one epoch to 11 GB after two.
 
+The price of one arena: threads contend for it, and XLA's compilation (multi-threaded, malloc
+heavy) slows down: ``pytest tests/test_models.py tests/test_remat.py`` (75 tests, mostly
+compiling) took 77-80 s with it against 68-72 s without, so the test suite does not set it. For
+a training run that is a share of its few seconds of compilation.
+
 ``experiments.train`` calls :func:`keep_freed_memory` first thing (``--noglibc_keep_freed``
 leaves glibc alone, and :func:`reusing_freed_memory` is then a no-op); ``experiments.benchmark``
 (``--allocator glibc-tuned``, its default) keeps memory for its whole run. A preloaded malloc
