@@ -36,26 +36,26 @@ def test_noxla_cpu_ynn_leaves_xla_flags_alone(monkeypatch):
     assert "XLA_FLAGS" not in os.environ
 
 
-def _probe(tmp_path, name, xla_flags):
-    env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu")
-    out = tmp_path / f"{name}.npz"
+def _probes(tmp_path, flags: dict[str, str]) -> dict[str, dict]:
+    """Runs the probe once per XLA_FLAGS value, the processes side by side (2 cores)."""
     root = pathlib.Path(__file__).resolve().parents[1]
-    subprocess.run(
-        [sys.executable, str(root / "tests" / "ynn_grads_probe.py"), str(out)],
-        env=env,
-        cwd=root,
-        check=True,
-        timeout=600,
-    )
-    return dict(np.load(out))
+    running = {}
+    for name, xla_flags in flags.items():
+        env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu")
+        out = tmp_path / f"{name}.npz"
+        cmd = [sys.executable, str(root / "tests" / "ynn_grads_probe.py"), str(out)]
+        running[name] = (subprocess.Popen(cmd, env=env, cwd=root), out)
+    for name, (proc, _) in running.items():
+        assert proc.wait(timeout=600) == 0, name
+    return {name: dict(np.load(out)) for name, (_, out) in running.items()}
 
 
 def test_ynn_flag_gives_the_default_kernels_gradients_on_all_six_networks(tmp_path):
     # The train CLI turns XLA:CPU's YNNPACK fusions on (an experimental XLA path; other projects
     # report miscompiles in later jaxlib versions). Loss and every parameter gradient of the
     # paper's objective, on small versions of the six nets, must match XLA's default kernels.
-    default = _probe(tmp_path, "default", "")
-    ynn = _probe(tmp_path, "ynn", train_cli._YNN_FLAG)
+    probes = _probes(tmp_path, {"default": "", "ynn": train_cli._YNN_FLAG})
+    default, ynn = probes["default"], probes["ynn"]
     assert default.keys() == ynn.keys()
     assert len([k for k in default if k.endswith("/loss")]) == 6
     for key, want in default.items():
