@@ -71,13 +71,14 @@ def main(argv: list[str]) -> None:
 
     from plif_jax import checkpoint as checkpoint_lib
     from plif_jax import config as config_lib
+    from plif_jax import members as members_lib
     from plif_jax import metrics as metrics_lib
-    from plif_jax import models, parallel
+    from plif_jax import parallel
     from plif_jax.epochs import Epochs
     from plif_jax.preemption import StopRequest
     from plif_jax.progress import MetricsDrain, Progress
-    from plif_jax.steps import init_train_state, jit_steps, make_optimizer, to_device
-    from plif_jax.train import _open_data
+    from plif_jax.steps import to_device
+    from plif_jax.train import _open_data, build_one
 
     settings = [s for s in FLAGS.settings.split(",") if s]
     unknown = sorted(set(settings) - set(SETTINGS))
@@ -89,18 +90,9 @@ def main(argv: list[str]) -> None:
     config_lib.validate(config, num_devices=int(config.num_devices) or jax.device_count())
     mesh = parallel.create_mesh(int(config.num_devices))
     bundle = _open_data(config, mesh)
-    name, options = models.spec_from_config(config, bundle.info)
-    model = models.build_model(name, options, seed=int(config.seed))
-    steps = jit_steps(
-        model,
-        tx=make_optimizer(config),
-        preprocess=bundle.preprocess,
-        seed=int(config.seed),
-        num_classes=int(bundle.info.num_classes),
-        time_steps=int(getattr(model, "T", None) or config.data.T),
-        mesh=mesh,
-    )
-    state = parallel.put_replicated(init_train_state(model, config), mesh)
+    (member,) = members_lib.members(config)
+    config = members_lib.member_config(config, member)
+    _, steps, state = build_one(config, bundle, mesh, member)  # as train_and_evaluate
     n, b = int(FLAGS.steps), int(config.batch_size)
     if n > bundle.train.num_batches:
         raise ConfigError(

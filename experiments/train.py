@@ -13,7 +13,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from plif_jax import cli
+from plif_jax import allocator, cli
 from plif_jax.cli import YNN_FLAG as _YNN_FLAG
 from plif_jax.cli import set_cpu_flags
 
@@ -52,8 +52,6 @@ def main(argv: list[str]) -> None:
     logging.get_absl_logger().addFilter(_QuietLibraries())
     set_cpu_flags(FLAGS.xla_cpu_ynn)
     if FLAGS.glibc_keep_freed:  # before JAX makes its threads (plif_jax.allocator)
-        from plif_jax import allocator
-
         allocator.keep_freed_memory()
     from plif_jax import config as config_lib
 
@@ -72,8 +70,6 @@ def main(argv: list[str]) -> None:
         "JAX %s, backend %s, devices: %s", jax.__version__, jax.default_backend(), jax.devices()
     )
     logging.info("XLA_FLAGS=%r", os.environ.get("XLA_FLAGS", ""))
-    from plif_jax import allocator
-
     logging.info("malloc: %s", allocator.in_effect())
     logging.info("Config %s, workdir %s", config_file, workdir)
     summary = train.train_and_evaluate(FLAGS.config, workdir)

@@ -100,24 +100,12 @@ def train_and_evaluate(
         bundle = _open_data(member_configs[0], mesh)
         if len(specs) == 1:
             config = member_configs[0]
-            name, options = models.spec_from_config(config, bundle.info)
-            model = models.build_model(name, options, seed=specs[0].seed)
+            (name, options), steps, state = build_one(config, bundle, mesh, specs[0])
             store.save_model_spec(name, options)
-            steps = jit_steps(
-                model,
-                tx=make_optimizer(config),
-                preprocess=bundle.preprocess,
-                seed=specs[0].data_seed,
-                num_classes=int(bundle.info.num_classes),
-                time_steps=int(getattr(model, "T", None) or config.data.T),
-                mesh=mesh,
-            )
-            state = parallel.put_replicated(init_train_state(model, config), mesh)
             fresh = Progress()
         else:
-            model, state, steps = _build_members(config, specs, member_configs, bundle, store, mesh)
+            state, steps = _build_members(config, specs, member_configs, bundle, store, mesh)
             fresh = Progress(members=[Progress() for _ in specs])
-        del model  # the state lives in `state` from here on
         state, progress = _resume(store, state) if resuming else (state, fresh)
         writer = metrics_lib.MetricWriter(
             workdir,
@@ -185,8 +173,29 @@ def _open_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> An
     return bundle
 
 
+def build_one(config: ml_collections.ConfigDict, bundle: Any, mesh, member: Any):
+    """A one-member run's ``((name, options), steps, state)``: its model, jitted steps, state.
+
+    ``member``: a :class:`plif_jax.members.Member` (its ``seed`` initialises the model, its
+    ``data_seed`` keys the steps' augmentation and dropout streams).
+    """
+    name, options = models.spec_from_config(config, bundle.info)
+    model = models.build_model(name, options, seed=member.seed)
+    steps = jit_steps(
+        model,
+        tx=make_optimizer(config),
+        preprocess=bundle.preprocess,
+        seed=member.data_seed,
+        num_classes=int(bundle.info.num_classes),
+        time_steps=int(getattr(model, "T", None) or config.data.T),
+        mesh=mesh,
+    )
+    state = parallel.put_replicated(init_train_state(model, config), mesh)
+    return (name, options), steps, state
+
+
 def _build_members(config, specs, member_configs, bundle, store, mesh):
-    """k members: their models (member 0's returned), stacked train state and compiled steps."""
+    """k members: their stacked train state and compiled steps (model spec saved to store)."""
     built = [models.spec_from_config(c, bundle.info) for c in member_configs]
     member_models = [
         models.build_model(name, options, seed=m.seed)
@@ -217,7 +226,7 @@ def _build_members(config, specs, member_configs, bundle, store, mesh):
         layout=members_lib.layout(config),
     )
     state = parallel.put_replicated(member_steps.stack(states), mesh)
-    return model, state, steps
+    return state, steps
 
 
 def _resume(store: checkpoint_lib.CheckpointStore, template: TrainState):
