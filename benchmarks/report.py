@@ -287,7 +287,7 @@ def targets_section(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.report")
-    p.add_argument("results", help="JSON written by python -m experiments.benchmark")
+    p.add_argument("results", help="JSON written by python -m benchmarks")
     p.add_argument("--baseline", help="a second JSON (e.g. --impl reference) for before/after")
     args = p.parse_args(argv)
     with open(args.results, encoding="utf-8") as f:

@@ -1,4 +1,4 @@
-"""k seeds in one compiled step (:mod:`plif_jax.member_steps`) against k sequential runs.
+"""k seeds in one compiled step (:mod:`plif_jax.training.member_steps`) against k sequential runs.
 
 Seed-samples per second: ``k * batch / step time`` of the k-member step, beside ``batch /
 step time`` of the ordinary one-member train step (k sequential runs reach exactly that rate,
@@ -18,7 +18,9 @@ import optax
 from flax import nnx
 
 from benchmarks import timing, workloads
-from plif_jax import member_steps, models, parallel, steps
+from plif_jax import models
+from plif_jax.runtime import parallel
+from plif_jax.training import member_steps, steps
 
 # The quick start's network (configs/quickstart.py): N-MNIST's at 32 channels, hidden 256, T 8.
 NETWORKS = {

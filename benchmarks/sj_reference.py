@@ -4,7 +4,8 @@ The architectures follow ``codes/models.py`` of the original repository
 (fangwei123456/Parametric-Leaky-Integrate-and-Fire-Spiking-Neuron), NOT newer SpikingJelly's
 ``parametric_lif_net`` (which adds Linear biases, a second CIFAR-10 dropout and a 512-wide
 CIFAR10-DVS FC). Module names equal the original's (``static_conv``, ``conv``, ``fc``),
-so ``net.state_dict()`` loads into plif_jax with :func:`plif_jax.porting.load_torch_state_dict`.
+so ``net.state_dict()`` loads into plif_jax with
+:func:`plif_jax.models.porting.load_torch_state_dict`.
 
 Two step modes:
 

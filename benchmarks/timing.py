@@ -167,7 +167,7 @@ def machine_record(argv: list[str]) -> dict[str, Any]:
         load = (float("nan"),) * 3
     return {
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python", "-m", "experiments.benchmark", *argv]),
+        "command": " ".join(["python", "-m", "benchmarks", *argv]),
         "machine": {
             "cpu_model": _cpu_model(),
             "cpu_count": os.cpu_count(),

@@ -21,7 +21,8 @@ import optax
 from flax import nnx
 
 from benchmarks import roofline, timing
-from plif_jax import layers, models, neurons, train
+from plif_jax import layers, models, neurons
+from plif_jax.training import run as train
 
 # ---------------------------------------------------------------------------------------------
 # The neuron layer: Linear(n_in -> n) + PLIF over T steps, forward + backward.

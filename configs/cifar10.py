@@ -11,7 +11,7 @@ Protocol B (85/15 per-class train/val split)::
 
     python -m experiments.train --config configs/cifar10.py --config.protocol=B
 
-Paper (plif_jax/paper_logs): accuracy-A 93.50% (epoch 950); accuracy-B 92.58% (epoch
+Paper (plif_jax/analysis/paper_logs): accuracy-A 93.50% (epoch 950); accuracy-B 92.58% (epoch
 952).
 """
 

@@ -11,7 +11,7 @@ Protocol B (85/15 per-class train/val split)::
 
     python -m experiments.train --config configs/cifar10dvs.py --config.protocol=B
 
-Paper (plif_jax/paper_logs): accuracy-A 74.80% (epoch 457); accuracy-B 69.00% (epoch
+Paper (plif_jax/analysis/paper_logs): accuracy-A 74.80% (epoch 457); accuracy-B 69.00% (epoch
 552).
 """
 

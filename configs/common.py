@@ -37,7 +37,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.log_every_steps = 256  # Train loss/accuracy scalars every N steps (reference: 256).
     config.progress_bar = True  # tqdm bar with ETA on stderr.
 
-    # --- Several seeds in one run (plif_jax.members) ------------------------------------------
+    # --- Several seeds in one run (plif_jax.training.members)
+    # ------------------------------------------
     # Members trained together in one compiled step over stacked states (1: an ordinary run).
     config.num_seeds = 1
     config.members = ml_collections.ConfigDict()

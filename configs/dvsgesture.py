@@ -11,7 +11,7 @@ Protocol B (85/15 per-class train/val split)::
 
     python -m experiments.train --config configs/dvsgesture.py --config.protocol=B
 
-Paper (plif_jax/paper_logs): accuracy-A 97.57% (epoch 321); accuracy-B 96.53% (epoch
+Paper (plif_jax/analysis/paper_logs): accuracy-A 97.57% (epoch 321); accuracy-B 96.53% (epoch
 867; val reached 100% at 405, 416, 422, 867).
 """
 

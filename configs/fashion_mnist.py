@@ -11,7 +11,7 @@ Protocol B (85/15 per-class train/val split)::
 
     python -m experiments.train --config configs/fashion_mnist.py --config.protocol=B
 
-Paper (plif_jax/paper_logs): accuracy-A 94.38% (epoch 809); accuracy-B 93.85% (epoch
+Paper (plif_jax/analysis/paper_logs): accuracy-A 94.38% (epoch 809); accuracy-B 93.85% (epoch
 835).
 """
 

@@ -11,7 +11,7 @@ Protocol B (85/15 per-class train/val split)::
 
     python -m experiments.train --config configs/mnist.py --config.protocol=B
 
-Paper (plif_jax/paper_logs): accuracy-A 99.72% (best test, epoch 549); accuracy-B
+Paper (plif_jax/analysis/paper_logs): accuracy-A 99.72% (best test, epoch 549); accuracy-B
 99.63% (test at best val, epoch 804).
 """
 

@@ -11,7 +11,7 @@ Protocol B (85/15 per-class train/val split)::
 
     python -m experiments.train --config configs/nmnist.py --config.protocol=B
 
-Paper (plif_jax/paper_logs): accuracy-A 99.61% (T = 10, epoch 981); accuracy-B 99.57%
+Paper (plif_jax/analysis/paper_logs): accuracy-A 99.61% (T = 10, epoch 981); accuracy-B 99.57%
 (epoch 532; that run used T = 20: add --config.data.T=20).
 """
 

@@ -8,12 +8,13 @@
 
 Reads ``<workdir>/config.json`` and ``metrics.jsonl``, finds the paper's logged run of the same
 setting (dataset, protocol, neuron, tau_0, pooling, T, reset; event data also channels, conv blocks,
-split_by, normalisation: ``plif_jax.paper_runs.match``), prints test accuracy (and protocol B's
+split_by, normalisation: ``plif_jax.analysis.paper_runs.match``), prints test accuracy (and
+protocol B's
 validation accuracy) and tau per PLIF layer after each of the run's epochs beside the paper's,
 and writes the table to ``<workdir>/compare_paper.csv`` and the overlay (accuracy and tau per layer
 against epoch) to ``<workdir>/compare_paper.png``.
 The paper's curves are the original repository's logs (fangwei123456/Parametric-Leaky-Integrate-
-and-Fire-Spiking-Neuron, commit f644ff6, ``logs/``), shipped in ``plif_jax/paper_logs``.
+and-Fire-Spiking-Neuron, commit f644ff6, ``logs/``), shipped in ``plif_jax/analysis/paper_logs``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from typing import Any
 
 from absl import app, flags
 
-from plif_jax import cli, errors, paper_compare, paper_runs
+from plif_jax import cli, errors
+from plif_jax.analysis import paper_compare, paper_runs
 
 FLAGS = flags.FLAGS
 

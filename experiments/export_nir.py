@@ -2,7 +2,7 @@
 
     python -m experiments.export_nir --workdir runs/quickstart [--which best] [--out PATH]
 
-Restores the checkpoint (``plif_jax.checkpoint.restore``), writes ``model.nir`` beside it
+Restores the checkpoint (``plif_jax.training.checkpoint.restore``), writes ``model.nir`` beside it
 (``<workdir>/checkpoints/model.nir``, ``nir.write``), reads it back (``nir.read``), imports it
 (``plif_jax.nir_graph.import_graph``) and evaluates on the run's test split, next to the
 checkpoint's model:
@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import nir
 
-    from plif_jax import analysis, checkpoint, data, nir_graph
+    from plif_jax import analysis, data, nir_graph
+    from plif_jax.training import checkpoint
 
     model, config = checkpoint.restore(args.workdir, args.which)
     model.eval()

@@ -13,9 +13,10 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from plif_jax import allocator, cli
-from plif_jax.cli import YNN_FLAG as _YNN_FLAG
-from plif_jax.cli import set_cpu_flags
+from plif_jax import cli
+from plif_jax.runtime import allocator
+from plif_jax.runtime.xla_flags import YNN_FLAG as _YNN_FLAG
+from plif_jax.runtime.xla_flags import set_cpu_flags
 
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config file stem>).")
@@ -31,7 +32,8 @@ flags.DEFINE_bool(
     "glibc_keep_freed",
     True,
     "With glibc's malloc, the training steps reuse their freed buffers instead of mapping them "
-    "afresh each step (one arena; no mmap and no trimming while steps run; plif_jax.allocator): "
+    "afresh each step (one arena; no mmap and no trimming while steps run; "
+    "plif_jax.runtime.allocator): "
     "the quick start's step 1.45x faster on 2 cores (BENCHMARKS.md). --noglibc_keep_freed keeps "
     "glibc's defaults. Ignored for a preloaded malloc.",
 )
@@ -51,15 +53,16 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.get_absl_logger().addFilter(_QuietLibraries())
     set_cpu_flags(FLAGS.xla_cpu_ynn)
-    if FLAGS.glibc_keep_freed:  # before JAX makes its threads (plif_jax.allocator)
+    if FLAGS.glibc_keep_freed:  # before JAX makes its threads (plif_jax.runtime.allocator)
         allocator.keep_freed_memory()
-    from plif_jax import config as config_lib
+    from plif_jax.training import config as config_lib
 
     # A mistake in the config is reported at once, before JAX and the libraries load (seconds).
     config_lib.validate(FLAGS.config)
     import jax
 
-    from plif_jax import parallel, train
+    from plif_jax.runtime import parallel
+    from plif_jax.training import run as train
 
     # Before anything below touches a JAX backend (jax.devices()): JAX joins a cluster only then.
     parallel.initialize_distributed(bool(FLAGS.config.distributed))

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from plif_jax import xla_cpu
+from plif_jax.ops import xla_cpu
 
 Array = jax.Array
 
@@ -81,7 +81,7 @@ def linear(
 def pool2x2(x: Array, kind: str = "max") -> Array:
     """2x2 max or average pooling, stride 2, VALID (floors odd sizes: 17 -> 8), NHWC.
 
-    ``'max'`` runs :func:`plif_jax.xla_cpu.max_pool2x2` (same values and gradients as
+    ``'max'`` runs :func:`plif_jax.ops.xla_cpu.max_pool2x2` (same values and gradients as
     ``nnx.max_pool``, without XLA:CPU's slow reduce_window / select_and_scatter).
     """
     if kind == "max":

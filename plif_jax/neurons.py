@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from plif_jax import lif_loop
 from plif_jax import surrogate as surrogate_lib
+from plif_jax.ops import lif_loop
 
 Array = jax.Array
 

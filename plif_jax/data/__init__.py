@@ -57,7 +57,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from plif_jax.config import DATASETS, PROTOCOLS, STATIC_DATASETS
 from plif_jax.data import digits as digits_lib
 from plif_jax.data import events as events_lib
 from plif_jax.data import original as original_lib
@@ -67,6 +66,7 @@ from plif_jax.data.frames import NORMALIZATIONS, SPLIT_BY, check_frame_settings,
 from plif_jax.data.loader import BatchSource
 from plif_jax.data.splits import accuracy_b_split
 from plif_jax.errors import ConfigError
+from plif_jax.training.config import DATASETS, PROTOCOLS, STATIC_DATASETS
 
 __all__ = [
     "DATASETS",

@@ -21,7 +21,7 @@ tonic 1.7.0's ``tonic.io`` is used where it is right and not where it is not: it
 reader (``get_aer_events_from_file`` with version 2: big-endian pairs) is used here; its
 ``read_dvs_ibm`` cannot run (it unpacks the three values ``read_aedat_header_from_file``
 returns into two), and its AEDAT 3 path reads every packet whatever its event type and drops
-``eventTSOverflow``, so the AEDAT 3.1 decoder is written here (``tests/test_data_original.py``
+``eventTSOverflow``, so the AEDAT 3.1 decoder is written here (``tests/data/test_data_original.py``
 shows both).
 """
 

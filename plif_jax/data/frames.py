@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from plif_jax.config import NORMALIZATIONS, SPLIT_BY
 from plif_jax.errors import ConfigError
+from plif_jax.training.config import NORMALIZATIONS, SPLIT_BY
 
 # SpikingJelly 2020 guards every division by this epsilon.
 _EPS = 1e-5

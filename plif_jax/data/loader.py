@@ -7,32 +7,11 @@ start)`` skips the first ``start`` batches without reading them, so the iterator
 
 In a multi-process run (``sharding`` spanning the devices of several processes) every process
 computes the same batch order but reads only its own rows of each batch
-(:func:`plif_jax.parallel.local_rows`), and the batch arrives as a global ``jax.Array``
+(:func:`plif_jax.runtime.parallel.local_rows`), and the batch arrives as a global ``jax.Array``
 assembled from every process's part.
 
-Why not grain (measured 2026-12-01, grain 0.2.18, jax 0.10.2, the quick start's ``digits_events``
-train split: 4,000 samples, batch 16, seed 2020, 250 batches, on the shared 2-core machine):
-
-* Order. Every recorded result (the quick start's 96.10% and its taus, the README's runs) was
-  trained on the order ``np.random.default_rng([seed, epoch]).permutation(n)``. grain's
-  ``MapDataset.range(4000).shuffle(seed=2020)`` gives another order: it differs from ours at
-  position 0 (ours starts 1607, 1225, 2953, grain's 3820, 3871, 1145; 3,998 of 4,000 positions
-  differ), and so does epoch 1 after ``.repeat()``. Keeping the recorded numbers rules out
-  grain's shuffle.
-* Speed. A grain pipeline over OUR index plan (``MapDataset.source(list(batch_indices(epoch)))
-  .map(read_batch).to_iter_dataset(ReadOptions(num_threads=1 or 2, prefetch_buffer_size=2))``
-  and ``grain.experimental.device_put``) yields the same batches and is not faster beyond the
-  noise: one epoch, median of 3 in the same process, four runs (load average 3-4 from other
-  work): this loader 228 / 249 / 242 / 372 batches/s, grain with 1 thread 137 / 188 / 239 / 343,
-  with 2 threads 161 / 190 / 256 / 288. Either way a batch costs 3-7 ms, against ~30 ms for a
-  quick-start train step (517 samples/s, BENCHMARKS.md "What was changed", item 7).
-* Resume. That pipeline's ``get_state()`` is ``{'next_index': k}`` and ``set_state`` resumes
-  exactly mid-epoch (batches equal to ``batches(epoch, start=k)``): the same ``(epoch, start
-  batch)`` position this loader already keeps in the checkpoint, so it adds nothing (and its
-  prefetch iterators print an ``AttributeError`` from ``__del__`` at interpreter exit).
-
-So grain is not a dependency. Reproduce with ``pip install grain==0.2.18`` and
-``python -m experiments.measure_loader_grain``.
+Why the loader is not built on grain (order, speed, resume; measured):
+``benchmarks/studies/grain_loader/README.md``.
 """
 
 from __future__ import annotations
@@ -43,9 +22,9 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from plif_jax import parallel
 from plif_jax.data.cache import aligned_empty
 from plif_jax.errors import ConfigError
+from plif_jax.runtime import parallel
 
 Batch = dict[str, np.ndarray]
 

@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from plif_jax import layers, neurons, xla_cpu
+from plif_jax import layers, neurons
+from plif_jax.ops import xla_cpu
 
 Array = jax.Array
 Carry = dict[str, Any]

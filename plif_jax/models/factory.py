@@ -3,7 +3,7 @@
 :func:`from_config` is the one place where a config becomes a model: :func:`spec_from_config`
 maps ``config.model`` / ``config.neuron`` (one to one, ``options.CONFIG_FIELDS``) and the
 dataset's shape to :func:`create_model`'s options, which a checkpoint stores (``model.json``)
-so that :func:`plif_jax.checkpoint.restore` rebuilds the same network.
+so that :func:`plif_jax.training.checkpoint.restore` rebuilds the same network.
 """
 
 from __future__ import annotations

@@ -31,11 +31,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from plif_jax import layers, neurons, xla_cpu
+from plif_jax import layers, neurons
 from plif_jax import surrogate as surrogate_lib
 from plif_jax.models import record as record_lib
 from plif_jax.models.blocks import ConvBN, SpikingBlock, SpikingFC, make_neuron
 from plif_jax.models.options import NetConfig, check_remat
+from plif_jax.ops import xla_cpu
 
 Array = jax.Array
 VOTE_GROUP = 10
@@ -177,7 +178,9 @@ class SpikingNet(nnx.Module):
         for i, block in enumerate(self.features):
             x, c, taps[f"sn{i}"] = block(x, t, carry[i], in_scan=in_scan, record=self.record)
             new_carry.append(c)
-        x = x.reshape(x.shape[0], -1)  # NHWC order; plif_jax.porting permutes torch's CHW rows
+        x = x.reshape(
+            x.shape[0], -1
+        )  # NHWC order; plif_jax.models.porting permutes torch's CHW rows
         for j, block in enumerate(self.classifier):
             i = len(self.features) + j
             x, c, taps[f"sn{i}"] = block(x, t, carry[i], in_scan=in_scan, record=self.record)

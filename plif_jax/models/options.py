@@ -3,7 +3,8 @@
 :func:`resolve` fills in the paper's defaults (Fang et al., ICCV 2021, Sec. 4.1 and the original
 repository's ``codes/models.py``) and validates; :data:`CONFIG_FIELDS` maps every option that a
 run config sets to its one config field (``config.model.*`` / ``config.neuron.*``), so that
-:func:`plif_jax.config.validate` and :func:`create_model` run the same checks with the name the
+:func:`plif_jax.training.config.validate` and :func:`create_model` run the same checks with the
+name the
 caller knows (``config.neuron.init_tau`` on the command line, ``init_tau`` in Python). The input
 options (``T``, ``input_size``, ``in_channels``, ``num_classes``, ``input_layout``, ``dtype``)
 come from the data and ``config.data.T`` / ``config.dtype``.
@@ -44,7 +45,8 @@ PAPER: dict[str, dict[str, Any]] = {
     "dvsgesture": dict(channels=128, number_layer=5, in_channels=2, input_size=128, num_classes=11),
 }
 
-# option -> the run config's field (one to one; tests/test_configs.py checks both directions).
+# option -> the run config's field (one to one; tests/training/test_configs.py checks both
+# directions).
 CONFIG_FIELDS: dict[str, str] = {
     "channels": "model.channels",
     "number_layer": "model.number_layer",

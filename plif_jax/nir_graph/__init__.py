@@ -42,7 +42,7 @@ IF, Threshold, SumPool2d, AvgPool2d, Flatten, Scale), or a plif_jax graph with
 ``generic=True``, runs through :class:`NIRNetwork`: the nodes in topological order on
 ``[T, B, ...]`` (channel-first), the neurons through :func:`plif_jax.neurons.lif_multistep` where
 a layer's parameters are uniform. It computes the folded convolution, so its currents differ
-from the network's in the last bits (``tests/test_nir.py`` shows the spikes do not).
+from the network's in the last bits (``tests/interop/test_nir.py`` shows the spikes do not).
 """
 
 from plif_jax.nir_graph.common import (

@@ -1,0 +1,163 @@
+"""Where the train CLI's time goes: its own jitted step, bare and then with each part of the loop.
+
+    python -m benchmarks.measure_loop --config configs/quickstart.py
+    python -m benchmarks.measure_loop --config configs/fashion_mnist.py \
+        --config.data.root=~/tensorflow_datasets --steps 100
+
+Builds the run exactly as ``experiments.train`` does (the config's data, model, optimizer and
+``jit_steps``; the CLI's default XLA flag), then times ``--steps`` training steps in each of
+these settings, ``--repeats`` times each, interleaved, and prints the median samples/s:
+
+* ``bare``: the step on one batch already on the device, dispatched back to back, one
+  ``block_until_ready`` at the end (what ``benchmarks.cli`` times);
+* ``+data``: each step's real batch from the loader (its prefetch thread reads and places them);
+* ``+drain``: and each step's metrics read one step late (``progress.MetricsDrain``: the host
+  sync that checks the loss is finite and feeds the accumulators);
+* ``loop``: :meth:`plif_jax.training.epochs.Epochs.train` itself (the above, and the log windows'
+  TensorBoard/``metrics.jsonl`` writes, the progress bar and the stop check) in a temporary
+  workdir.
+
+Also prints the process's page faults (minor, ``getrusage``) and system CPU seconds per step of
+each setting: fresh large buffers from the system allocator cost page faults on every step.
+``--noglibc_keep_freed`` (glibc's malloc defaults) or ``LD_PRELOAD`` set to tcmalloc show the
+allocator's share (:mod:`plif_jax.runtime.allocator`).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import tempfile
+import time
+
+from absl import flags
+from ml_collections import config_flags
+
+from plif_jax import cli
+from plif_jax.errors import ConfigError
+from plif_jax.runtime import xla_flags
+
+config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=False)
+flags.DEFINE_integer("steps", 100, "Training steps per timed window.")
+flags.DEFINE_integer("repeats", 3, "Timed windows per setting (median).")
+flags.DEFINE_string(
+    "settings", "bare,+data,+drain,loop", "Comma list of settings (bare, +data, +drain, loop)."
+)
+flags.DEFINE_bool(
+    "glibc_keep_freed",
+    True,
+    "As the train CLI: glibc malloc keeps freed memory (plif_jax.runtime.allocator); "
+    "--noglibc_keep_freed: glibc's defaults.",
+)
+flags.mark_flags_as_required(["config"])
+FLAGS = flags.FLAGS
+
+SETTINGS = ("bare", "+data", "+drain", "loop")
+
+
+def _usage() -> tuple[float, int]:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_stime, r.ru_minflt
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    from plif_jax.runtime import allocator
+
+    xla_flags.set_cpu_flags(True)  # the CLI's default
+    malloc = allocator.keep_freed_memory() if FLAGS.glibc_keep_freed else allocator.in_effect()
+    import jax
+    import numpy as np
+
+    from plif_jax.runtime import parallel
+    from plif_jax.training import checkpoint as checkpoint_lib
+    from plif_jax.training import config as config_lib
+    from plif_jax.training import members as members_lib
+    from plif_jax.training import metrics as metrics_lib
+    from plif_jax.training.epochs import Epochs
+    from plif_jax.training.preemption import StopRequest
+    from plif_jax.training.progress import MetricsDrain, Progress
+    from plif_jax.training.run import _open_data, build_one
+    from plif_jax.training.steps import to_device
+
+    settings = [s for s in FLAGS.settings.split(",") if s]
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        raise ConfigError(f"--settings: unknown {unknown}; choose from {list(SETTINGS)}.")
+    config = FLAGS.config
+    if int(config.num_seeds) != 1:
+        raise ConfigError("--config.num_seeds: this measures the one-member loop; use 1.")
+    config_lib.validate(config, num_devices=int(config.num_devices) or jax.device_count())
+    mesh = parallel.create_mesh(int(config.num_devices))
+    bundle = _open_data(config, mesh)
+    (member,) = members_lib.members(config)
+    config = members_lib.member_config(config, member)
+    _, steps, state = build_one(config, bundle, mesh, member)  # as train_and_evaluate
+    n, b = int(FLAGS.steps), int(config.batch_size)
+    if n > bundle.train.num_batches:
+        raise ConfigError(
+            f"--steps {n} is more than the {bundle.train.num_batches} batches of an epoch."
+        )
+    lr, epoch_in = np.float32(config.optim.lr), np.int32(0)
+    tmp = tempfile.mkdtemp(prefix="measure_loop_")
+    writer = metrics_lib.MetricWriter(tmp)
+    store = checkpoint_lib.CheckpointStore(tmp, keep=1, keep_best=False)
+    bar = type("NoBar", (), {"update": lambda *a: None, "set_postfix": lambda *a, **k: None})()
+
+    fixed = to_device(next(bundle.train.batches(epoch=0)), mesh)
+
+    def run(setting: str, epoch: int):
+        nonlocal state
+        progress = Progress(epoch=epoch)
+        if setting == "loop":
+            with StopRequest(n) as stop:
+                loop = Epochs(config, bundle, mesh, steps, store, writer, bar, stop, n)
+                state = loop.train(state, progress, float(lr))
+            return
+        drain = MetricsDrain(progress, epoch=epoch, batch_size=b, checkpoint_dir=tmp)
+        batches = bundle.train.batches(epoch=epoch) if setting != "bare" else None
+        m = None
+        with allocator.reusing_freed_memory():  # as Epochs.train does
+            for i in range(n):
+                batch = fixed if batches is None else to_device(next(batches), mesh)
+                state, m = steps.train(state, batch, lr, epoch_in, np.int32(i))
+                if setting == "+drain":
+                    drain.push(i, i, m)
+            drain.flush()
+            jax.block_until_ready((state, m))
+        if batches is not None:
+            batches.close()
+
+    run("bare", 0)  # compile and warm up
+    times: dict[str, list[float]] = {s: [] for s in settings}
+    sys_s: dict[str, list[float]] = {s: [] for s in settings}
+    faults: dict[str, list[int]] = {s: [] for s in settings}
+    for r in range(int(FLAGS.repeats)):
+        for s in settings:
+            s0, f0 = _usage()
+            t0 = time.perf_counter()
+            run(s, epoch=1 + r)
+            times[s].append(time.perf_counter() - t0)
+            s1, f1 = _usage()
+            sys_s[s].append(s1 - s0)
+            faults[s].append(f1 - f0)
+    writer.close()
+    store.close()
+    print(f"{config.dataset}: {n} steps of batch {b} x {FLAGS.repeats}, {malloc}")
+    print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; load {os.getloadavg()}")
+    bare = statistics.median(times[settings[0]]) if settings[0] == "bare" else None
+    for s in settings:
+        t = statistics.median(times[s])
+        rel = f"{bare / t:6.1%} of bare" if bare else ""
+        print(
+            f"  {s:7s} {n * b / t:8.1f} samples/s  {1e3 * t / n:7.1f} ms/step  {rel}  "
+            f"sys {1e3 * statistics.median(sys_s[s]) / n:5.1f} ms/step  "
+            f"minor faults {statistics.median(faults[s]) / n:8.0f}/step  "
+            f"(windows: {', '.join(f'{n * b / x:.1f}' for x in times[s])})"
+        )
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,181 @@
+"""The k members of a run (:mod:`plif_jax.training.members`) in one compiled train step.
+
+The members' :class:`~plif_jax.training.steps.TrainState` s are stacked on a leading member axis
+(every
+leaf, Adam's step count and the dropout RNG keys included). :func:`jit_member_steps` compiles
+:func:`plif_jax.training.steps.train_step` over that axis in one of two layouts:
+
+- ``'vmap'``: ``jax.vmap`` of the step (one batched program; the convolutions of k members
+  become one batched, feature-grouped convolution);
+- ``'loop'``: the k steps written one after the other in one jitted function (XLA sees k
+  independent copies of the single-member program). The default (``config.members.layout``):
+  on XLA:CPU the vmapped step was 1.1x sequential at k = 4 against the loop's 1.9x (README,
+  Performance), its grouped convolutions being slow there.
+
+Both give member ``i`` the same results as a one-member run of
+:func:`plif_jax.training.members.member_config` up to float rounding (the batched kernels may sum in
+another order). With shared data the batch, its augmentation key and thus the preprocessing are
+the same for every member (computed once under ``vmap``); per-member data stacks k batches.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from plif_jax.runtime import parallel
+from plif_jax.training.steps import Steps, TrainState, eval_step, to_device, train_step
+
+Array = jax.Array
+
+
+def stack(trees: Sequence[Any]) -> Any:
+    """The trees' leaves stacked on a new leading axis (typed PRNG keys included)."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def unstack(tree: Any, index: int) -> Any:
+    """Member ``index`` of a stacked tree."""
+    return jax.tree.map(lambda x: x[index], tree)
+
+
+def check_same_structure(states: Sequence[TrainState]) -> None:
+    """Raises ValueError when members' states differ in structure, shapes or dtypes."""
+
+    def sig(s):
+        leaves, treedef = jax.tree.flatten(s)
+        return treedef, [(jnp.shape(x), jnp.result_type(x)) for x in leaves]
+
+    first = sig(states[0])
+    for i, s in enumerate(states[1:], 1):
+        if sig(s) != first:
+            raise ValueError(
+                f"Member {i}'s train state differs from member 0's in structure or shapes; "
+                "members may differ only in values that keep the shapes "
+                "(plif_jax.training.members)."
+            )
+
+
+def jit_member_steps(
+    graphdef_model: nnx.Module,
+    *,
+    k: int,
+    tx: optax.GradientTransformation,
+    preprocess: Callable[..., Array],
+    data_seeds: Sequence[int],
+    per_member_data: bool,
+    num_classes: int,
+    time_steps: int,
+    mesh: jax.sharding.Mesh,
+    layout: str = "loop",
+) -> Steps:
+    """:func:`~plif_jax.training.steps.train_step` and ``eval_step`` over k stacked members.
+
+    ``train(state, batch, lr[k], epoch, step)``: ``batch`` leaves are ``[B, ...]`` (shared) or
+    ``[k, B, ...]`` (per-member data); the metrics have a leading member axis.
+    ``eval(params, rest, batch)``: the batch is shared; the metrics have a member axis.
+    ``Steps.model`` takes a single member's state (:func:`unstack`).
+    """
+    model = graphdef_model
+    model.train()
+    graphdef_train = nnx.graphdef(model)
+    model.eval()
+    graphdef_eval = nnx.graphdef(model)
+    traces: collections.Counter = collections.Counter()
+    # Traces are counted once per compiled k-member step (the loop traces the step k times).
+    common = dict(preprocess=preprocess, num_classes=num_classes, time_steps=time_steps)
+    if per_member_data:
+        keys = jnp.stack([jax.random.key(int(s)) for s in data_seeds])
+    else:
+        keys = jax.random.key(int(data_seeds[0]))
+
+    def one_train(state, batch, lr, key, epoch, step):
+        return train_step(
+            state, batch, lr, epoch, step, graphdef=graphdef_train, tx=tx, base_key=key, **common
+        )
+
+    def one_eval(params, rest, batch):
+        return eval_step(params, rest, batch, graphdef=graphdef_eval, **common)
+
+    data_axis = 0 if per_member_data else None
+    if layout == "vmap":
+        train_k = jax.vmap(one_train, in_axes=(0, data_axis, 0, data_axis, None, None))
+        eval_k = jax.vmap(one_eval, in_axes=(0, 0, None))
+    elif layout == "loop":
+
+        def train_k(state, batch, lr, key, epoch, step):
+            outs = [
+                one_train(
+                    unstack(state, i),
+                    unstack(batch, i) if per_member_data else batch,
+                    lr[i],
+                    key[i] if per_member_data else key,
+                    epoch,
+                    step,
+                )
+                for i in range(k)
+            ]
+            return stack([o[0] for o in outs]), stack([o[1] for o in outs])
+
+        def eval_k(params, rest, batch):
+            return stack([one_eval(unstack(params, i), unstack(rest, i), batch) for i in range(k)])
+
+    else:
+        raise ValueError(f"layout must be 'vmap' or 'loop', got {layout!r}.")
+
+    def train_fn(state, batch, lr, epoch, step):
+        traces["train_step"] += 1  # runs only while tracing
+        return train_k(state, batch, lr, keys, epoch, step)
+
+    def eval_fn(params, rest, batch):
+        traces["eval_step"] += 1
+        return eval_k(params, rest, batch)
+
+    replicated = parallel.replicated(mesh)
+    train = jax.jit(train_fn, donate_argnums=0, out_shardings=replicated)
+    evaluate_ = jax.jit(eval_fn, out_shardings=replicated)
+    return Steps(train=train, eval=evaluate_, traces=traces, graphdef=graphdef_eval)
+
+
+def stacked_batches(iterators: Sequence[Iterable[Mapping[str, Any]]], mesh) -> Iterable[dict]:
+    """Per-member data: the members' batches stacked on a leading member axis."""
+    for batches in zip(*iterators, strict=True):
+        placed = [to_device(b, mesh) for b in batches]
+        yield {key: jnp.stack([b[key] for b in placed]) for key in placed[0]}
+
+
+def evaluate_members(
+    eval_fn: Callable[..., dict[str, Array]],
+    state: TrainState,
+    batches: Iterable[Mapping[str, Any]],
+    mesh: jax.sharding.Mesh,
+) -> dict[str, Any]:
+    """Per-member accuracy and loss: ``{'accuracy': [k], 'loss': [k], 'count'}``."""
+    results = [eval_fn(state.params, state.rest, to_device(batch, mesh)) for batch in batches]
+    results = jax.device_get(results)
+    correct = np.sum([np.asarray(r["correct"], np.int64) for r in results], axis=0)
+    loss = np.sum([np.asarray(r["loss_sum"], np.float64) for r in results], axis=0)
+    count = float(sum(float(np.asarray(r["count"])[0]) for r in results))
+    return {
+        "accuracy": [int(c) / max(count, 1.0) for c in correct],
+        "loss": [float(v) / max(count, 1.0) for v in loss],
+        "count": int(count),
+    }
+
+
+def member_view(state: TrainState, index: int) -> TrainState:
+    """Member ``index``'s state (params and rest; no optimizer state)."""
+    return TrainState(unstack(state.params, index), unstack(state.rest, index), None)
+
+
+__all__ = [
+    "check_same_structure", "evaluate_members", "jit_member_steps", "member_view", "stack",
+    "stacked_batches", "unstack",
+]  # fmt: skip

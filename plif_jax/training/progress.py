@@ -1,0 +1,191 @@
+"""The run's progress: where training stands, the best-so-far records, the running sums.
+
+:class:`Progress` is everything a resumed run needs besides the arrays; each checkpoint stores it
+as its JSON ``meta`` item (:meth:`Progress.to_json` / :meth:`Progress.from_json`).
+:func:`update_best` is the paper's two protocols' bookkeeping, and :class:`MetricsDrain` reads a
+step's metrics one step late so that the host never waits for the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from plif_jax.errors import IncompatibleRunError
+
+
+@dataclasses.dataclass
+class Accumulator:
+    """Sums of the train step's metrics over some steps (an epoch, or a logging window)."""
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    count: int = 0  # samples
+    steps: int = 0
+    firing_rate: dict[str, float] = dataclasses.field(default_factory=dict)  # summed per step
+
+    def add(self, m: Mapping[str, Any], batch_size: int) -> None:
+        """Adds one step's host-side metrics (``loss``, ``correct``, ``firing_rate``)."""
+        self.loss_sum += float(m["loss"])
+        self.correct += int(m["correct"])
+        self.count += batch_size
+        self.steps += 1
+        for name, rate in m["firing_rate"].items():
+            self.firing_rate[name] = self.firing_rate.get(name, 0.0) + float(rate)
+
+    def mean_loss(self) -> float:
+        return self.loss_sum / max(self.steps, 1)
+
+    def accuracy(self) -> float:
+        return self.correct / max(self.count, 1)
+
+    def mean_rates(self) -> dict[str, float]:
+        """``{layer: mean firing rate}`` over the steps, layers sorted by name."""
+        return {k: v / max(self.steps, 1) for k, v in sorted(self.firing_rate.items())}
+
+
+@dataclasses.dataclass
+class Progress:
+    """How far a run is, and its best-so-far records (-1: none yet)."""
+
+    epoch: int = 0  # the epoch in progress (or next to run)
+    step_in_epoch: int = 0  # training batches of that epoch already done
+    global_step: int = 0
+    best_test_accuracy: float = -1.0
+    best_test_epoch: int = -1
+    best_val_accuracy: float = -1.0
+    best_val_epoch: int = -1
+    test_at_best_val: float = -1.0
+    last_test_accuracy: float = -1.0
+    metrics_offset: int = 0  # bytes of metrics.jsonl this checkpoint accounts for
+    epoch_acc: Accumulator = dataclasses.field(default_factory=Accumulator)
+    window_acc: Accumulator = dataclasses.field(default_factory=Accumulator)
+    train_seconds: float = 0.0
+    train_samples: int = 0
+    # A run of k > 1 members (plif_jax.training.members): each member's own records and accumulators
+    # (their epoch/step fields unused). The run's own best fields then track the members' MEAN
+    # accuracy (what picks the best checkpoint). Empty for a one-member run (and not stored).
+    members: list[Progress] = dataclasses.field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The checkpoint's ``meta`` record (plain JSON types)."""
+        out = dataclasses.asdict(self)
+        if not self.members:
+            del out["members"]  # a one-member run's record is as before the field existed
+        else:
+            for m in out["members"]:
+                del m["members"]
+        return out
+
+    @classmethod
+    def from_json(cls, meta: Mapping[str, Any]) -> Progress:
+        """Inverse of :meth:`to_json`.
+
+        Raises:
+          IncompatibleRunError: ``meta`` lacks a field or has one this code does not know (a
+            checkpoint of another plif_jax version).
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        given = set(meta) | {"members"}  # absent in a one-member run's record
+        if given != names:
+            raise IncompatibleRunError(
+                f"The checkpoint's progress record has other fields than this code's (missing "
+                f"{sorted(names - given)}, unknown {sorted(given - names)}): it was "
+                "written by another plif_jax version. Use a new --workdir, or that version."
+            )
+        values = dict(meta)
+        for name in ("epoch_acc", "window_acc"):
+            values[name] = Accumulator(**values[name])
+        values["members"] = [cls.from_json(m) for m in values.get("members", [])]
+        return cls(**values)
+
+
+def update_best(
+    progress: Progress, protocol: str, epoch: int, test_acc: float, val_acc: float | None
+) -> bool:
+    """Updates the best-so-far records; returns whether this epoch is the new best checkpoint.
+
+    Protocol A: the best test accuracy and the FIRST epoch reaching it (the paper's accuracy-A).
+    Protocol B: the test accuracy at the best validation accuracy; ties go to the LATER epoch
+    (the reference's ``max_val_accuracy <= val_accuracy``).
+    """
+    p = progress
+    improved = False
+    if test_acc > p.best_test_accuracy:
+        p.best_test_accuracy, p.best_test_epoch = test_acc, epoch
+        improved = protocol == "A"
+    p.last_test_accuracy = test_acc
+    if protocol == "B":
+        if val_acc is None:
+            raise ValueError("Protocol B needs the validation accuracy of every epoch.")
+        if val_acc >= p.best_val_accuracy:
+            p.best_val_accuracy, p.best_val_epoch = val_acc, epoch
+            p.test_at_best_val = test_acc
+            improved = True
+    return improved
+
+
+class MetricsDrain:
+    """Reads step n's metrics only after step n+1 is dispatched (the host never blocks the device).
+
+    :meth:`push` hands over a step's (still on device) metrics and reads the previous step's;
+    :meth:`flush` reads the one pending. Reading checks that the step was finite and adds it to
+    ``progress.epoch_acc`` and ``progress.window_acc``.
+
+    Args:
+      progress: the run's progress (its accumulators are looked up at each read).
+      epoch: the epoch whose steps are pushed (named in the non-finite error).
+      batch_size: samples per step.
+      checkpoint_dir: named in the non-finite error (its last good checkpoint is kept).
+    """
+
+    def __init__(self, progress: Progress, *, epoch: int, batch_size: int, checkpoint_dir: str):
+        self.progress = progress
+        self.epoch = epoch
+        self.batch_size = batch_size
+        self.checkpoint_dir = checkpoint_dir
+        self._pending: tuple[int, int, Any] | None = None
+
+    def push(self, step_in_epoch: int, global_step: int, metrics: Any) -> None:
+        """Reads the pending step's metrics, then holds this one's."""
+        self.flush()
+        self._pending = (step_in_epoch, global_step, metrics)
+
+    def flush(self) -> None:
+        """Reads the pending step's metrics, if any.
+
+        Raises:
+          FloatingPointError: that step's loss or gradient is not finite.
+        """
+        if self._pending is None:
+            return
+        step_in_epoch, global_step, m = self._pending
+        self._pending = None
+        m = jax.device_get(m)
+        members = self.progress.members
+        if members:  # k members: a leading member axis on every metric
+            bad = [i for i, ok in enumerate(np.asarray(m["finite"])) if not ok]
+            if bad:
+                raise FloatingPointError(
+                    f"Non-finite loss or gradient at epoch {self.epoch}, step {step_in_epoch} of "
+                    f"the epoch (global step {global_step}) in member(s) {bad}: loss="
+                    f"{np.asarray(m['loss']).tolist()}. Stopped without saving; the last good "
+                    f"checkpoint in {self.checkpoint_dir} is kept."
+                )
+            for i, p in enumerate(members):
+                mi = jax.tree.map(lambda a, i=i: np.asarray(a)[i], m)
+                p.epoch_acc.add(mi, self.batch_size)
+                p.window_acc.add(mi, self.batch_size)
+            return
+        if not bool(m["finite"]):
+            raise FloatingPointError(
+                f"Non-finite loss or gradient at epoch {self.epoch}, step {step_in_epoch} of the "
+                f"epoch (global step {global_step}): loss={float(m['loss'])}. Stopped "
+                f"without saving; the last good checkpoint in {self.checkpoint_dir} is kept."
+            )
+        self.progress.epoch_acc.add(m, self.batch_size)
+        self.progress.window_acc.add(m, self.batch_size)
