@@ -20,6 +20,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import common
+from plif_jax.data import registry
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -27,7 +28,8 @@ def get_config() -> ml_collections.ConfigDict:
     config = common.get_config()
     config.dataset = "cifar10dvs"
     config.eval_batch_size = 16  # The reference's test batch (irrelevant in eval mode).
-    config.data.T = 20  # Frames per sample = time steps.
+    # Frames per sample = time steps. The paper's T (plif_jax.data.registry).
+    config.data.T = registry.get("cifar10dvs").default_T
     config.data.split_by = "number"  # Equal-event-count frames (`-split_by number`).
     config.data.normalization = None  # Raw per-pixel event counts.
     config.model.channels = 128  # Conv channels (codes/models.py).

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import common
+from plif_jax.data import registry
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -27,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = common.get_config()
     config.dataset = "mnist"
     config.eval_batch_size = 128  # The reference's test batch (irrelevant in eval mode).
-    config.data.T = 8  # Time steps (the image is repeated; direct encoding).
+    # Time steps (the image is repeated; direct encoding). The paper's T (plif_jax.data.registry).
+    config.data.T = registry.get("mnist").default_T
     config.model.channels = 128  # Conv channels (codes/models.py).
     return config

@@ -49,9 +49,10 @@ import os
 from absl import app, flags
 
 from plif_jax import cli
+from plif_jax.data import registry
 from plif_jax.errors import MissingDataError, UserError
 
-DATASETS = ("mnist", "fashion_mnist", "cifar10")
+DATASETS = registry.TFDS
 
 flags.DEFINE_enum("dataset", None, [*DATASETS, "all"], "tfds dataset to prepare, or all.")
 flags.DEFINE_string("data_dir", None, "tfds data directory (default: tfds's own).")

@@ -29,35 +29,24 @@ from typing import Any
 import numpy as np
 
 from plif_jax import errors
+from plif_jax.data import registry
 
 SOURCE = "fangwei123456/Parametric-Leaky-Integrate-and-Fire-Spiking-Neuron@f644ff6, logs/"
 """Where the shipped curves come from (the original repository's TensorBoard logs)."""
 
-PAPER_DATASETS: dict[str, str] = {
-    "mnist": "MNIST",
-    "fashion_mnist": "FashionMNIST",
-    "cifar10": "CIFAR10",
-    "nmnist": "NMNIST",
-    "cifar10dvs": "CIFAR10DVS",
-    "dvsgesture": "DVS128Gesture",
-}
+PAPER_DATASETS: dict[str, str] = {n: registry.get(n).paper_name for n in registry.PAPER}
 """plif_jax dataset name -> the dataset name in the paper's run names."""
 
-EVENT_DATASETS = ("nmnist", "cifar10dvs", "dvsgesture")
+EVENT_DATASETS = tuple(n for n in registry.PAPER if not registry.get(n).is_static)
 # The offline datasets feed a paper network but were never trained on by the paper.
-_OFFLINE_NETWORK = {"digits_events": "nmnist", "digits_static": "mnist"}
+_OFFLINE_NETWORK = {
+    n: row.network for n, row in registry.DATASETS.items() if n not in registry.PAPER
+}
 
 # The paper's main setting per dataset (PLIF, tau_0 2, max pooling, detached reset; event data:
 # 128 channels, split_by number, no normalisation): T and the number of conv blocks. N-MNIST's
 # protocol-B run used T = 20 (the original repository's README table).
-_MAIN_T = {
-    "mnist": 8,
-    "fashion_mnist": 8,
-    "cifar10": 8,
-    "nmnist": 10,
-    "cifar10dvs": 20,
-    "dvsgesture": 20,
-}
+_MAIN_T = {n: registry.get(n).default_T for n in registry.PAPER}
 _MAIN_T_B = {"nmnist": 20}
 _MAIN_N = {"nmnist": 2, "cifar10dvs": 4, "dvsgesture": 5}
 

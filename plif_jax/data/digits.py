@@ -22,9 +22,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-SENSOR_SIZE = (34, 34, 2)
-IMAGE_SHAPE = (28, 28, 1)
-NUM_CLASSES = 10
+from plif_jax.data import registry
+
+SENSOR_SIZE = registry.get("digits_events").shape
+IMAGE_SHAPE = registry.get("digits_static").shape
+NUM_CLASSES = registry.get("digits_static").num_classes
 TRAIN_PER_CLASS = 400
 # tonic's N-MNIST event layout, so the same code path handles both.
 EVENT_DTYPE = np.dtype([("x", np.int64), ("y", np.int64), ("t", np.int64), ("p", np.int64)])

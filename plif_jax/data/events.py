@@ -51,14 +51,15 @@ from collections.abc import Sequence
 import numpy as np
 import tonic
 
+from plif_jax.data import registry
 from plif_jax.data.frames import integrate_events
 from plif_jax.errors import DataError, MissingDataError
 
 # name -> tonic class name, sensor (W, H, P), number of classes, paper T.
 EVENT_DATASETS = {
-    "nmnist": dict(tonic="NMNIST", sensor=(34, 34, 2), num_classes=10),
-    "cifar10dvs": dict(tonic="CIFAR10DVS", sensor=(128, 128, 2), num_classes=10),
-    "dvsgesture": dict(tonic="DVSGesture", sensor=(128, 128, 2), num_classes=11),
+    row.name: dict(tonic=row.tonic, sensor=row.shape, num_classes=row.num_classes)
+    for row in registry.DATASETS.values()
+    if row.tonic is not None
 }
 CIFAR10DVS_TRAIN_FRACTION = 0.9
 

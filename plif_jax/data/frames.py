@@ -12,7 +12,10 @@ from __future__ import annotations
 import numpy as np
 
 from plif_jax.errors import ConfigError
-from plif_jax.training.config import NORMALIZATIONS, SPLIT_BY
+
+# Event-to-frame choices (``config.data.split_by`` / ``config.data.normalization``).
+SPLIT_BY = ("number", "time")
+NORMALIZATIONS = (None, "frequency", "max", "norm", "sum")
 
 # SpikingJelly 2020 guards every division by this epsilon.
 _EPS = 1e-5

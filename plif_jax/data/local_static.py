@@ -37,9 +37,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from plif_jax.data import registry
 from plif_jax.errors import DataError, MissingDataError
 
-LOCAL_DATASETS = ("mnist", "fashion_mnist", "cifar10")
+LOCAL_DATASETS = tuple(n for n, r in registry.DATASETS.items() if "local files" in r.sources)
 
 _IDX_PARTS = {
     "train_images": ("train", "images", "idx3"),

@@ -43,23 +43,23 @@ from typing import Any
 import numpy as np
 import tonic
 
-from plif_jax.data import aedat
+from plif_jax.data import aedat, registry
 from plif_jax.data.archives import extract
 from plif_jax.data.events import _check_file, natural_key
 from plif_jax.data.frames import integrate_events
 from plif_jax.errors import ConfigError, DataError, MissingDataError
 
-SOURCES = ("auto", "original", "tonic")
+SOURCES = registry.SOURCE_CHOICES
 # Bump when decoding or cutting changes: part of the frame cache key.
 READER_VERSION = 1
-DVSGESTURE_TRAIN = ("all", "first_78_trials")
+DVSGESTURE_TRAIN = registry.DVSGESTURE_TRAIN
 # The original repository's logs/B: 803 train + 133 val = 936 samples = 78 trials x 12.
 PAPER_RUN_TRIALS = 78
 CIFAR10DVS_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
 CIFAR10DVS_TRAIN_FILES = 900  # files 0-899 train, 900-999 test (SpikingJelly split_ratio 0.9)
-SENSORS = {"nmnist": (34, 34, 2), "cifar10dvs": (128, 128, 2), "dvsgesture": (128, 128, 2)}
+SENSORS = {name: registry.get(name).shape for name in ("nmnist", "cifar10dvs", "dvsgesture")}
 # Where each dataset lies in the original root, and the archives it needs.
 LAYOUT = {
     "nmnist": ("NMNIST", ("Train.zip", "Test.zip")),

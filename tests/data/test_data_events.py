@@ -3,11 +3,11 @@
 import os
 
 import dv_processing as dv
-import ml_collections
 import numpy as np
 import pytest
 import tonic
 
+from configs import common
 from plif_jax.data import events as events_lib
 from plif_jax.data import get_datasets, integrate_events
 
@@ -69,22 +69,16 @@ def make_nmnist(root, rng):
 
 
 def event_config(tmp_path, dataset, *, batch_size=2, **data):
-    return ml_collections.ConfigDict(
+    """The shared run config (configs/common.py) for ``dataset``, with these data fields."""
+    config = common.get_config()
+    config.update(dict(dataset=dataset, seed=0, batch_size=batch_size, eval_batch_size=4))
+    config.data.update(
         dict(
-            dataset=dataset,
-            seed=0,
-            protocol="A",
-            batch_size=batch_size,
-            eval_batch_size=4,
-            data=dict(
-                root=str(tmp_path / "raw"),
-                cache_dir=str(tmp_path / "cache"),
-                num_workers=1,
-                prefetch=0,
-                **data,
-            ),
+            root=str(tmp_path / "raw"), cache_dir=str(tmp_path / "cache"), num_workers=1, prefetch=0
         )
     )
+    config.data.update(data)
+    return config
 
 
 def all_x(source):

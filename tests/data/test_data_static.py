@@ -4,26 +4,23 @@ import itertools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from configs import common
 from plif_jax.data import get_datasets
 from plif_jax.data import static as static_lib
 
 
 def config(dataset, tmp_path, protocol="A"):
-    return ml_collections.ConfigDict(
-        dict(
-            dataset=dataset,
-            seed=0,
-            protocol=protocol,
-            batch_size=4,
-            eval_batch_size=8,
-            data=dict(root=str(tmp_path / "tfds"), cache_dir=str(tmp_path / "cache"), prefetch=0),
-        )
+    """The shared run config (configs/common.py) for ``dataset``, read from tfds's dir here."""
+    cfg = common.get_config()
+    cfg.update(dict(dataset=dataset, seed=0, protocol=protocol, batch_size=4, eval_batch_size=8))
+    cfg.data.update(
+        dict(root=str(tmp_path / "tfds"), cache_dir=str(tmp_path / "cache"), prefetch=0)
     )
+    return cfg
 
 
 @pytest.mark.parametrize(

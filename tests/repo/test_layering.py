@@ -1,0 +1,42 @@
+"""The house's rules that a test can hold: light config checks, one owner per dataset fact."""
+
+import subprocess
+import sys
+
+from plif_jax import layers, surrogate
+from plif_jax.data import registry
+from plif_jax.models import options
+
+
+def test_validating_a_config_loads_neither_jax_nor_flax_nor_tonic():
+    # The CLI's promise: a config mistake is reported before JAX and the data libraries load.
+    code = (
+        "import sys\n"
+        "from configs import dvsgesture\n"
+        "from plif_jax.training import config\n"
+        "config.validate(dvsgesture.get_config())\n"
+        "heavy = [m for m in ('jax', 'flax', 'tonic', 'orbax', 'tensorflow_datasets') "
+        "if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_config_vocabulary_is_what_layers_and_surrogates_implement():
+    assert set(options.POOLINGS) == set(layers.POOLINGS)
+    assert set(options.BN_MODES) == set(layers.BN_MODES)
+    assert set(options.SURROGATES) == set(surrogate.SPIKE_FUNCTIONS)
+
+
+def test_the_paper_nets_take_their_inputs_from_the_dataset_table():
+    for name in options.NETWORKS:
+        row = registry.get(name)
+        paper = options.PAPER[name]
+        assert (paper["input_size"], paper["in_channels"], paper["num_classes"]) == (
+            row.input_size,
+            row.in_channels,
+            row.num_classes,
+        )
+    assert options.PAPER["dvsgesture"]["num_classes"] == 11
+    assert registry.get("digits_events").network == "nmnist"
+    assert registry.STATIC == ("mnist", "fashion_mnist", "cifar10", "digits_static")
