@@ -40,6 +40,21 @@ def _sj():
     return torch, functional, layer, neuron, surrogate
 
 
+def _step_mode(bn_mode: str | None, step_mode: str | None) -> str:
+    """SpikingJelly's step mode for ``bn_mode``: per-step BatchNorm is 's', folded is 'm'."""
+    mode_of = {"per_step": "s", "folded": "m"}
+    if step_mode is None:
+        step_mode = mode_of.get(bn_mode or "per_step", "s")
+    if step_mode not in ("s", "m"):
+        raise ValueError(f"step_mode must be 's' or 'm', got {step_mode!r}")
+    if bn_mode is not None and bn_mode in mode_of and mode_of[bn_mode] != step_mode:
+        raise ValueError(
+            f"bn_mode={bn_mode!r} needs step_mode={mode_of[bn_mode]!r} in SpikingJelly, got "
+            f"{step_mode!r}"
+        )
+    return step_mode
+
+
 def build_sj_model(name: str, *, step_mode: str | None = None, **options: Any):
     """Builds the paper network ``name`` in torch + SpikingJelly 2.0 (float32, train mode).
 
@@ -61,21 +76,10 @@ def build_sj_model(name: str, *, step_mode: str | None = None, **options: Any):
     """
     torch, _, layer, neuron, surrogate = _sj()
     nn = torch.nn
-    bn_mode = options.get("bn_mode")
-    mode_of = {"per_step": "s", "folded": "m"}
-    if step_mode is None:
-        step_mode = mode_of.get(bn_mode or "per_step", "s")
-    if step_mode not in ("s", "m"):
-        raise ValueError(f"step_mode must be 's' or 'm', got {step_mode!r}")
-    if bn_mode is not None and bn_mode in mode_of and mode_of[bn_mode] != step_mode:
-        raise ValueError(
-            f"bn_mode={bn_mode!r} needs step_mode={mode_of[bn_mode]!r} in SpikingJelly, got "
-            f"{step_mode!r}"
-        )
+    sm = step_mode = _step_mode(options.get("bn_mode"), step_mode)
     cfg = models.resolve(name, **options)
     if cfg.alpha_learnable:
         raise ValueError("SpikingJelly 2.0's surrogate.ATan has no learnable alpha; use False")
-    sm = step_mode
     sg_cls = {"atan": surrogate.ATan, "sigmoid": surrogate.Sigmoid}[cfg.surrogate]
     sg_kwargs = {} if cfg.surrogate_alpha is None else {"alpha": cfg.surrogate_alpha}
 
