@@ -27,8 +27,10 @@ from absl import app, flags
 from ml_collections.config_flags.config_flags import is_config_flag
 
 from plif_jax.errors import UserError
+from plif_jax.runtime import disk
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
 _HELP = "--helpfull lists every flag"
 
 
@@ -55,9 +57,7 @@ def run(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> 
 
     def guarded(args: list[str]) -> Any:
         try:
-            return main(args)
-        except UserError as e:
-            fail(e)
+            return guard(lambda: main(args))
         except app.UsageError as e:  # e.g. a stray positional argument
             fail(f"{e}; flags take the form --name=value ({_HELP}).")
 
@@ -70,10 +70,41 @@ def run_plain(main: Callable[[], Any]) -> None:
     A ``UserError`` from ``main()`` is one ``error: ...`` line and exit status 2 (argparse's own
     usage errors already exit 2 with its ``error:`` line); anything else keeps its traceback.
     """
+    return guard(main)
+
+
+def guard(call: Callable[[], Any]) -> Any:
+    """``call()``, with a user's mistake, a disk fault or Ctrl-C as one line (module docstring).
+
+    - a ``UserError``: ``error: <message>``, exit status 2;
+    - an ``OSError`` of a full, read-only or failing disk (:mod:`plif_jax.runtime.disk`):
+      ``error: cannot write PATH: ... (N free there)...``, exit status 2;
+    - Ctrl-C (``KeyboardInterrupt``): ``interrupted: <what was kept>; run the same command again
+      to continue``, exit status 130 (the shell's code for SIGINT).
+    """
     try:
-        main()
+        return call()
     except UserError as e:
         fail(e)
+    except KeyboardInterrupt as e:
+        interrupted(e)
+    except OSError as e:
+        message = disk.describe(e)
+        if message is None:
+            raise
+        fail(f"{message}. Free some space or choose a writable location, then run the same "
+             "command again.")  # fmt: skip
+
+
+def interrupted(e: BaseException) -> NoReturn:
+    """Prints ``interrupted: ...`` (``e``'s message, or what a stop keeps) and exits 130."""
+    sys.stdout.flush()
+    text = " ".join(str(e).split()) or (
+        "stopped by Ctrl-C; every file already written is kept whole (checkpoints, frames and "
+        "records are written whole or not at all); run the same command again to continue."
+    )
+    print(f"interrupted: {text}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

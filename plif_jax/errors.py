@@ -39,3 +39,12 @@ class IncompatibleRunError(CheckpointError, ValueError):
 
 class NoCheckpointError(CheckpointError, FileNotFoundError):
     """A checkpoint is needed but the directory holds none (not a run directory, or empty)."""
+
+
+class DiskError(UserError, OSError):
+    """A write failed on a full, read-only or failing disk (the message names the path and the
+    free space, :mod:`plif_jax.runtime.disk`)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what was kept and how to continue (printed as one ``interrupted: ...`` line)."""

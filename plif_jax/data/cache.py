@@ -25,6 +25,8 @@ import json
 import logging
 import multiprocessing
 import os
+import re
+import socket
 import sys
 import threading
 import warnings
@@ -35,7 +37,8 @@ from typing import Any, Protocol
 import numpy as np
 import tqdm
 
-from plif_jax.errors import DataError
+from plif_jax.errors import DataError, Interrupted
+from plif_jax.runtime import disk, workers
 
 # Bump whenever the frame computation or the file layout changes.
 FORMAT_VERSION = 1
@@ -123,12 +126,20 @@ class FrameStore:
         return [i for i in range(num_samples) if f"{i:06d}.npy" not in present]
 
     def save(self, index: int, frames: np.ndarray) -> None:
-        """Writes one sample atomically (temporary file, then ``os.replace``)."""
+        """Writes one sample atomically (temporary file, then ``os.replace``).
+
+        The temporary file is named after this process and host (:func:`_tmp_name`): runs
+        sharing the cache never touch each other's.
+        """
         final = self.path(index)
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, _compact(frames))
-        os.replace(tmp, final)
+        tmp = final.with_name(_tmp_name(final.name))
+        try:
+            with disk.writing(tmp), open(tmp, "wb") as f:
+                np.save(f, _compact(frames))
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk, Ctrl-C: no half-written file left
+            raise
 
     def load(self, index: int) -> np.ndarray:
         """Frames of one sample as float32 (a damaged file is reconverted first)."""
@@ -189,8 +200,37 @@ class FrameStore:
         if self.complete:
             self._producer = producer
             return
+        try:
+            self._convert_missing(producer, num_workers, desc)
+        except KeyboardInterrupt:
+            raise Interrupted(
+                f"frame conversion stopped: {self._count_done(producer)} of "
+                f"{producer.num_samples} samples are converted and kept in {self.directory}; run "
+                "the same command again to convert the rest and continue."
+            ) from None
+        except OSError as e:
+            err = disk.as_disk_error(
+                e,
+                f"The {self._count_done(producer)} of {producer.num_samples} samples converted "
+                f"so far are kept in {self.directory}; free some space there or choose a "
+                "writable --config.data.cache_dir, then run the same command again to continue.",
+                default_path=str(self.directory),
+            )
+            if err is None:
+                raise
+            raise err from None
+        self._producer = producer
+
+    def _count_done(self, producer: FrameProducer) -> int:
+        try:
+            return producer.num_samples - len(self.missing(producer.num_samples))
+        except OSError:
+            return 0
+
+    def _convert_missing(self, producer: FrameProducer, num_workers: int, desc: str) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        with open(self.directory / "settings.json", "w") as f:
+        settings = self.directory / "settings.json"
+        with disk.writing(settings), open(settings, "w") as f:
             json.dump({**self.settings, "format_version": FORMAT_VERSION}, f, indent=1, default=str)
         todo = self.missing(producer.num_samples)
         size = producer.chunk_size
@@ -210,17 +250,15 @@ class FrameStore:
         still = self.missing(producer.num_samples)
         if still:
             raise RuntimeError(f"{len(still)} samples still missing in {self.directory}.")
-        for tmp in self.directory.glob(".*.tmp"):  # left by an interrupted run
-            tmp.unlink(missing_ok=True)
+        _remove_orphaned_tmp(self.directory)
         (self.directory / "complete").touch()
-        self._producer = producer
 
     def _convert_parallel(self, producer, chunks, num_workers: int, bar) -> None:
         with futures.ProcessPoolExecutor(
             max_workers=num_workers,
             mp_context=_mp_context(),
             initializer=_init_worker,
-            initargs=(producer, self),
+            initargs=(producer, self, os.getpid()),
         ) as pool:
             pending = {pool.submit(_worker_chunk, c): len(c) for c in chunks}
             try:
@@ -254,8 +292,41 @@ def _write_chunk(producer: FrameProducer, store: FrameStore, indices: Sequence[i
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(producer: FrameProducer, store: FrameStore) -> None:
+def _init_worker(producer: FrameProducer, store: FrameStore, parent_pid: int) -> None:
+    workers.die_with_parent(parent_pid)  # no orphan converting on after a kill of the command
     _WORKER["producer"], _WORKER["store"] = producer, store
+
+
+def _tmp_name(name: str) -> str:
+    """``.<name>.<host>.<pid>.tmp``: whose temporary file it is."""
+    return f".{name}.{socket.gethostname()}.{os.getpid()}.tmp"
+
+
+_TMP = re.compile(r"^\.\d+\.npy\.(?:(?P<host>.+)\.)?(?P<pid>\d+)\.tmp$")
+
+
+def _remove_orphaned_tmp(directory: Path) -> None:
+    """Removes the temporary files of writers that are gone (an interrupted earlier run).
+
+    A file of a live process (another run converting into the same cache right now), or of
+    another host (a shared filesystem: its process cannot be checked), is left alone.
+    """
+    host = socket.gethostname()
+    for tmp in directory.glob(".*.tmp"):
+        m = _TMP.match(tmp.name)
+        if m is None or m.group("host") not in (None, host) or _alive(int(m.group("pid"))):
+            continue
+        tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _worker_chunk(indices: Sequence[int]) -> int:

@@ -78,7 +78,7 @@ def abstract_tree(nested: Any) -> Any:
 
 
 def prepare_workdir(workdir: str) -> str:
-    """Creates the run directory (and ``checkpoints/``) and checks that it can be written.
+    """Creates the run directory and checks that it can be written.
 
     Returns:
       The absolute path.
@@ -94,7 +94,7 @@ def prepare_workdir(workdir: str) -> str:
             "(a run directory is created there)."
         )
     try:
-        os.makedirs(os.path.join(path, "checkpoints"), exist_ok=True)
+        os.makedirs(path, exist_ok=True)  # checkpoints/ is made by the store, after the lock
         with tempfile.TemporaryFile(dir=path):
             pass  # writable: a run can save there
     except OSError as e:

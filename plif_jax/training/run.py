@@ -27,7 +27,7 @@ from plif_jax import models
 from plif_jax.runtime import parallel
 from plif_jax.training import checkpoint as checkpoint_lib
 from plif_jax.training import config as config_lib
-from plif_jax.training import member_steps
+from plif_jax.training import member_steps, workdir_lock
 from plif_jax.training import members as members_lib
 from plif_jax.training import metrics as metrics_lib
 from plif_jax.training.epochs import Epochs
@@ -89,11 +89,14 @@ def train_and_evaluate(
     workdir = os.path.abspath(workdir)
     checkpoint_lib.prepare_workdir(workdir)  # a file or an unwritable path: a CheckpointError
     is_main = jax.process_index() == 0
-    store = checkpoint_lib.CheckpointStore(
-        workdir, keep=config.checkpoint.keep, keep_best=config.checkpoint.keep_best
-    )
-    writer = bar = None
+    # One writer per workdir: before the store (whose start removes unfinished saves) and any
+    # other write; a second run on this workdir stops here (plif_jax.training.workdir_lock).
+    lock = workdir_lock.acquire_for_run(workdir)
+    store = writer = bar = None
     try:
+        store = checkpoint_lib.CheckpointStore(
+            workdir, keep=config.checkpoint.keep, keep_best=config.checkpoint.keep_best
+        )
         resuming = store.check_config(config)  # raises on an incompatible checkpoint
         logging.info("Run info:\n%s", record_run_info(workdir, config, mesh))
         # The members (plif_jax.training.members): one for num_seeds=1, whose config is then the
@@ -158,7 +161,11 @@ def train_and_evaluate(
             bar.close()
         if writer is not None:
             writer.close()
-        store.close()
+        try:
+            if store is not None:
+                store.close()
+        finally:
+            lock.release()
 
 
 def _open_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Any:

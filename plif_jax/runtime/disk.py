@@ -1,0 +1,120 @@
+"""Disk faults: a full, read-only or failing disk as one line naming the path and the free space.
+
+A write that fails for want of space (``ENOSPC``, ``EDQUOT``, ``EFBIG``), because the filesystem
+is read-only (``EROFS``) or not the user's to write (``EACCES``), or with an I/O error (``EIO``)
+is not a bug: it is reported as a :class:`plif_jax.errors.DiskError` (one ``error: ...`` line,
+exit status 2) that names the file, the free space on its filesystem and the fix.
+
+Python raises these as ``OSError`` with ``errno``; Orbax and TensorStore (checkpoints) raise a
+``ValueError`` whose text carries ``[os_error_code='28']`` and the file in quotes. :func:`fault`
+reads both, through the exception's causes. A write on an open file raises without a file name:
+:func:`writing` adds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import re
+import shutil
+from collections.abc import Iterator
+
+from plif_jax.errors import DiskError
+
+# errno -> what it means, as the message says it.
+FAULTS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for the filesystem",
+    errno.EROFS: "read-only filesystem",
+    errno.EACCES: "permission denied",
+    errno.EIO: "input/output error (a failing disk or network filesystem)",
+}
+_OS_CODE = re.compile(r"os_error_code='?(\d+)")
+_QUOTED_PATH = re.compile(r'"(/[^"]+)"')
+
+
+def fault(e: BaseException) -> tuple[int, str | None] | None:
+    """``(errno, path or None)`` when ``e`` (or an exception it came from) is a disk fault."""
+    seen = 0
+    while e is not None and seen < 8:
+        seen += 1
+        if isinstance(e, OSError) and e.errno in FAULTS:
+            return e.errno, e.filename
+        m = _OS_CODE.search(str(e)) if not isinstance(e, OSError) else None
+        if m and int(m.group(1)) in FAULTS:
+            paths = _QUOTED_PATH.findall(str(e))
+            return int(m.group(1)), (paths[-1] if paths else None)
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def free_space(path: str) -> str:
+    """The free space on ``path``'s filesystem (its nearest existing folder), e.g. ``1.2 GB``."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return "unknown"
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if free < 1000 or unit == "TB":
+            return f"{free:.0f} {unit}" if unit == "B" else f"{free:.1f} {unit}"
+        free /= 1000
+    return "unknown"
+
+
+def describe(e: BaseException, default_path: str | None = None) -> str | None:
+    """``'cannot write PATH: no space left on the device (0 B free there)'``, or None."""
+    found = fault(e)
+    if found is None:
+        return None
+    code, path = found
+    path = path or default_path or "a file"
+    return f"cannot write {path}: {FAULTS[code]} ({free_space(path)} free there)"
+
+
+def as_disk_error(e: BaseException, fix: str, default_path: str | None = None) -> DiskError | None:
+    """A :class:`DiskError` for ``e`` with ``fix`` appended, or None when ``e`` is no disk fault."""
+    text = describe(e, default_path)
+    if text is None:
+        return None
+    err = DiskError(f"{text}. {fix}")
+    err.errno = fault(e)[0]
+    return err
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Names ``path`` in an ``OSError`` raised without a file name (a ``write`` on an open file)."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, os.strerror(e.errno), os.fspath(path)) from e
+        raise
+
+
+class _QuietOrbaxDiskFaults(logging.Filter):
+    """Drops Orbax's error logs (with tracebacks) of a save that failed on a disk fault.
+
+    The same failure reaches the caller, which reports it as one line.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "orbax" not in record.pathname or record.levelno < logging.ERROR:
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        text = record.getMessage() if exc is None else ""
+        return not ((exc is not None and fault(exc)) or _OS_CODE.search(text))
+
+
+def quiet_orbax_disk_faults() -> None:
+    """Installs :class:`_QuietOrbaxDiskFaults` on absl's logger (Orbax logs through it), once."""
+    for name in ("absl", ""):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _QuietOrbaxDiskFaults) for f in logger.filters):
+            logger.addFilter(_QuietOrbaxDiskFaults())
