@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import pytest
 
-from tools import kill_resume
 from tests.training import test_train
 from tests.training.test_train import subprocess_env
+from tools import kill_resume
 
 jax_cache_dir = test_train.jax_cache_dir
 digits_npz = test_train.digits_npz

@@ -85,8 +85,8 @@ def test_flop_count_of_conv_gradient_is_three_forward_convs():
 
 
 def test_quick_benchmark_writes_consistent_json(tmp_path, capsys):
-    from benchmarks import report
     from benchmarks import cli as benchmark
+    from benchmarks import report
 
     out = tmp_path / "bench.json"
     benchmark.main(["--quick", "--networks", "nmnist", "--repeats", "1", "--out", str(out)])
