@@ -48,3 +48,8 @@ class DiskError(UserError, OSError):
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C, with what was kept and how to continue (printed as one ``interrupted: ...`` line)."""
+
+
+class NonFiniteError(UserError, FloatingPointError):
+    """Training diverged (a non-finite loss, gradient or updated state): the message names the
+    epoch and step and what to lower; nothing non-finite was saved."""

@@ -37,18 +37,26 @@ _QUOTED_PATH = re.compile(r'"(/[^"]+)"')
 
 
 def fault(e: BaseException) -> tuple[int, str | None] | None:
-    """``(errno, path or None)`` when ``e`` (or an exception it came from) is a disk fault."""
-    seen = 0
-    while e is not None and seen < 8:
+    """``(errno, path or None)`` when ``e`` (or an exception it came from) is a disk fault.
+
+    The path is the first one named along ``e``'s causes (an outer exception may name none).
+    """
+    code, path, seen = None, None, 0
+    while e is not None and seen < 8 and path is None:
         seen += 1
+        this, where = None, None
         if isinstance(e, OSError) and e.errno in FAULTS:
-            return e.errno, e.filename
-        m = _OS_CODE.search(str(e)) if not isinstance(e, OSError) else None
-        if m and int(m.group(1)) in FAULTS:
-            paths = _QUOTED_PATH.findall(str(e))
-            return int(m.group(1)), (paths[-1] if paths else None)
+            this, where = e.errno, e.filename
+        elif not isinstance(e, OSError):
+            m = _OS_CODE.search(str(e))
+            if m and int(m.group(1)) in FAULTS:
+                paths = _QUOTED_PATH.findall(str(e))
+                this, where = int(m.group(1)), (paths[-1] if paths else None)
+        if this is not None:
+            code = code if code is not None else this
+            path = where
         e = e.__cause__ or e.__context__
-    return None
+    return None if code is None else (code, path)
 
 
 def free_space(path: str) -> str:

@@ -7,6 +7,7 @@ how to tell a damaged checkpoint from one of another code version.
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from typing import Any
 import jax
 
 from plif_jax.errors import CheckpointError
+from plif_jax.runtime import disk
 
 
 def _key_str(key: Any) -> str:
@@ -35,9 +37,14 @@ def write_json_atomic(path: str, obj: Any, *, sort_keys: bool = True) -> None:
     truncated ``config.json`` would make the next start fail on a run it could resume).
     """
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=sort_keys)
-    os.replace(tmp, path)
+    try:
+        with disk.writing(path), open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=sort_keys)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # a full disk: no partial file left beside the intact one
+        raise
 
 
 def _is_prng_key(x: Any) -> bool:

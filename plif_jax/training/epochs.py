@@ -20,7 +20,7 @@ import numpy as np
 from plif_jax import models
 from plif_jax.runtime import allocator
 from plif_jax.training import checkpoint as checkpoint_lib
-from plif_jax.training import member_steps
+from plif_jax.training import faults, member_steps
 from plif_jax.training import members as members_lib
 from plif_jax.training import metrics as metrics_lib
 from plif_jax.training.preemption import StopRequest
@@ -51,6 +51,7 @@ class Epochs:
     members: list = dataclasses.field(default_factory=list)  # k > 1: the Member specs
     member_configs: list = dataclasses.field(default_factory=list)
     member_sources: list | None = None  # per-member data: each member's training batches
+    silence: faults.SilenceWatch = dataclasses.field(default_factory=faults.SilenceWatch)
 
     def set_members(self, specs: list, member_configs: list) -> None:
         """A run of k > 1 members (a one-member run keeps the plain path)."""
@@ -92,6 +93,7 @@ class Epochs:
             epoch=epoch,
             batch_size=int(self.config.batch_size),
             checkpoint_dir=self.store.directory,
+            lr=lr,
         )
         batches = self._train_batches(epoch, first_step)
         # The steps' large buffers reused, not mapped afresh each step (plif_jax.runtime.allocator).
@@ -156,6 +158,7 @@ class Epochs:
         scalars.update({f"tau/{k}": v for k, v in learnable_taus(model).items()})
         scalars.update({f"alpha/{k}": v for k, v in models.layer_alphas(model).items()})
         scalars.update({f"firing_rate/{k}": v for k, v in acc.mean_rates().items()})
+        self.silence.check(acc.mean_rates(), epoch, lr)
         scalars["perf/samples_per_sec"] = samples_per_sec
         scalars["perf/epoch_seconds"] = time.time() - t_epoch
         self.writer.write(epoch=epoch, step=progress.global_step, scalars=scalars)
@@ -228,6 +231,8 @@ class Epochs:
             for layer in per[0]:
                 scalars.update(aggregate(f"{key}/{layer}", [d[layer] for d in per]))
         rates = [p.epoch_acc.mean_rates() for p in ms]
+        for i, r in enumerate(rates):
+            self.silence.check(r, epoch, lr[i], member=i)
         for layer in rates[0]:
             scalars.update(aggregate(f"firing_rate/{layer}", [r[layer] for r in rates]))
         scalars["perf/samples_per_sec"] = samples_per_sec

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from plif_jax.errors import DataError
+from plif_jax.runtime import disk
 
 JSONL_NAME = "metrics.jsonl"
 
@@ -137,8 +138,10 @@ class MetricWriter:
             return
         record = {"epoch": int(epoch), "step": int(step)}
         record.update({k: float(v) for k, v in scalars.items()})
-        self._file.write((json.dumps(record) + "\n").encode())  # one write: never half a line
-        self._tb.add_scalars(int(step), scalars)
+        with disk.writing(self.path):
+            self._file.write((json.dumps(record) + "\n").encode())  # one write: never half a line
+        with disk.writing(self._tb.path):
+            self._tb.add_scalars(int(step), scalars)
 
     def offset(self) -> int:
         """Syncs both files to disk; returns the byte length of ``metrics.jsonl``.
@@ -153,8 +156,10 @@ class MetricWriter:
     def flush(self) -> None:
         """Both files are unbuffered; this makes them survive a machine crash too."""
         if self.enabled:
-            os.fsync(self._file.fileno())
-            self._tb.sync()
+            with disk.writing(self.path):
+                os.fsync(self._file.fileno())
+            with disk.writing(self._tb.path):
+                self._tb.sync()
 
     def close(self) -> None:
         if self.enabled:

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from plif_jax.errors import IncompatibleRunError
+from plif_jax.errors import IncompatibleRunError, NonFiniteError
 
 
 @dataclasses.dataclass
@@ -141,9 +141,19 @@ class MetricsDrain:
       epoch: the epoch whose steps are pushed (named in the non-finite error).
       batch_size: samples per step.
       checkpoint_dir: named in the non-finite error (its last good checkpoint is kept).
+      lr: the epoch's learning rate (a list for k members), named in that error.
     """
 
-    def __init__(self, progress: Progress, *, epoch: int, batch_size: int, checkpoint_dir: str):
+    def __init__(
+        self,
+        progress: Progress,
+        *,
+        epoch: int,
+        batch_size: int,
+        checkpoint_dir: str,
+        lr: Any = None,
+    ):
+        self.lr = lr  # the epoch's learning rate(s), named in the non-finite error
         self.progress = progress
         self.epoch = epoch
         self.batch_size = batch_size
@@ -155,11 +165,25 @@ class MetricsDrain:
         self.flush()
         self._pending = (step_in_epoch, global_step, metrics)
 
+    def _stop(self, step_in_epoch: int, global_step: int, loss: Any, members=None) -> None:
+        where = f" in member(s) {members}" if members is not None else ""
+        rate = ""
+        if self.lr is not None:
+            rate = "; this epoch ran at " + ", ".join(f"{float(v):g}" for v in np.ravel(self.lr))
+        raise NonFiniteError(
+            f"Non-finite loss, gradient or updated parameters/BatchNorm statistics at epoch "
+            f"{self.epoch}, step {step_in_epoch} of the epoch (global step {global_step}){where}: "
+            f"loss={loss}. Stopped before saving anything non-finite; the last good checkpoint in "
+            f"{self.checkpoint_dir} is kept. Lower the learning rate (--config.optim.lr{rate}) "
+            "and train in a new --workdir (this one's checkpoints belong to the current config)."
+        )
+
     def flush(self) -> None:
         """Reads the pending step's metrics, if any.
 
         Raises:
-          FloatingPointError: that step's loss or gradient is not finite.
+          NonFiniteError: that step's loss, gradient or updated state is not finite (a
+            ``UserError`` and a ``FloatingPointError``; nothing of this step is saved).
         """
         if self._pending is None:
             return
@@ -170,22 +194,13 @@ class MetricsDrain:
         if members:  # k members: a leading member axis on every metric
             bad = [i for i, ok in enumerate(np.asarray(m["finite"])) if not ok]
             if bad:
-                raise FloatingPointError(
-                    f"Non-finite loss or gradient at epoch {self.epoch}, step {step_in_epoch} of "
-                    f"the epoch (global step {global_step}) in member(s) {bad}: loss="
-                    f"{np.asarray(m['loss']).tolist()}. Stopped without saving; the last good "
-                    f"checkpoint in {self.checkpoint_dir} is kept."
-                )
+                self._stop(step_in_epoch, global_step, np.asarray(m["loss"]).tolist(), bad)
             for i, p in enumerate(members):
                 mi = jax.tree.map(lambda a, i=i: np.asarray(a)[i], m)
                 p.epoch_acc.add(mi, self.batch_size)
                 p.window_acc.add(mi, self.batch_size)
             return
         if not bool(m["finite"]):
-            raise FloatingPointError(
-                f"Non-finite loss or gradient at epoch {self.epoch}, step {step_in_epoch} of the "
-                f"epoch (global step {global_step}): loss={float(m['loss'])}. Stopped "
-                f"without saving; the last good checkpoint in {self.checkpoint_dir} is kept."
-            )
+            self._stop(step_in_epoch, global_step, float(m["loss"]))
         self.progress.epoch_acc.add(m, self.batch_size)
         self.progress.window_acc.add(m, self.batch_size)

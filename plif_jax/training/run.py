@@ -27,7 +27,7 @@ from plif_jax import models
 from plif_jax.runtime import parallel
 from plif_jax.training import checkpoint as checkpoint_lib
 from plif_jax.training import config as config_lib
-from plif_jax.training import member_steps, workdir_lock
+from plif_jax.training import faults, member_steps, workdir_lock
 from plif_jax.training import members as members_lib
 from plif_jax.training import metrics as metrics_lib
 from plif_jax.training.epochs import Epochs
@@ -54,6 +54,7 @@ __all__ = [
 ]  # fmt: skip
 
 
+@faults.reporting_disk_faults  # a full or read-only disk: one line, the last checkpoint kept
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -79,7 +80,11 @@ def train_and_evaluate(
       IncompatibleRunError: a checkpoint from an incompatible config (a ``ValueError``).
       CheckpointError: a workdir that cannot be written, or none of its checkpoints readable.
       MissingDataError, DataError: the dataset is missing or damaged.
-      FloatingPointError: a non-finite loss or gradient (the last good checkpoint is kept).
+      NonFiniteError: a non-finite loss, gradient or updated state (a ``FloatingPointError``;
+        nothing non-finite is saved, the last good checkpoint is kept).
+      DiskError: a full, read-only or failing disk (an ``OSError``; the last good checkpoint is
+        kept and the next run resumes from it).
+      WorkdirBusyError: another run holds ``workdir`` (nothing is written).
     """
     t_start = time.time()
     parallel.initialize_distributed(bool(config.distributed))
@@ -98,6 +103,9 @@ def train_and_evaluate(
             workdir, keep=config.checkpoint.keep, keep_best=config.checkpoint.keep_best
         )
         resuming = store.check_config(config)  # raises on an incompatible checkpoint
+        finished = resuming and faults.finished_summary(workdir, config, store.latest_step())
+        if finished:
+            return finished  # a rerun of a finished run changes nothing
         logging.info("Run info:\n%s", record_run_info(workdir, config, mesh))
         # The members (plif_jax.training.members): one for num_seeds=1, whose config is then the
         # run's

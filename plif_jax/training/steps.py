@@ -109,7 +109,8 @@ def train_step(
     """One Adam step on one batch (pure; jit it with the keyword arguments bound).
 
     Returns:
-      The new state and ``{'loss', 'correct', 'finite', 'firing_rate': {layer: rate}}``.
+      The new state and ``{'loss', 'correct', 'finite', 'firing_rate': {layer: rate}}``
+      (``finite``: the loss, the gradients and the updated state are all finite).
     """
     if trace_counter is not None:
         trace_counter["train_step"] += 1  # runs only while tracing: counts compilations
@@ -134,11 +135,20 @@ def train_step(
         lambda p, d: p - lr.astype(p.dtype) * d, state.params, direction
     )
     correct = jnp.sum((jnp.argmax(counts, axis=-1) == y) * mask).astype(jnp.int32)
-    finite = jnp.isfinite(loss) & jnp.all(
-        jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
-    )
+    # The loss, the gradients AND what the step writes (parameters, BatchNorm statistics): a
+    # learning rate far too high can overflow the update or the running variance while the loss
+    # and gradients stay finite, and a checkpoint must never hold such a state.
+    finite = jnp.isfinite(loss) & _all_finite(grads, params, rest)
     metrics = {"loss": loss, "correct": correct, "finite": finite, "firing_rate": rates}
     return TrainState(params, rest, opt_state), metrics
+
+
+def _all_finite(*trees: PyTree) -> Array:
+    """One boolean: every float array of ``trees`` is finite (keys and integers are skipped)."""
+    leaves = [
+        x for tree in trees for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)
+    ]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def eval_step(

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 
 from plif_jax import models
-from plif_jax.runtime import allocator
+from plif_jax.runtime import allocator, disk
 from plif_jax.training import checkpoint as checkpoint_lib
 from plif_jax.training.progress import Progress
 from plif_jax.training.steps import (
@@ -44,7 +44,8 @@ def record_run_info(workdir: str, config: ml_collections.ConfigDict, mesh) -> st
         checkpoint_lib.write_json_atomic(
             os.path.join(workdir, "config.json"), json.loads(config.to_json())
         )
-        with open(os.path.join(workdir, "run_info.txt"), "a", encoding="utf-8") as f:
+        info = os.path.join(workdir, "run_info.txt")
+        with disk.writing(info), open(info, "a", encoding="utf-8") as f:
             f.write(text + "\n\n")
     return text
 
