@@ -106,6 +106,17 @@ class DatasetConfigs(Directive):
         return [_table(["config file", "fields it sets (the rest: common.py)"], rows, [25, 75])]
 
 
+def _flags_only(text: str) -> str:
+    """The flag list of a help text, without the module docstring printed above it."""
+    text = text.split("\nTry --helpfull")[0].rstrip()
+    if "\nflags:\n" in text:  # absl: the docstring, "flags:", "<file>:", then the flags
+        flags_part = text.split("\nflags:\n", 1)[1].strip("\n").splitlines()
+        return "\n".join(line for line in flags_part if not line.endswith(".py:"))
+    usage, _, rest = text.partition("\n\n")  # argparse: usage, description, options
+    options = rest[rest.find("options:") :] if "options:" in rest else rest
+    return f"{usage}\n\n{options}".rstrip()
+
+
 class CliHelp(Directive):
     """``python -m MODULE FLAG`` run from the repository root; its output as a literal block."""
 
@@ -122,8 +133,7 @@ class CliHelp(Directive):
         text = result.stdout + result.stderr
         if "flags:" not in text and "usage:" not in text:
             raise self.error(f"`{' '.join(command[1:])}` printed no help (rc {result.returncode})")
-        text = text.replace(str(config_fields.ROOT) + "/", "")
-        text = text.split("\nTry --helpfull")[0].rstrip()
+        text = _flags_only(text.replace(str(config_fields.ROOT) + "/", ""))
         block = nodes.literal_block(text, text)
         block["language"] = "text"
         return [block]
