@@ -66,11 +66,16 @@ def linear(
     dtype: Any = None,
     param_dtype: Any = jnp.float32,
 ) -> nnx.Linear:
-    """Linear layer without bias, kernel ``[in, out]``, PyTorch-default init."""
+    """Linear layer without bias, kernel ``[in, out]``, PyTorch-default init.
+
+    Its matmul is :func:`plif_jax.ops.xla_cpu.dense` (same values; a weight gradient that XLA:CPU
+    computes without first transposing the output gradient).
+    """
     return nnx.Linear(
         in_features,
         out_features,
         use_bias=False,
+        dot_general=xla_cpu.dense_dot_general,  # the weight gradient without a transposed copy
         kernel_init=torch_default_init,
         dtype=dtype,
         param_dtype=param_dtype,

@@ -44,14 +44,16 @@ def _lif_forward_loop(x_seq, v0, decay, v_threshold, v_reset, unroll):
         return v + (x - (v - v_reset)) * decay
 
     def body(t, h_buf):
-        v = _reset(jax.lax.dynamic_index_in_dim(h_buf, t - 1, keepdims=False), v_threshold, v_reset)
+        h_prev = jax.lax.dynamic_index_in_dim(h_buf, jnp.maximum(t - 1, 0), keepdims=False)
+        v = jnp.where(t == 0, v0, _reset(h_prev, v_threshold, v_reset))
         x = jax.lax.dynamic_index_in_dim(h_buf, t, keepdims=False)
         return jax.lax.dynamic_update_index_in_dim(h_buf, charge(v, x), t, 0)
 
-    # The buffer starts as X itself: step t reads X[t] before overwriting it with H[t], so XLA can
-    # run the loop in place in X's buffer when X is not needed afterwards.
-    h_buf = x_seq.at[0].set(charge(v0, x_seq[0]))
-    return jax.lax.fori_loop(1, x_seq.shape[0], body, h_buf, unroll=unroll)
+    # The buffer is X itself: step t reads X[t] before overwriting it with H[t], so XLA runs the
+    # loop in place in X's buffer when X is not needed afterwards (a Linear's output). Step 0
+    # is in the loop (v0 selected): setting H[0] before it made XLA copy X and rewrite it whole
+    # first, two extra passes over [T, ...] (BENCHMARKS.md, "The peers").
+    return jax.lax.fori_loop(0, x_seq.shape[0], body, x_seq, unroll=unroll)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
@@ -84,20 +86,19 @@ def _lif_loop_bwd(v_threshold, v_reset, detach_reset, kind, unroll, res, cotange
             gs = gs + gv * (v_reset - h)
         return gs * partials(z, alpha)[0] + jnp.where(fire, jnp.zeros_like(gv), gv)
 
+    gv_last = gv_final.astype(h_seq.dtype)
+
     def body(i, gh_buf):
-        t = T - 2 - i  # t = T-2 .. 0
-        gh_next = jax.lax.dynamic_index_in_dim(gh_buf, t + 1, keepdims=False)
+        t = T - 1 - i  # t = T-1 .. 0
+        gh_next = jax.lax.dynamic_index_in_dim(gh_buf, jnp.minimum(t + 1, T - 1), keepdims=False)
         gs = jax.lax.dynamic_index_in_dim(gh_buf, t, keepdims=False)  # still dL/dS[t]
         h = jax.lax.dynamic_index_in_dim(h_seq, t, keepdims=False)
-        return jax.lax.dynamic_update_index_in_dim(
-            gh_buf, grad_h(gs, h, one_minus_k * gh_next), t, 0
-        )
+        gv = jnp.where(t == T - 1, gv_last, one_minus_k * gh_next)
+        return jax.lax.dynamic_update_index_in_dim(gh_buf, grad_h(gs, h, gv), t, 0)
 
-    gh_last = grad_h(gs_seq[-1], h_seq[-1], gv_final.astype(h_seq.dtype))
-    # The buffer starts as dL/dS (in place when the cotangent is dead afterwards): step t reads
-    # dL/dS[t] before overwriting it with gH[t].
-    gh = gs_seq.at[-1].set(gh_last)
-    gh = jax.lax.fori_loop(0, T - 1, body, gh, unroll=unroll)
+    # The buffer is dL/dS itself (in place when the cotangent is dead afterwards): step t reads
+    # dL/dS[t] before overwriting it with gH[t]; the last step is in the loop, as in the forward.
+    gh = jax.lax.fori_loop(0, T, body, gs_seq, unroll=unroll)
 
     # Everything below is vectorised over time (outside the loop).
     v_prev = jnp.concatenate([v0[None], _reset(h_seq[:-1], v_threshold, v_reset)])

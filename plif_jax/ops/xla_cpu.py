@@ -37,6 +37,13 @@ and section "Memory" / "Rematerialisation".
   (loop-free) path it gains nothing (BENCHMARKS.md "What was changed", item 9), so only the
   chunked forward uses it.
 
+* :func:`dense` / :func:`dense_dot_general` (``layers.linear``'s ``dot_general``): the Linear
+  layer's matmul with a backward that computes the weight gradient as one dot over the folded
+  rows of input and output gradient. Reason: autodiff's form made XLA:CPU write the output
+  gradient transposed first (a strided pass over ``[T*B, out]``) before its weight-gradient dot
+  (BENCHMARKS.md, "The peers"). Gradients are bit-identical to autodiff's. Measured by
+  ``python -m benchmarks --suite peers`` and ``--suite networks``.
+
 The other XLA:CPU setting the project relies on is a flag, not code: ``experiments/train.py
 --xla_cpu_ynn`` (default on) adds ``--xla_cpu_experimental_ynn_fusion_type=dot,reduce`` to
 ``XLA_FLAGS`` (BENCHMARKS.md "What was changed", items 4 and 7). It stays in the CLI because it
@@ -203,3 +210,73 @@ def _repeat_time_bwd(time_steps, _, g):
 
 
 repeat_time.defvjp(_repeat_time_fwd, _repeat_time_bwd)
+
+
+# --- Linear: the weight gradient without a transposed copy -------------------------------------
+
+
+@jax.custom_vjp
+def dense(x: Array, kernel: Array) -> Array:
+    """``x @ kernel`` over the last axis of ``x`` (``[..., in] x [in, out]``), as ``nnx.Linear``.
+
+    The forward is the same ``dot_general`` (identical values). The backward contracts the
+    folded rows of ``x`` and of the output gradient directly (``dW = X^T G`` as one dot over axis
+    0 of both): autodiff's transpose rule made XLA:CPU first write the gradient ``G`` transposed,
+    ``[out, rows]``, a strided pass over the whole ``[T*B, out]`` tensor before the weight
+    gradient (BENCHMARKS.md, "The peers"). Gradients are bit-identical to autodiff's on CPU.
+    """
+    return _dense_forward(x, kernel)
+
+
+def _dense_forward(x: Array, kernel: Array) -> Array:
+    return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def _dense_fwd(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
+    return _dense_forward(x, kernel), (x, kernel)
+
+
+def _dense_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
+    x, kernel = res
+    dx = jax.lax.dot_general(g, kernel, (((g.ndim - 1,), (1,)), ((), ())))
+    rows = (((0,), (0,)), ((), ()))
+    dk = jax.lax.dot_general(x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1]), rows)
+    return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
+
+
+def dense_dot_general(
+    lhs: Array,
+    rhs: Array,
+    dimension_numbers,
+    precision=None,
+    preferred_element_type=None,
+    **kwargs,
+) -> Array:
+    """``jax.lax.dot_general`` for ``nnx.Linear(dot_general=...)``: :func:`dense` when it is the
+    plain ``[..., in] x [in, out]`` contraction, ``lax.dot_general`` itself otherwise."""
+    plain = (((lhs.ndim - 1,), (0,)), ((), ()))
+    extra = {k: v for k, v in kwargs.items() if v is not None}
+    if (
+        _as_tuples(dimension_numbers) == plain
+        and rhs.ndim == 2
+        and precision is None
+        and preferred_element_type is None
+        and not extra
+    ):
+        return dense(lhs, rhs)
+    return jax.lax.dot_general(
+        lhs,
+        rhs,
+        dimension_numbers,
+        precision,
+        preferred_element_type=preferred_element_type,
+        **extra,
+    )
+
+
+def _as_tuples(dimension_numbers):
+    (lc, rc), (lb, rb) = dimension_numbers
+    return ((tuple(lc), tuple(rc)), (tuple(lb), tuple(rb)))

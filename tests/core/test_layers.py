@@ -268,3 +268,24 @@ def test_repeat_time_is_a_broadcast_whose_gradient_sums_over_time(t):
     np.testing.assert_allclose(
         np.asarray(grad), np.asarray(coef, np.float64).sum(0), rtol=1e-5, atol=1e-6
     )
+
+
+def test_linear_matmul_equals_autodiff_of_x_at_w_and_falls_back_off_the_plain_form():
+    # layers.linear's dot_general (xla_cpu.dense): same values, input and weight gradients as
+    # autodiff of x @ W on a time-folded [T, B, in] input; other contractions use lax.dot_general.
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.normal(size=(3, 4, 5)), jnp.float32)
+    coef = jnp.asarray(rng.normal(size=(3, 4, 6)), jnp.float32)
+    fc = layers.linear(5, 6, rngs=nnx.Rngs(0))
+    w = fc.kernel[...]
+    np.testing.assert_array_equal(np.asarray(fc(x)), np.asarray(x @ w))
+    got = jax.grad(lambda x, w: jnp.sum(xla_cpu.dense(x, w) * coef), (0, 1))(x, w)
+    want = jax.grad(lambda x, w: jnp.sum((x @ w) * coef), (0, 1))(x, w)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+    batched = (((2,), (1,)), ((0,), (0,)))
+    lhs, rhs = jnp.ones((2, 3, 4)), jnp.ones((2, 4, 5))
+    np.testing.assert_array_equal(
+        np.asarray(xla_cpu.dense_dot_general(lhs, rhs, batched)),
+        np.asarray(jax.lax.dot_general(lhs, rhs, batched)),
+    )
