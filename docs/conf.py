@@ -22,7 +22,6 @@ _HAVE_NB = importlib.util.find_spec("myst_nb") is not None
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
-    "sphinx.ext.mathjax",
     "myst_nb" if _HAVE_NB else "myst_parser",
     "plif_docs",
 ]
@@ -31,7 +30,7 @@ source_suffix = {".md": "myst-nb" if _HAVE_NB else "markdown", ".rst": "restruct
 if _HAVE_NB:
     source_suffix[".ipynb"] = "myst-nb"
 exclude_patterns = ["_build", "build", "Thumbs.db", ".DS_Store", "**/.ipynb_checkpoints"]
-myst_enable_extensions = ["colon_fence", "deflist", "dollarmath"]
+myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
 
 # Broken cross-references fail the build (-W): every :func:/:class:/:mod: into plif_jax resolves

@@ -207,6 +207,19 @@ def _unique_suffix(app, env, node, contnode, domain):
     )
 
 
+def _jax_functions(module_name: str) -> list[str]:
+    """Public ``jax.custom_vjp`` / ``custom_jvp`` functions defined in a module: autodoc takes
+    them for neither functions nor data, so ``automodule`` leaves them out."""
+    module = importlib.import_module(module_name)
+    return [
+        name
+        for name, obj in vars(module).items()
+        if type(obj).__name__ in ("custom_vjp", "custom_jvp")
+        and getattr(obj, "__module__", None) == module_name
+        and not name.startswith("_")
+    ]
+
+
 class Submodules(Directive):
     """``automodule`` of every submodule of a package (the content lines first, in that order,
     then the rest alphabetically), so that a new module is documented without editing a page."""
@@ -225,9 +238,12 @@ class Submodules(Directive):
             raise self.error(f"{package.__name__} has no submodules {unknown}")
         lines = []
         for name in [*first, *sorted(set(found) - set(first))]:
-            title = f"``{package.__name__}.{name}``"
-            lines += [title, "-" * len(title), "", f".. automodule:: {package.__name__}.{name}"]
+            module = f"{package.__name__}.{name}"
+            title = f"``{module}``"
+            lines += [title, "-" * len(title), "", f".. automodule:: {module}"]
             lines += ["   :members:", "   :show-inheritance:", ""]
+            lines += [f".. autofunction:: {module}.{fn}" for fn in _jax_functions(module)]
+            lines += [""]
         node = nodes.section()
         nested_parse_with_titles(self.state, StringList(lines, source=self.arguments[0]), node)
         return node.children
