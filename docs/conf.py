@@ -22,6 +22,7 @@ _HAVE_NB = importlib.util.find_spec("myst_nb") is not None
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
+    "sphinx.ext.mathjax",  # the notebook's $...$; pages without math load nothing
     "myst_nb" if _HAVE_NB else "myst_parser",
     "plif_docs",
 ]
@@ -30,7 +31,7 @@ source_suffix = {".md": "myst-nb" if _HAVE_NB else "markdown", ".rst": "restruct
 if _HAVE_NB:
     source_suffix[".ipynb"] = "myst-nb"
 exclude_patterns = ["_build", "build", "Thumbs.db", ".DS_Store", "**/.ipynb_checkpoints"]
-myst_enable_extensions = ["colon_fence", "deflist"]
+myst_enable_extensions = ["colon_fence", "deflist", "dollarmath"]
 myst_heading_anchors = 3
 
 # Broken cross-references fail the build (-W): every :func:/:class:/:mod: into plif_jax resolves
