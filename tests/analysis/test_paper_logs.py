@@ -199,6 +199,7 @@ def _write_workdir(workdir: pathlib.Path, config) -> None:
     writer.close()
 
 
+@pytest.mark.e2e
 def test_compare_cli_prints_and_writes_the_table_and_overlay(tmp_path):
     config = fashion_mnist.get_config()
     config.model.channels = 16  # matched all the same (static names carry no width), noted
@@ -262,6 +263,7 @@ def test_compare_with_a_chosen_paper_run_notes_the_other_setting(tmp_path):
     assert (workdir / compare_cli.FIGURE_NAME).exists()
 
 
+@pytest.mark.e2e
 def test_compare_cli_bad_workdir_is_one_line_error(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "experiments.compare", f"--workdir={tmp_path / 'nope'}"],

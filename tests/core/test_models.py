@@ -8,23 +8,7 @@ from flax import nnx
 
 from plif_jax import layers, models, neurons
 from plif_jax.models import porting
-
-PAPER_PARAM_COUNTS = {
-    "mnist": 13_198_980,
-    "fashion_mnist": 13_198_980,
-    "cifar10": 36_718_344,
-    "nmnist": 17_132_292,
-    "cifar10dvs": 17_427_718,
-    "dvsgesture": 1_698_311,
-}
-PAPER_NUM_SPIKING = {
-    "mnist": 4,
-    "fashion_mnist": 4,
-    "cifar10": 8,
-    "nmnist": 4,
-    "cifar10dvs": 6,
-    "dvsgesture": 7,
-}
+from tests.support.paper import PAPER_NUM_SPIKING, PAPER_PARAM_COUNTS
 
 # Reduced nets used for shape/behaviour tests: (name, options, input shape).
 SMALL = {
@@ -36,17 +20,8 @@ SMALL = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compile():
-    """XLA compile time dominates these tiny nets; unoptimised code computes the same values."""
-    try:
-        previous = jax.config.read("jax_disable_most_optimizations")
-    except AttributeError:  # the option may go away in a future jax: then compile as usual
-        yield
-        return
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+# XLA compile time dominates these tiny nets; unoptimised code computes the same values.
+pytestmark = pytest.mark.usefixtures("quick_compile")
 
 
 @nnx.jit

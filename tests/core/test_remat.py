@@ -19,7 +19,7 @@ from flax import nnx
 from plif_jax import layers, models, neurons
 from plif_jax.ops import xla_cpu
 from plif_jax.training import run as train
-from tests.conftest import float64_quick_compile
+from tests.support.paper import dataset_info, load_config
 
 T = 4
 BATCH = 3
@@ -35,10 +35,8 @@ NETS = {
 CHUNKS = (1, 2, T)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def enable_x64():
-    """float64 (exact comparisons are meaningful there); restored for the other test files."""
-    yield from float64_quick_compile()
+# float64 (exact comparisons are meaningful there), XLA's optimisations off; restored after.
+pytestmark = pytest.mark.usefixtures("float64_quick_compile")
 
 
 def _build(name: str, chunk: int | None, *, train_mode: bool, dropout_seed: int = 1):
@@ -355,11 +353,9 @@ def test_loop_friendly_conv_refuses_other_convolutions():
 
 
 def test_config_remat_chunk_reaches_the_model_from_the_command_line():
-    from tests.training import test_configs
-
-    config = test_configs.load_config("dvsgesture", "--config.model.remat_chunk=5")
-    assert test_configs.load_config("dvsgesture").model.remat_chunk is None
-    name, options = models.spec_from_config(config, test_configs.dataset_info("dvsgesture", 20))
+    config = load_config("dvsgesture", "--config.model.remat_chunk=5")
+    assert load_config("dvsgesture").model.remat_chunk is None
+    name, options = models.spec_from_config(config, dataset_info("dvsgesture", 20))
     assert options["remat_chunk"] == 5
     abstract = nnx.eval_shape(lambda: models.build_model(name, options, seed=0))
     assert abstract.config.remat_chunk == 5 and abstract.config.T == 20

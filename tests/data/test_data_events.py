@@ -2,26 +2,16 @@
 
 import os
 
-import dv_processing as dv
 import numpy as np
 import pytest
 import tonic
 
-from configs import common
 from plif_jax.data import events as events_lib
 from plif_jax.data import get_datasets, integrate_events
+from tests.support.events import event_config, write_aedat4
 
-_original_count_check = tonic.dataset.Dataset._folder_contains_at_least_n_files_of_type
-
-
-@pytest.fixture(autouse=True)
-def few_files_are_enough(monkeypatch):
-    """tonic insists on >= 10,000 / 1,000 / 100 extracted files; keep its check, with n = 1."""
-    monkeypatch.setattr(
-        tonic.dataset.Dataset,
-        "_folder_contains_at_least_n_files_of_type",
-        lambda self, n_files, file_type: _original_count_check(self, 1, file_type),
-    )
+# tonic insists on >= 10,000 / 1,000 / 100 extracted files; its check is kept, with n = 1.
+pytestmark = pytest.mark.usefixtures("tonic_few_files")
 
 
 def random_events(rng, n, size, t_max=300_000):
@@ -66,19 +56,6 @@ def make_nmnist(root, rng):
                 write_nmnist_bin(str(path), *ev)
                 written[(folder, digit, fid)] = tonic_struct(*ev)
     return written
-
-
-def event_config(tmp_path, dataset, *, batch_size=2, **data):
-    """The shared run config (configs/common.py) for ``dataset``, with these data fields."""
-    config = common.get_config()
-    config.update(dict(dataset=dataset, seed=0, batch_size=batch_size, eval_batch_size=4))
-    config.data.update(
-        dict(
-            root=str(tmp_path / "raw"), cache_dir=str(tmp_path / "cache"), num_workers=1, prefetch=0
-        )
-    )
-    config.data.update(data)
-    return config
 
 
 def all_x(source):
@@ -174,17 +151,6 @@ def test_dvsgesture_npy_files_sorted_by_path_come_out_as_the_expected_frames(tmp
             written[("ibmGestureTrain", u, lt, lab)], (128, 128, 2), 3, split_by="time"
         )
         np.testing.assert_array_equal(bundle.train.read_batch(np.array([i]))["x"][0], want)
-
-
-def write_aedat4(path, x, y, t, p):
-    store = dv.EventStore()
-    for xi, yi, ti, pi in zip(x, y, t, p, strict=True):
-        store.push_back(int(ti), int(xi), int(yi), bool(pi))
-    writer = dv.io.MonoCameraWriter(
-        str(path), dv.io.MonoCameraWriter.EventOnlyConfig("DVS128", (128, 128))
-    )
-    writer.writeEvents(store)
-    del writer  # closes the file
 
 
 def make_cifar10dvs(root, rng, classes=("airplane", "cat"), per_class=12):

@@ -66,6 +66,7 @@ def assert_reads_back(name: str, data_dir: str, expected: dict) -> None:
         assert pairs(got_images.reshape(images.shape), got_labels) == pairs(images, labels)
 
 
+@pytest.mark.e2e
 def test_fashion_mnist_from_plain_gzipped_idx_files_via_the_cli(tmp_path):
     # Debian's dataset-fashion-mnist layout: the four .gz files in one folder.
     data = write_idx_set(tmp_path / "src", gz=True)

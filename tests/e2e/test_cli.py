@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from experiments import train as train_cli
 
@@ -50,6 +51,7 @@ def _probes(tmp_path, flags: dict[str, str]) -> dict[str, dict]:
     return {name: dict(np.load(out)) for name, (_, out) in running.items()}
 
 
+@pytest.mark.e2e
 def test_ynn_flag_gives_the_default_kernels_gradients_on_the_paper_networks(tmp_path):
     # The train CLI turns XLA:CPU's YNNPACK fusions on (an experimental XLA path; other projects
     # report miscompiles in later jaxlib versions). Loss and every parameter gradient of the

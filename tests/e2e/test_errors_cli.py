@@ -28,13 +28,10 @@ import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from tests.training import test_train
-from tests.training.test_checkpoint_recovery import snapshot, step_dir, truncate_arrays
+from tests.support.damage import snapshot, step_dir, truncate_arrays
+from tests.support.runs import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-jax_cache_dir = test_train.jax_cache_dir
-digits_npz = test_train.digits_npz
-baseline = test_train.baseline
+pytestmark = pytest.mark.e2e
 
 # The quick-start config at the smallest width: no case here gets as far as building it.
 QUICK = ["--config=configs/quickstart.py", "--config.model.channels=2"]

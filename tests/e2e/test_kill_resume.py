@@ -3,7 +3,7 @@
 The real CLI (``python -m experiments.train``, through :mod:`tools.kill_resume`) trains the
 quick-start config shrunk (2 channels, hidden 16, T 4, 3 epochs of 5 steps) on a class-balanced
 600-digit subset of ``digits_events`` (60 per class: 500 train / 100 test; the subprocess swaps
-the digits for the subset, as tests/training/test_train.py swaps in its parsed copy). One run goes
+the digits for the subset, as tests/support/runs.py swaps in its parsed copy). One run goes
 uninterrupted; the other is SIGKILLed (its process group, frame-conversion workers included)
 during the frame conversion, at a checkpoint save and at a random time, and rerun after each.
 """
@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.training import test_train
-from tests.training.test_train import subprocess_env
+from tests.support.runs import SUBPROCESS_PRELUDE, subprocess_env
 from tools import kill_resume
 
-jax_cache_dir = test_train.jax_cache_dir
-digits_npz = test_train.digits_npz
-
 PER_CLASS, TRAIN_PER_CLASS = 60, 50
-# The training subprocess: test_train's prelude (digits from the session's .npz), a
+# The training subprocess: tests.support.runs' prelude (digits from the session's .npz), a
 # class-balanced subset of them, then the real CLI.
 SUBSET_CLI = f"""
 import runpy, sys
@@ -55,6 +51,7 @@ OVERRIDES = (
 SEED = 11
 
 
+@pytest.mark.e2e
 def test_kill_9_at_random_moments_then_rerun_equals_an_uninterrupted_run(
     tmp_path, jax_cache_dir, digits_npz
 ):
@@ -62,7 +59,7 @@ def test_kill_9_at_random_moments_then_rerun_equals_an_uninterrupted_run(
         str(tmp_path),
         kills=3,  # convert, save, time (KINDS order), moments drawn from SEED
         seed=SEED,
-        cli=(kill_resume.sys.executable, "-c", test_train.SUBPROCESS_PRELUDE + SUBSET_CLI),
+        cli=(kill_resume.sys.executable, "-c", SUBPROCESS_PRELUDE + SUBSET_CLI),
         overrides=OVERRIDES,
         env=subprocess_env(jax_cache_dir, digits_npz),
         num_train=10 * TRAIN_PER_CLASS,

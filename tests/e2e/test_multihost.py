@@ -3,9 +3,8 @@
 Each process runs the real CLI (``python -m experiments.train --config.distributed=True``) with
 2 CPU devices of its own (a global mesh of 4), its coordinator on a free loopback port given by
 ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``, and gloo collectives.
-The run is the tiny ``digits_static`` run of ``tests/training/test_train.py`` (3 epochs x 4
-steps); its
-single-process, single-device result is that module's session ``baseline``.
+The run is the tiny ``digits_static`` run of ``tests/support/runs.py`` (3 epochs x 4 steps); its
+single-process, single-device result is the session's ``baseline`` (``tests/conftest.py``).
 """
 
 from __future__ import annotations
@@ -22,21 +21,25 @@ import pytest
 
 from plif_jax.data.loader import BatchSource
 from plif_jax.training import metrics as metrics_lib
-from tests.training import test_train
-from tests.training.test_train import EPOCHS, STEPS, model_arrays, subprocess_env, tiny_config
+from tests.support.runs import (
+    EPOCHS,
+    ROOT,
+    STEPS,
+    SUBPROCESS_PRELUDE,
+    jsonl_without_timing,
+    model_arrays,
+    subprocess_env,
+    tiny_config,
+)
 
-pytestmark = pytest.mark.usefixtures("fast")
-jax_cache_dir = test_train.jax_cache_dir
-digits_npz = test_train.digits_npz
-fast = test_train.fast
-baseline = test_train.baseline
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("fast")]
 
 PROCESSES = 2
 DEVICES_PER_PROCESS = 2
 TIMEOUT_S = 300  # per launch; a process that hangs (a lost peer) is killed, the test fails
 
 # The training subprocess: the real CLI, with three test hooks. The digits come from the
-# session's .npz (test_train's prelude), every sample read is logged with the reading
+# session's .npz (tests.support.runs' prelude), every sample read is logged with the reading
 # process's index, and PLIF_TEST_STOP_AFTER stops both processes after the same number of
 # steps through train_and_evaluate's preemption path (checkpoint, then exit).
 WORKER = """
@@ -102,7 +105,7 @@ def launch(workdir, reads, jax_cache_dir, digits_npz, stop_after=None) -> list[s
     args = [
         sys.executable,
         "-c",
-        test_train.SUBPROCESS_PRELUDE + WORKER,
+        SUBPROCESS_PRELUDE + WORKER,
         "--config=configs/mnist.py",
         *cli_overrides(tiny_config(distributed=True)),
         f"--workdir={workdir}",
@@ -128,7 +131,7 @@ def launch(workdir, reads, jax_cache_dir, digits_npz, stop_after=None) -> list[s
         procs.append(
             subprocess.Popen(
                 args,
-                cwd=test_train.ROOT,
+                cwd=ROOT,
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -225,8 +228,8 @@ def test_checkpoints_and_logs_are_written_once(baseline, two_process_runs):
         assert meta["global_step"] == int(step) and meta["epoch"] == int(step) // STEPS
     # Process 1 writes no logs: one event file, each metrics record once, as one process.
     assert len([f for f in os.listdir(workdir) if "tfevents" in f]) == 1
-    got = test_train.jsonl_without_timing(workdir)
-    want = test_train.jsonl_without_timing(ref_dir)
+    got = jsonl_without_timing(workdir)
+    want = jsonl_without_timing(ref_dir)
     assert [r["step"] for r in got] == [r["step"] for r in want]
     with open(os.path.join(workdir, "run_info.txt")) as f:
         assert f.read().count("processes: 2") == 1
@@ -269,9 +272,7 @@ def test_two_process_resume_continues_exactly(two_process_runs):
     assert sorted(full) == sorted(resumed)
     for key in full:
         np.testing.assert_array_equal(resumed[key], full[key], err_msg=key)
-    assert test_train.jsonl_without_timing(str(root / "resumed")) == (
-        test_train.jsonl_without_timing(str(root / "full"))
-    )
+    assert jsonl_without_timing(str(root / "resumed")) == (jsonl_without_timing(str(root / "full")))
     with open(root / "resumed" / "summary.json") as f:
         summary = json.load(f)
     with open(root / "full" / "summary.json") as f:

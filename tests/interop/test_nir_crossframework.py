@@ -11,14 +11,13 @@ tensor, so the graph is exported with ``flatten_start_dim=-3`` (NIR's ``0`` woul
 batch too).
 
 * Forward: the average-pooling nets (Fashion-MNIST's LIF, a PLIF N-MNIST, CIFAR-10 and
-  CIFAR10-DVS from tests/interop/test_nir.py; both BN modes, random taus and BN statistics),
-  imported by
-  ``import_from_nir`` (float32) and stepped over T on the same batch: every spike of every layer
-  equal to plif_jax's on these inputs, and no membrane exactly at the threshold (so snnTorch's
-  ``>`` and plif_jax's ``>=`` agree). Not bit-identical arithmetic: ``beta U + X`` against
-  ``V + (X - V)/tau`` round differently, so a membrane within a few float32 ulps of the threshold
-  could fire on one side only; the test allows that and nothing else (the first layer that
-  differs may differ only at such membranes, all differences below 1e-3 of the spikes, equal
+  CIFAR10-DVS from tests/support/nir_nets.py; both BN modes, random taus and BN statistics),
+  imported by ``import_from_nir`` (float32) and stepped over T on the same batch: every spike of
+  every layer equal to plif_jax's on these inputs, and no membrane exactly at the threshold (so
+  snnTorch's ``>`` and plif_jax's ``>=`` agree). Not bit-identical arithmetic: ``beta U + X``
+  against ``V + (X - V)/tau`` round differently, so a membrane within a few float32 ulps of the
+  threshold could fire on one side only; the test allows that and nothing else (the first layer
+  that differs may differ only at such membranes, all differences below 1e-3 of the spikes, equal
   predictions where not tied), and prints the per-layer differences (all 0 when written).
 * ``Flatten``: the default export (``start_dim=0``) imports, but flattens the batch into the
   features (the first Linear refuses a batch; one sample at a time runs and is equal).
@@ -39,16 +38,16 @@ from __future__ import annotations
 import contextlib
 import io
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx
 
 from plif_jax import models, nir_graph
-from tests.conftest import import_oracle
-from tests.interop.test_nir import make, nhwc, trained_looking
+from tests.support.nir_nets import make, nhwc, trained_looking
+from tests.support.oracle import import_oracle
 
-pytestmark = pytest.mark.parity
+# XLA's optimisations off (both sides of each comparison run under the same setting).
+pytestmark = [pytest.mark.parity, pytest.mark.usefixtures("quick_compile")]
 
 nir = pytest.importorskip("nir")
 # The oracle is optional: without it this module skips (an error under PLIF_REQUIRE_ORACLE=1).
@@ -69,7 +68,7 @@ def _nmnist_plif_avg():
     return trained_looking(model, 0, gains=[2.0, 2.0, 2.0, 3.0])
 
 
-# The paper nets with average pooling (tests/interop/test_nir.py's cases, and a PLIF N-MNIST).
+# The paper nets with average pooling (tests/support/nir_nets.py's cases, and a PLIF N-MNIST).
 FORWARD = {
     "fashion_mnist": lambda: make("fashion_mnist"),
     "nmnist_plif_avg": _nmnist_plif_avg,
@@ -77,14 +76,6 @@ FORWARD = {
     "cifar10dvs": lambda: make("cifar10dvs"),
 }
 MAX_POOLING = ("mnist", "nmnist", "dvsgesture")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def quick_compile():
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
 
 
 def sequence(model, seed: int = 1) -> np.ndarray:

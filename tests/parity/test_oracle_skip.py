@@ -4,7 +4,8 @@ Each test runs pytest in a subprocess on the two parity modules and on the parit
 ``test_train.py`` (the three places that import torch / spikingjelly), with a pytest plugin that
 hides torch and spikingjelly (a ``sys.meta_path`` finder raising ``ModuleNotFoundError``, as on a
 machine after ``pip install -e '.[test]'`` alone), so the result does not depend on whether this
-environment has the oracle installed. ``tests/conftest.py`` holds the mechanism.
+environment has the oracle installed. ``tests/conftest.py`` and ``tests/support/oracle.py`` hold
+the mechanism.
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import ORACLE_INSTALL, REQUIRE_ORACLE_ENV
+import pytest
+
+from tests.support.oracle import ORACLE_INSTALL, REQUIRE_ORACLE_ENV
+
+pytestmark = pytest.mark.e2e  # nested pytest runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PARITY_TARGETS = (

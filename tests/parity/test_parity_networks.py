@@ -18,9 +18,10 @@ from flax import nnx
 from benchmarks import sj_reference as sjr
 from plif_jax import models
 from plif_jax.models import porting
-from tests.conftest import float64_quick_compile, import_oracle
+from tests.support.oracle import import_oracle
 
-pytestmark = pytest.mark.parity
+# float64 on both sides, XLA's optimisations off; restored afterwards.
+pytestmark = [pytest.mark.parity, pytest.mark.usefixtures("float64_quick_compile")]
 
 # The oracle is optional: without it this module skips (an error under PLIF_REQUIRE_ORACLE=1).
 torch = import_oracle("torch")
@@ -60,12 +61,6 @@ CASES = {
     "dvsgesture": (dict(channels=8, input_size=32, hidden=16), (3, 2, 2, 32, 32), 12.0, 1.0),
 }
 BN_TO_STEP = {"per_step": "s", "folded": "m"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def enable_x64():
-    """float64 on both sides; restored afterwards so that other test files see float32."""
-    yield from float64_quick_compile()
 
 
 def _randomise(net, seed: int, gain: float) -> None:

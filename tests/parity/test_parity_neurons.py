@@ -30,7 +30,7 @@ import pytest
 from flax import nnx
 
 from plif_jax import neurons, surrogate
-from tests.conftest import import_oracle
+from tests.support.oracle import import_oracle
 
 pytestmark = [
     pytest.mark.parity,

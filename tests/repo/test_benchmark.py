@@ -84,6 +84,7 @@ def test_flop_count_of_conv_gradient_is_three_forward_convs():
     assert roofline.count_flops(scanned, jnp.ones((5, 4, 4))) == 5 * 2 * 4**3
 
 
+@pytest.mark.e2e  # the benchmark CLI end to end (the SpikingJelly side included)
 def test_quick_benchmark_writes_consistent_json(tmp_path, capsys):
     from benchmarks import cli as benchmark
     from benchmarks import report

@@ -63,6 +63,7 @@ def _probe(mode: str) -> tuple[str, int, float, float]:
     return out[0], int(out[1]), float(out[2]), float(out[3])
 
 
+@pytest.mark.e2e
 @glibc
 def test_the_steps_reuse_freed_blocks_and_give_them_back_afterwards():
     line, faults, rss_in, rss_after = _probe("tuned")

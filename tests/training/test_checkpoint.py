@@ -21,15 +21,17 @@ from plif_jax.runtime import parallel
 from plif_jax.training import checkpoint as checkpoint_lib
 from plif_jax.training import metrics as metrics_lib
 from plif_jax.training import run as train
-from tests.training import test_train
-from tests.training.test_train import EPOCHS, STEPS, model_arrays, subprocess_env, tiny_config
+from tests.support.runs import (
+    EPOCHS,
+    STEPS,
+    SUBPROCESS_PRELUDE,
+    model_arrays,
+    subprocess_env,
+    tiny_config,
+)
 
-# The training tests' fixtures: a tiny 3-epoch run and the shared compilation cache.
+# The tiny 3-epoch run (tests/conftest.py's baseline) and the shared compilation cache.
 pytestmark = pytest.mark.usefixtures("fast")
-jax_cache_dir = test_train.jax_cache_dir
-digits_npz = test_train.digits_npz
-fast = test_train.fast
-baseline = test_train.baseline
 
 
 def test_nested_round_trip_keeps_prng_keys_and_structure():
@@ -104,7 +106,7 @@ KILL_DURING_SAVE = textwrap.dedent(
     import os, signal, sys
     from plif_jax.training import checkpoint
     from plif_jax.training import run as train
-    from tests.training.test_train import tiny_config
+    from tests.support.runs import tiny_config
 
     original = checkpoint.CheckpointStore.save
     calls = []
@@ -121,13 +123,14 @@ KILL_DURING_SAVE = textwrap.dedent(
 )
 
 
+@pytest.mark.e2e
 def test_kill_9_during_save_resumes_from_last_complete_checkpoint(
     baseline, tmp_path, jax_cache_dir, digits_npz
 ):
     ref_dir, ref_summary = baseline
     workdir = str(tmp_path / "run")
     proc = subprocess.run(
-        [sys.executable, "-c", test_train.SUBPROCESS_PRELUDE + KILL_DURING_SAVE, workdir],
+        [sys.executable, "-c", SUBPROCESS_PRELUDE + KILL_DURING_SAVE, workdir],
         env=subprocess_env(jax_cache_dir, digits_npz),
         capture_output=True,
         text=True,

@@ -7,7 +7,6 @@ a disk or copy fault does. The run tests copy the training tests' tiny 3-epoch r
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -19,13 +18,8 @@ import pytest
 from plif_jax.errors import CheckpointError, IncompatibleRunError, NoCheckpointError
 from plif_jax.training import checkpoint as checkpoint_lib
 from plif_jax.training import run as train
-from tests.training import test_train
-from tests.training.test_train import jsonl_without_timing, model_arrays, tiny_config
-
-jax_cache_dir = test_train.jax_cache_dir
-digits_npz = test_train.digits_npz
-fast = test_train.fast
-baseline = test_train.baseline
+from tests.support.damage import array_files, snapshot, step_dir, truncate_arrays
+from tests.support.runs import jsonl_without_timing, model_arrays, tiny_config
 
 
 def tree(step: int) -> dict:
@@ -40,25 +34,6 @@ def store_dir(tmp_path) -> str:
         store.save(step, tree(step), {"epoch": step}, best=step == 2)
     store.close()
     return str(tmp_path)
-
-
-def step_dir(workdir: str, which: str, step: int) -> str:
-    return os.path.join(workdir, "checkpoints", which, str(step))
-
-
-def array_files(directory: str) -> list[str]:
-    """The files holding array bytes (Orbax's OCDBT data files)."""
-    out = []
-    for root, _, files in os.walk(os.path.join(directory, "state")):
-        if os.path.basename(root) == "d":
-            out += [os.path.join(root, f) for f in files]
-    assert out, f"no array files under {directory}"
-    return out
-
-
-def truncate_arrays(directory: str) -> None:
-    for path in array_files(directory):
-        os.truncate(path, os.path.getsize(path) // 2)
 
 
 def delete_arrays(directory: str) -> None:
@@ -83,17 +58,6 @@ DAMAGE = {
     "bad meta record": lambda d: garble(os.path.join(d, "meta", "metadata")),
     "half-written directory": half_written,
 }
-
-
-def snapshot(directory: str) -> dict[str, str]:
-    """Every file under ``directory`` (relative path) -> sha256 of its bytes."""
-    out = {}
-    for root, _, files in os.walk(directory):
-        for f in files:
-            path = os.path.join(root, f)
-            with open(path, "rb") as fh:
-                out[os.path.relpath(path, directory)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 def restore(workdir: str, which: str = "latest", **kwargs):

@@ -4,74 +4,35 @@ from __future__ import annotations
 
 import glob
 import os
-import types
 
 import jax
 import pytest
-from absl import flags
 from flax import nnx
-from ml_collections import config_flags
 
 from plif_jax import models
 from plif_jax.training import config as config_lib
 from plif_jax.training import run as train
-from tests.core.test_models import PAPER_PARAM_COUNTS
-from tests.training import test_train
+from tests.support.paper import (
+    CONFIG_DIR,
+    PAPER_NUM_SPIKING,
+    PAPER_PARAM_COUNTS,
+    dataset_info,
+    load_config,
+)
+from tests.support.runs import tiny_config
 
-# Parsed digits + compilation cache for the one test that loads data.
-jax_cache_dir = test_train.jax_cache_dir
-digits_npz = test_train.digits_npz
-fast = test_train.fast
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG_DIR = os.path.join(ROOT, "configs")
-
-# Parameter counts of the paper's networks (codes/models.py: conv + BN affine + FC + w).
-PAPER_PARAMS = PAPER_PARAM_COUNTS
 PAPER_T = {"mnist": 8, "fashion_mnist": 8, "cifar10": 8, "nmnist": 10, "cifar10dvs": 20}
 PAPER_T["dvsgesture"] = 20
-PAPER_PLIF_LAYERS = {"mnist": 4, "fashion_mnist": 4, "cifar10": 8, "nmnist": 4}
-PAPER_PLIF_LAYERS.update(cifar10dvs=6, dvsgesture=7)
-
-
-def load_config(name: str, *overrides: str):
-    """Loads ``configs/<name>.py`` the way the CLI does (absl + ml_collections, locked)."""
-    argv = ["prog", f"--config={os.path.join(CONFIG_DIR, name + '.py')}", *overrides]
-    fv = flags.FlagValues()
-    # sys_argv: the overrides are read from it (by default from sys.argv, pytest's here).
-    config_flags.DEFINE_config_file(
-        "config", None, "config", flag_values=fv, lock_config=True, sys_argv=argv
-    )
-    fv(argv)
-    return fv.config
-
-
-def dataset_info(dataset: str, T: int):
-    """What plif_jax.data reports for a paper dataset (no data needed to build the model)."""
-    static = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
-    events = {"nmnist": 34, "cifar10dvs": 128, "dvsgesture": 128, "digits_events": 34}
-    if dataset in static:
-        shape, layout, t = static[dataset], "NHWC", None
-    else:
-        size = events[dataset]
-        shape, layout, t = (T, 2, size, size), "TBCHW", T
-    return types.SimpleNamespace(
-        model_name="nmnist" if dataset == "digits_events" else dataset,
-        num_classes=11 if dataset == "dvsgesture" else 10,
-        sample_shape=shape,
-        input_layout=layout,
-        time_steps=t,
-    )
 
 
 def test_every_config_file_is_covered():
     names = sorted(
         os.path.splitext(os.path.basename(p))[0] for p in glob.glob(f"{CONFIG_DIR}/*.py")
     )
-    assert names == sorted([*PAPER_PARAMS, "common", "quickstart", "__init__"])
+    assert names == sorted([*PAPER_PARAM_COUNTS, "common", "quickstart", "__init__"])
 
 
-@pytest.mark.parametrize("name", sorted(PAPER_PARAMS))
+@pytest.mark.parametrize("name", sorted(PAPER_PARAM_COUNTS))
 def test_paper_config_builds_the_paper_model(name):
     config = load_config(name)
     config_lib.validate(config, num_devices=1)
@@ -93,8 +54,8 @@ def test_paper_config_builds_the_paper_model(name):
     assert model_name == name
     abstract = nnx.eval_shape(lambda: models.build_model(model_name, options, seed=0))
     params = nnx.state(abstract, nnx.Param)
-    assert sum(p.size for p in jax.tree.leaves(params)) == PAPER_PARAMS[name]
-    assert len(abstract.spiking_layers()) == PAPER_PLIF_LAYERS[name]
+    assert sum(p.size for p in jax.tree.leaves(params)) == PAPER_PARAM_COUNTS[name]
+    assert len(abstract.spiking_layers()) == PAPER_NUM_SPIKING[name]
 
 
 def test_quickstart_config_feeds_the_nmnist_network_at_reduced_width():
@@ -132,10 +93,6 @@ def test_ablations_are_command_line_overrides():
         load_config("cifar10", "--config.neuron.knd=lif")
 
 
-def _tiny():
-    return test_train.tiny_config()
-
-
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
@@ -149,7 +106,7 @@ def _tiny():
     ],
 )
 def test_bad_settings_are_rejected_with_the_fix(field, value, message, tmp_path):
-    config = _tiny()
+    config = tiny_config()
     section, _, key = field.rpartition(".")
     (config[section] if section else config)[key] = value
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -157,7 +114,7 @@ def test_bad_settings_are_rejected_with_the_fix(field, value, message, tmp_path)
 
 
 def test_batch_not_divisible_by_device_count_is_rejected():
-    config = _tiny()
+    config = tiny_config()
     config.batch_size = 18
     with pytest.raises(ValueError, match=r"batch_size=18 is not divisible by the 4 devices"):
         config_lib.validate(config, num_devices=4)
@@ -169,7 +126,7 @@ def test_batch_not_divisible_by_device_count_is_rejected():
 
 @pytest.mark.usefixtures("fast")
 def test_batch_larger_than_the_dataset_is_rejected(tmp_path):
-    config = _tiny()
+    config = tiny_config()
     config.batch_size = 4096  # digits_static has 4,000 training digits
     with pytest.raises(ValueError, match=r"batch_size=4096 is larger than the training set"):
         config_lib.validate_against_data(config, num_train=4000)
@@ -178,7 +135,7 @@ def test_batch_larger_than_the_dataset_is_rejected(tmp_path):
 
 
 def test_more_devices_than_visible_is_rejected(tmp_path):
-    config = _tiny()
+    config = tiny_config()
     config.num_devices = jax.device_count() + 1
     with pytest.raises(ValueError, match=r"num_devices=\d+ but only \d+ devices"):
         train.train_and_evaluate(config, str(tmp_path))
@@ -186,7 +143,7 @@ def test_more_devices_than_visible_is_rejected(tmp_path):
 
 def test_models_options_cover_model_spec():
     # Every option models.spec_from_config passes is one create_model accepts.
-    for name in PAPER_PARAMS:
+    for name in PAPER_PARAM_COUNTS:
         config = load_config(name)
         _, options = models.spec_from_config(config, dataset_info(name, config.data.T))
         assert set(options) <= set(models.OPTIONS)

@@ -1,9 +1,9 @@
 """Several seeds in one run (``config.num_seeds``): members equal single runs, exact resume,
 per-member and aggregate scalars, clear errors for bad member settings.
 
-The runs are test_train's tiny ``digits_static`` net, 2 members for 2 epochs of 3 steps, with
-per-member data order, seeds and values (init_tau 2 / 4, lr 1e-2 / 2e-2): member 1 differs from
-member 0 in everything a member can differ in.
+The runs are the tiny ``digits_static`` net of ``tests.support.runs``, 2 members for 2 epochs of
+3 steps, with per-member data order, seeds and values (init_tau 2 / 4, lr 1e-2 / 2e-2): member 1
+differs from member 0 in everything a member can differ in.
 """
 
 from __future__ import annotations
@@ -21,12 +21,10 @@ from plif_jax.training import members as members_lib
 from plif_jax.training import metrics as metrics_lib
 from plif_jax.training import run as train
 from plif_jax.training import summary as summary_lib
-from tests.training.test_train import (  # noqa: F401 (fixtures)
-    digits_npz,
-    fast,
-    jax_cache_dir,
+from tests.support.runs import (
     jsonl_without_timing,
     model_arrays,
+    module_arrays,
     tb_without_timing,
     tiny_config,
 )
@@ -76,23 +74,12 @@ def test_member_equals_a_single_run_with_its_seed_and_values(k2_run, tmp_path):
     # The parameters and batch statistics after the run, within the float tolerance.
     model, _ = checkpoint_lib.restore(workdir, "latest", member=1)
     ref = model_arrays(single_dir)
-    got_arrays = _arrays(model)
+    got_arrays = module_arrays(model)
     assert sorted(got_arrays) == sorted(ref)
     for key in ref:
         np.testing.assert_allclose(got_arrays[key], ref[key], rtol=RTOL, atol=ATOL, err_msg=key)
     # ... and they did train: member 1 moved away from its init (tau_0 = 4).
     assert max(abs(v - 4.0) for v in m1["tau"].values()) > 1e-4
-
-
-def _arrays(model):
-    import jax
-    from flax import nnx
-
-    state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
-    return {
-        "/".join(map(str, path)): np.asarray(jax.tree.leaves(v)[0])
-        for path, v in nnx.to_flat_state(state)
-    }
 
 
 def test_resume_of_a_k_member_run_is_bit_identical(k2_run, tmp_path):
@@ -103,8 +90,8 @@ def test_resume_of_a_k_member_run_is_bit_identical(k2_run, tmp_path):
     second = train.train_and_evaluate(k2_config(), workdir)
     assert second["status"] == "completed"
     for i in range(2):
-        ref = _arrays(checkpoint_lib.restore(ref_dir, "latest", member=i)[0])
-        got = _arrays(checkpoint_lib.restore(workdir, "latest", member=i)[0])
+        ref = module_arrays(checkpoint_lib.restore(ref_dir, "latest", member=i)[0])
+        got = module_arrays(checkpoint_lib.restore(workdir, "latest", member=i)[0])
         for key in ref:
             np.testing.assert_array_equal(got[key], ref[key], err_msg=f"member {i} {key}")
     assert jsonl_without_timing(workdir) == jsonl_without_timing(ref_dir)

