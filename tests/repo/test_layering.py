@@ -3,11 +3,14 @@
 import subprocess
 import sys
 
+import pytest
+
 from plif_jax import layers, surrogate
 from plif_jax.data import registry
 from plif_jax.models import options
 
 
+@pytest.mark.e2e  # a fresh interpreter: nothing imported before the check
 def test_validating_a_config_loads_neither_jax_nor_flax_nor_tonic():
     # The CLI's promise: a config mistake is reported before JAX and the data libraries load.
     code = (

@@ -19,8 +19,6 @@ MAX_FUNCTION_CODE_LINES = 80
 
 # Over a limit when the limits were set (issue 20); being split. Shrink only: never add an entry.
 OVER_LIMIT = {
-    "benchmarks/cli.py",  # 574 lines
-    "tools/kill_resume.py",  # 411 lines
     "benchmarks/measure_loop.py::main",  # 90 lines of code
     "benchmarks/sj_reference.py::build_sj_model",  # 91 lines of code
 }
