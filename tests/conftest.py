@@ -5,7 +5,8 @@ Fixtures (helpers without state are in :mod:`tests.support`):
 - ``jax_cache_dir`` / ``digits_npz`` (session): one persistent compilation cache and the parsed
   digits, for in-process runs (``fast``, module) and subprocesses (``support.runs.subprocess_env``);
 - ``baseline`` (session): the tiny uninterrupted 3-epoch run, ``(workdir, summary)``;
-- ``quick_compile`` (module): XLA's optimisations off; ``float64_quick_compile`` adds float64.
+- ``quick_compile`` (module): XLA's optimisations off; ``float64_quick_compile`` adds float64;
+- ``tonic_few_files``: tonic's extracted-file count check with n = 1 (small dataset trees).
 
 Markers (``pyproject.toml``): ``parity`` (a SpikingJelly / snnTorch oracle comparison) and ``e2e``
 (a test that starts a Python process, or runs an entry point's main end to end). A test not
@@ -156,16 +157,31 @@ def baseline(jax_cache_dir, digits_npz, tmp_path_factory):
     return workdir, summary
 
 
+@pytest.fixture
+def tonic_few_files(monkeypatch):
+    """tonic insists on >= 10,000 / 1,000 / 100 extracted files; keep its check, with n = 1."""
+    import tonic
+
+    count_check = tonic.dataset.Dataset._folder_contains_at_least_n_files_of_type
+    monkeypatch.setattr(
+        tonic.dataset.Dataset,
+        "_folder_contains_at_least_n_files_of_type",
+        lambda self, n_files, file_type: count_check(self, 1, file_type),
+    )
+
+
 @contextlib.contextmanager
 def _jax_options(**options):
     """``jax.config`` options set, then restored (an option this jax lacks is left alone)."""
     import jax
 
+    from tests.support.runs import read_option
+
     previous = {}
     try:
         for name, value in options.items():
             try:
-                previous[name] = jax.config.read(name)
+                previous[name] = read_option(name)
             except AttributeError:  # the option may go away in a future jax: compile as usual
                 continue
             jax.config.update(name, value)

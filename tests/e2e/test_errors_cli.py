@@ -1,14 +1,17 @@
-"""A user's mistakes through the real command line: one ``error: ...`` line, exit 2, no traceback.
+"""A user's mistakes through the command line: one ``error: ...`` line, exit 2, no traceback.
 
-Every case runs ``python -m experiments.<script>`` in a subprocess (two at a time, all started by
-one module fixture), and its test checks: exit status 2, no ``Traceback`` on stderr, the last
-stderr line is ``error: `` followed by the message naming the problem, and, where files existed
-before, that they are byte-identical after. Most mistakes are caught by
-``plif_jax.training.config`` before
-JAX is imported; the others need files the fixture writes in the real formats (a tonic N-MNIST
-tree with a truncated event file, the training tests' tiny run with damaged checkpoints).
+Every case runs the script's ``main`` through :func:`plif_jax.cli.run`, as ``python -m
+experiments.<script>`` does, in this test process (``tests.support.cli.run_in_process``), and
+one case of each family (``FRESH_PROCESS``: config value, command line, data, workdir,
+checkpoint, prepare_data) also as a real ``python -m experiments.<script>`` subprocess, to show
+the same from a fresh interpreter. Each checks: exit status 2, no ``Traceback`` on stderr, the
+last stderr line is ``error: `` followed by the message naming the problem, one such line, and,
+where files existed before, that they are byte-identical after. Most mistakes are caught by
+``plif_jax.training.config`` before JAX is imported; the others need files the fixture writes in
+the real formats (a tonic N-MNIST tree with a truncated event file, the training tests' tiny run
+with damaged checkpoints).
 
-The notebook's first cell shows a ``UserError`` the same way (last test).
+The notebook's first cell shows a ``UserError`` the same way, and a bug keeps its traceback.
 """
 
 from __future__ import annotations
@@ -19,8 +22,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
-import time
 
 import nbformat
 import numpy as np
@@ -28,10 +29,9 @@ import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
+from tests.support.cli import Run, run_in_process, run_subprocess
 from tests.support.damage import snapshot, step_dir, truncate_arrays
-from tests.support.runs import ROOT
-
-pytestmark = pytest.mark.e2e
+from tests.support.runs import ROOT, cache_env
 
 # The quick-start config at the smallest width: no case here gets as far as building it.
 QUICK = ["--config=configs/quickstart.py", "--config.model.channels=2"]
@@ -190,67 +190,46 @@ CASES = {
 }
 
 
+# One case per family that also runs in a fresh interpreter.
+FRESH_PROCESS = {
+    "config value": "unknown dataset",
+    "command line": "override of a field that does not exist",
+    "data": "missing event data",
+    "workdir": "workdir that is a file",
+    "checkpoint": "workdir whose checkpoints are all damaged",
+    "prepare_data": "prepare_data from a folder without datasets",
+}
+
+
 def write_nmnist(root: str) -> None:
-    """tonic's N-MNIST layout: placeholder archives and the 10,000 tiny training .bin files tonic
-    wants to see before it reads any (no test files: the conversion fails before it needs them).
+    """tonic's N-MNIST layout: placeholder archives and one tiny training .bin file per digit
+    (tonic's file-count check is relaxed to 1 by the ``tonic_few_files`` fixture; no test files:
+    the conversion fails before it needs them).
 
     The first training file in sorted order is cut to 7 bytes (not a multiple of the 5-byte
     event record), so the conversion meets it first.
     """
     base = os.path.join(root, "NMNIST")
     rng = np.random.default_rng(0)
-    for i in range(10_000):
-        d = os.path.join(base, "Train", str(i % 10))
+    for digit in range(10):
+        d = os.path.join(base, "Train", str(digit))
         os.makedirs(d, exist_ok=True)
         events = np.zeros((3, 5), np.uint8)
         events[:, 0] = rng.integers(0, 34, 3)  # x
         events[:, 1] = rng.integers(0, 34, 3)  # y
         events[:, 4] = np.arange(3)  # timestamp (low byte)
-        with open(os.path.join(d, f"{i // 10:05d}.bin"), "wb") as f:
+        with open(os.path.join(d, "00000.bin"), "wb") as f:
             f.write(events.tobytes())
     for archive in ("train.zip", "test.zip"):
         open(os.path.join(base, archive), "wb").close()
     os.truncate(os.path.join(base, "Train", "0", "00000.bin"), 7)
 
 
-@dataclasses.dataclass
-class Run:
-    returncode: int
-    stderr: str
-    cpu_seconds: float  # user + system of the CLI process (and its children): load-independent
-    wall_seconds: float
-
-
-def run_cli(script: str, args: list[str], env: dict[str, str], log: str) -> Run:
-    """``python -m experiments.<script> *args``, its stderr, exit status and CPU time."""
-    os.makedirs(os.path.dirname(log), exist_ok=True)
-    t0 = time.monotonic()
-    with open(log + ".out", "w") as out, open(log + ".err", "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", f"experiments.{script}", *args],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=err,
-        )
-        watchdog = threading.Timer(300, proc.kill)  # a hang fails the case, not the session
-        watchdog.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)  # reaps it: rusage of this child only
-        finally:
-            watchdog.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    with open(log + ".err") as f:
-        stderr = f.read()
-    cpu = usage.ru_utime + usage.ru_stime
-    return Run(proc.returncode, stderr, cpu, time.monotonic() - t0)
-
-
 @pytest.fixture(scope="module")
-def results(tmp_path_factory, baseline):
-    """Runs every case; ``{case: (Run, paths, snapshot before, watched path)}``."""
+def paths(tmp_path_factory, baseline) -> dict[str, str]:
+    """The files the cases name: ``{name: path}`` (``{fresh}`` is filled per case)."""
     base = tmp_path_factory.mktemp("errors_cli")
-    paths = {"empty": str(base / "empty"), "a_file": str(base / "a_file")}
+    paths = {"base": str(base), "empty": str(base / "empty"), "a_file": str(base / "a_file")}
     os.makedirs(paths["empty"])
     open(paths["a_file"], "w").close()
     paths["nmnist"] = str(base / "nmnist")
@@ -267,33 +246,23 @@ def results(tmp_path_factory, baseline):
     paths["saved_config"] = str(base / "saved_config.py")
     with open(paths["saved_config"], "w") as f:
         f.write(SAVED_CONFIG.format(path=os.path.join(src, "checkpoints", "config.json")))
-
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-
-    def run(name: str, case: Case):
-        fresh = str(base / "fresh" / name.replace(" ", "_"))
-        fill = {**paths, "fresh": fresh}
-        args = [a.format(**fill) for a in case.args]
-        watched = case.unchanged.format(**fill) if case.unchanged else None
-        before = snapshot(watched) if watched else None
-        proc = run_cli(case.script, args, env, os.path.join(base, "logs", name.replace(" ", "_")))
-        return proc, fill, before, watched
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(run, name, case) for name, case in CASES.items()}
-        return {name: f.result() for name, f in futures.items()}
+    return paths
 
 
-def test_at_least_twenty_distinct_cases():
-    assert len(CASES) >= 20
-    assert len({c.args for c in CASES.values()}) == len(CASES)
+def prepared(name: str, paths: dict[str, str], where: str):
+    """The case's arguments, its paths, the watched path and its snapshot before the run."""
+    case = CASES[name]
+    fresh = os.path.join(paths["base"], "fresh", where, name.replace(" ", "_"))
+    fill = {**paths, "fresh": fresh}
+    args = [a.format(**fill) for a in case.args]
+    watched = case.unchanged.format(**fill) if case.unchanged else None
+    return args, fill, watched, snapshot(watched) if watched else None
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_a_user_error_is_one_line_exit_2_no_traceback(name, results):
-    proc, fill, before, watched = results[name]
-    stderr = proc.stderr
-    assert proc.returncode == 2, stderr[-3000:]
+def check(name: str, run: Run, fill: dict[str, str], watched: str | None, before) -> str:
+    """The checks every case passes; returns the error line."""
+    stderr = run.stderr
+    assert run.returncode == 2, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("error: "), stderr[-3000:]
@@ -302,10 +271,52 @@ def test_a_user_error_is_one_line_exit_2_no_traceback(name, results):
     assert sum(line.startswith("error: ") for line in stderr.splitlines()) == 1
     if watched:
         assert snapshot(watched) == before, f"{watched} changed"
-    # The list for the closing note (pytest -s); CPU seconds do not depend on the machine's load.
-    print(f"{name} ({proc.cpu_seconds:.1f} s CPU, {proc.wall_seconds:.1f} s wall): {last}")
+    return last
 
 
+@pytest.fixture(scope="module")
+def fresh_process_results(paths, jax_cache_dir):
+    """Runs the ``FRESH_PROCESS`` cases as subprocesses, two at a time."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, **cache_env(jax_cache_dir))
+
+    def run(name: str):
+        args, fill, watched, before = prepared(name, paths, "subprocess")
+        log = os.path.join(paths["base"], "logs", name.replace(" ", "_"))
+        return run_subprocess(CASES[name].script, args, env, log), fill, watched, before
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(run, name) for name in FRESH_PROCESS.values()}
+        return {name: f.result() for name, f in futures.items()}
+
+
+def test_at_least_twenty_distinct_cases_and_one_fresh_process_per_family():
+    assert len(CASES) >= 20
+    assert len({c.args for c in CASES.values()}) == len(CASES)
+    assert set(FRESH_PROCESS.values()) <= set(CASES)
+    assert {CASES[name].script for name in FRESH_PROCESS.values()} == {"train", "prepare_data"}
+
+
+@pytest.mark.usefixtures("fast", "tonic_few_files")
+# ml_collections loads a config file with importlib's load_module (its own warning, not ours).
+@pytest.mark.filterwarnings("ignore:the load_module\\(\\) method is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_user_error_is_one_line_exit_2_no_traceback(name, paths, monkeypatch, capsys):
+    args, fill, watched, before = prepared(name, paths, "in_process")
+    run = run_in_process(CASES[name].script, args, monkeypatch, capsys)
+    print(f"{name}: {check(name, run, fill, watched, before)}")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("family", list(FRESH_PROCESS))
+def test_in_a_fresh_process_too(family, fresh_process_results):
+    name = FRESH_PROCESS[family]
+    run, fill, watched, before = fresh_process_results[name]
+    last = check(name, run, fill, watched, before)
+    # CPU seconds do not depend on the machine's load.
+    print(f"{name} ({run.cpu_seconds:.1f} s CPU, {run.wall_seconds:.1f} s wall): {last}")
+
+
+@pytest.mark.e2e
 def test_notebook_first_cell_shows_a_user_error_as_its_line(tmp_path, monkeypatch):
     nb = nbformat.read(os.path.join(ROOT, "experiments", "explore_tau.ipynb"), as_version=4)
     nb.cells = [next(c for c in nb.cells if c.cell_type == "code")]
@@ -329,6 +340,7 @@ def test_notebook_first_cell_shows_a_user_error_as_its_line(tmp_path, monkeypatc
     ]
 
 
+@pytest.mark.e2e
 def test_a_bug_keeps_its_traceback(tmp_path):
     # The same wrapper as the entry points: an exception that is not a UserError is a bug.
     script = tmp_path / "buggy.py"

@@ -34,6 +34,14 @@ CACHE_OPTIONS = {
 }
 
 
+def read_option(name: str):
+    """The value of a ``jax.config`` option (AttributeError where this jax has no such option)."""
+    try:
+        return getattr(jax.config, name)  # options with a context manager
+    except AttributeError:
+        return jax.config.read(name)
+
+
 def tiny_config(**overrides):
     """The tiny digits_static run (``overrides``: dotted field -> value)."""
     c = common.get_config()
@@ -64,7 +72,7 @@ def compilation_cache(cache_dir: str) -> Iterator[None]:
     from jax.experimental.compilation_cache import compilation_cache as cc
 
     options = {"jax_compilation_cache_dir": cache_dir, **CACHE_OPTIONS}
-    saved = {key: jax.config.read(key) for key in options}
+    saved = {key: read_option(key) for key in options}
     try:
         for key, value in options.items():
             jax.config.update(key, value)
