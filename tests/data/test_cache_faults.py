@@ -17,9 +17,8 @@ import pytest
 from plif_jax.data import cache as cache_lib
 from plif_jax.data.cache import FrameStore
 from plif_jax.errors import DiskError, Interrupted
-from tests.data.test_data_cache import BASE, CountingProducer
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.support.frames import BASE, CountingProducer
+from tests.support.runs import ROOT
 
 
 def _dead_pid() -> int:
@@ -134,6 +133,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG)")
 def test_conversion_workers_die_with_a_killed_parent(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT)

@@ -1,6 +1,5 @@
 """Frame cache: keys, stale frames, interruption and resumption, parallel conversion, damage."""
 
-import dataclasses
 import os
 
 import numpy as np
@@ -9,33 +8,7 @@ import pytest
 from plif_jax.data import cache as cache_lib
 from plif_jax.data.cache import FrameStore, cache_key, files_fingerprint
 from plif_jax.errors import DataError
-
-BASE = dict(
-    dataset="nmnist",
-    split="train",
-    T=10,
-    split_by="number",
-    normalization=None,
-    drop_remainder=False,
-)
-
-
-@dataclasses.dataclass
-class CountingProducer:
-    """Frames whose value encodes (sample index, T); fails at sample ``fail_at`` if set."""
-
-    num_samples: int
-    T: int = 2
-    chunk_size: int = 3
-    fail_at: int | None = None
-
-    def frames(self, indices):
-        out = []
-        for i in indices:
-            if i == self.fail_at:
-                raise KeyboardInterrupt  # as if the user pressed Ctrl-C here
-            out.append(np.full((self.T, 2, 2, 2), float(i + 10 * self.T), np.float32))
-        return out
+from tests.support.frames import BASE, CountingProducer
 
 
 @pytest.mark.parametrize(

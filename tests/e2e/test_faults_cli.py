@@ -17,8 +17,7 @@ from plif_jax import cli
 from plif_jax.errors import Interrupted
 from plif_jax.runtime import disk
 from plif_jax.training import workdir_lock
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.support.runs import ROOT
 
 
 def _exit(capsys, call):
@@ -100,6 +99,7 @@ def test_writing_names_the_file_of_a_failed_write(tmp_path):
     assert err.value.filename == str(tmp_path / "m.jsonl") and err.value.errno == errno.ENOSPC
 
 
+@pytest.mark.e2e
 def test_train_on_a_workdir_in_use_exits_2_with_one_line(tmp_path):
     # The real command line (one subprocess for the family): refused before any data or model.
     workdir = tmp_path / "run"

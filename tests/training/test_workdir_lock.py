@@ -16,15 +16,10 @@ import pytest
 from plif_jax.training import epochs as epochs_lib
 from plif_jax.training import run as train
 from plif_jax.training import workdir_lock
-from tests.training import test_train
-from tests.training.test_checkpoint_recovery import snapshot
-from tests.training.test_train import jsonl_without_timing, model_arrays, tiny_config
+from tests.support.damage import snapshot
+from tests.support.runs import ROOT, jsonl_without_timing, model_arrays, tiny_config
 
 pytestmark = pytest.mark.usefixtures("fast")
-jax_cache_dir = test_train.jax_cache_dir
-digits_npz = test_train.digits_npz
-fast = test_train.fast
-baseline = test_train.baseline
 
 
 def test_second_lock_is_refused_naming_pid_and_host(tmp_path):
@@ -40,6 +35,7 @@ def test_second_lock_is_refused_naming_pid_and_host(tmp_path):
     workdir_lock.WorkdirLock(str(tmp_path)).acquire().release()
 
 
+@pytest.mark.e2e
 def test_lock_of_a_killed_process_does_not_block(tmp_path):
     # A process takes the lock, then dies by SIGKILL: its record stays in the file, the lock not.
     code = (
@@ -48,7 +44,7 @@ def test_lock_of_a_killed_process_does_not_block(tmp_path):
         "WorkdirLock(sys.argv[1]).acquire()\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=test_train.ROOT)
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT)
     assert proc.returncode == -signal.SIGKILL
     assert (tmp_path / ".lock").read_text().startswith("pid ")  # the dead holder's record
     lock = workdir_lock.WorkdirLock(str(tmp_path)).acquire()
