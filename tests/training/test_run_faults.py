@@ -1,6 +1,6 @@
 """A run's faults (plif_jax.training.faults): a full disk at each kind of write, a diverging update,
 a network that stops spiking, and a rerun of a finished run. In-process, on the tiny run of
-test_train, with the writes patched to fail as a full disk makes them fail."""
+tests/support/runs.py, with the writes patched to fail as a full disk makes them fail."""
 
 from __future__ import annotations
 
@@ -19,15 +19,10 @@ from plif_jax.training import epochs as epochs_lib
 from plif_jax.training import metrics as metrics_lib
 from plif_jax.training import run as train
 from plif_jax.training.progress import Accumulator
-from tests.training import test_train
-from tests.training.test_checkpoint_recovery import snapshot
-from tests.training.test_train import STEPS, jsonl_without_timing, model_arrays, tiny_config
+from tests.support.damage import snapshot
+from tests.support.runs import STEPS, jsonl_without_timing, model_arrays, tiny_config
 
 pytestmark = pytest.mark.usefixtures("fast")
-jax_cache_dir = test_train.jax_cache_dir
-digits_npz = test_train.digits_npz
-fast = test_train.fast
-baseline = test_train.baseline
 
 
 def _latest_steps(workdir: str) -> list[str]:
