@@ -29,6 +29,10 @@ paper's
     python -m benchmarks --suite seeds \
         --xla-flags=--xla_cpu_experimental_ynn_fusion_type=dot,reduce
 
+* ``peers`` (not in the default set): the Open Neuromorphic Linear + LIF workload in plif_jax,
+  Spyx, SpikingJelly, Norse and snnTorch (whichever are installed) and the matmul floor
+  (:mod:`benchmarks.peers`; install recipe: ``benchmarks/install_peers.sh``).
+
 Timing: compilation is excluded and reported separately (``compile_s``), one warm-up call, then
 the median of ``--repeats`` calls, each ending in ``block_until_ready``; torch uses every core
 and ``no_grad`` for inference. The ratio column is plif_jax throughput / SpikingJelly throughput
@@ -45,6 +49,7 @@ import sys
 import time
 from typing import Any
 
+from benchmarks import peers  # no JAX import at module level (flags are set before JAX starts)
 from benchmarks.suites import (
     _log,
     run_memory,
@@ -55,7 +60,7 @@ from benchmarks.suites import (
     run_variants,
 )
 
-SUITES = ("neuron", "networks", "roofline", "memory", "variants", "seeds")
+SUITES = ("neuron", "networks", "roofline", "memory", "variants", "seeds", "peers")
 DEFAULT_SUITES = ("neuron", "networks", "roofline", "memory")
 ALLOCATORS = {
     "glibc-tuned": None,  # what experiments.train's steps run with (plif_jax.runtime.allocator)
@@ -102,6 +107,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "free (page faults each step); tcmalloc, jemalloc: the process re-executes itself "
         "with LD_PRELOAD",
     )
+    peers.add_arguments(p)
     args = p.parse_args(argv)
     args.suites = [s.strip() for s in args.suite.split(",") if s.strip()]
     bad = sorted(set(args.suites) - set(SUITES))
@@ -225,6 +231,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result["variants"] = run_variants(args)
         if "seeds" in args.suites:
             result["seeds"], result["seeds_conv_probe"] = run_seeds(args)
+        if "peers" in args.suites:
+            result["peers"] = peers.run_peers(args)
     result["rss_peak_mib"] = timing.peak_rss_mib()
     result["total_s"] = time.perf_counter() - t_start
     result["load_average_end"] = list(os.getloadavg())

@@ -1,0 +1,109 @@
+"""One timed measurement of the peers suite in a fresh process (torch libraries and floor).
+
+``python -m benchmarks.peer_worker '<json spec>'`` prints one line ``PEER_RESULT <json>``: the
+guarded timing (:mod:`benchmarks.quiet`), the load guard's record, and the process's resident
+memory: ``rss_base_mib`` after imports and input data, ``rss_peak_mib`` (``ru_maxrss``) after
+the timed calls. A fresh process per measurement makes the peak RSS the workload's own and keeps
+one library's threads and allocations away from the next.
+
+Spec keys: ``peer`` (a :data:`benchmarks.peer_libs.PEERS` name, or ``"floor"`` for the layer's
+matmuls alone), ``framework`` (floor only: ``"torch"`` or ``"jax"``), ``n``, ``T``, ``batch``,
+``with_linear``, ``input_grad``, ``repeats``, ``warmup``, ``max_share``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import resource
+import sys
+from typing import Any
+
+from benchmarks import peer_libs, quiet
+
+PREFIX = "PEER_RESULT "
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm", encoding="ascii") as f:
+        pages = int(f.read().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def floor_calls(framework: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The layer's three matmuls alone on ``[T*B, n]``: forward, dx and dW (zero-argument calls)."""
+    x2 = data["x"].reshape(-1, data["x"].shape[-1])
+    g2 = data["coef"].reshape(x2.shape[0], -1)  # stands for dL/dY: any [T*B, n] array
+    w = data["kernel"]
+    if framework == "torch":
+        import torch
+
+        xt, gt, wt = (torch.from_numpy(a) for a in (x2, g2, w))
+        return {"fwd": lambda: xt @ wt, "dx": lambda: gt @ wt.t(), "dW": lambda: xt.t() @ gt}
+    import jax
+    import jax.numpy as jnp
+
+    xj, gj, wj = (jnp.asarray(a) for a in (x2, g2, w))
+    fwd = jax.jit(lambda x, w: x @ w).lower(xj, wj).compile()
+    dx = jax.jit(lambda g, w: g @ w.T).lower(gj, wj).compile()
+    dw = jax.jit(lambda x, g: x.T @ g).lower(xj, gj).compile()
+    return {
+        "fwd": lambda: jax.block_until_ready(fwd(xj, wj)),
+        "dx": lambda: jax.block_until_ready(dx(gj, wj)),
+        "dW": lambda: jax.block_until_ready(dw(xj, gj)),
+    }
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """Times what ``spec`` names in this process; see the module doc."""
+    guard = quiet.Guard(max_share=spec.get("max_share", 0.10), max_redo=spec.get("max_redo", 20))
+    reps = dict(warmup=spec.get("warmup", 1), repeats=spec["repeats"])
+    data = peer_libs.inputs(spec["T"], spec["batch"], spec["n"])
+    out: dict[str, Any] = {}
+    if spec["peer"] == "floor":
+        calls = floor_calls(spec["framework"], data)
+        out["rss_base_mib"] = _rss_mib()
+        out["parts"] = {k: quiet.time_calls(c, guard=guard, **reps) for k, c in calls.items()}
+    else:
+        peer = peer_libs.PEERS[spec["peer"]]
+        out["rss_base_mib"] = _rss_mib()
+        run = peer.build(data, with_linear=spec["with_linear"], input_grad=spec["input_grad"])
+        out["timing"] = quiet.time_calls(run.step, guard=guard, **reps)
+        if run.compiled is not None:
+            from benchmarks import timing
+
+            out["xla_memory"] = timing.compiled_memory(run.compiled)
+    out["rss_peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    out["guard"] = guard.record()
+    return out
+
+
+def _import_first(spec: dict[str, Any]) -> None:
+    """The libraries the measurement uses, loaded (and JAX started) before the baseline RSS."""
+    if spec["peer"] == "floor":
+        importlib.import_module("torch" if spec["framework"] == "torch" else "jax")
+    else:
+        for module in peer_libs.PEERS[spec["peer"]].modules:
+            importlib.import_module(module)
+    if "jax" in sys.modules:
+        import flax.nnx  # noqa: F401
+        import jax
+
+        jax.devices()
+
+
+def main(argv: list[str]) -> None:
+    spec = json.loads(argv[0])
+    _import_first(spec)
+    from plif_jax.runtime import allocator
+
+    if spec.get("allocator") == "glibc-tuned":  # as the benchmark's own process
+        allocator.keep_freed_memory()
+    with allocator.reusing_freed_memory():
+        out = measure(spec)
+    out["malloc"] = allocator.in_effect()
+    print(PREFIX + json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
