@@ -237,4 +237,51 @@ def run_peers(args) -> dict[str, Any]:
             for line in format_row(variant, rows[-1]):
                 _log(line)
         record["rows"][variant] = rows
+    for line in markdown(record):
+        _log(line)
     return record
+
+
+def _cell(r: dict[str, Any], with_linear: bool) -> str:
+    if "timing" not in r:
+        return "failed"
+    cell = _fmt(r["timing"]["median_s"])
+    return f"{cell} ({_fmt(r['overhead_s'])})" if with_linear else cell
+
+
+def markdown(record: dict[str, Any]) -> list[str]:
+    """The suite's tables (fwd+bwd medians; Linear rows: overhead above the framework's floor
+    in parentheses), then memory: XLA's plan (JAX) / peak RSS above the process baseline."""
+    lines = []
+    for variant, rows in record["rows"].items():
+        with_linear = variant == "linear"
+        names = list(rows[0]["results"]) if rows else []
+        floors = ["XLA floor", "torch floor"] if with_linear else []
+        lines += ["", f"{variant}: " + ("time (overhead above floor)" if with_linear else "time")]
+        lines.append("| n, T | " + " | ".join(names + floors) + " | plif_jax vs best | target |")
+        lines.append("|---" * (len(names) + len(floors) + 3) + "|")
+        for row in rows:
+            cells = [_cell(row["results"][m], with_linear) for m in names]
+            for fw in ("jax", "torch")[: len(floors)]:
+                cells.append(_fmt(row["floor"].get(fw, {}).get("floor_s")))
+            v = row["verdict"]
+            speed = f"{v['speedup_vs_best_peer']:.2f}x" if "best_peer" in v else "-"
+            met = "met" if v.get("target_met") else "not met"
+            lines.append(
+                f"| {row['n']}, {row['T']} | " + " | ".join(cells) + f" | {speed} | {met} |"
+            )
+        lines += ["", f"{variant}: memory, MiB (XLA's plan / peak RSS above the process baseline)"]
+        lines.append("| n, T | " + " | ".join(names) + " |")
+        lines.append("|---" * (len(names) + 1) + "|")
+        for row in rows:
+            mems = " | ".join(_mem(row["results"][m]) for m in names)
+            lines.append(f"| {row['n']}, {row['T']} | {mems} |")
+    return lines
+
+
+def _mem(r: dict[str, Any]) -> str:
+    if "timing" not in r:
+        return "-"
+    plan = (r.get("xla_memory") or {}).get("peak_mib")
+    rss = f"RSS +{r['rss_above_base_mib']:.0f}"
+    return f"XLA {plan:.0f} / {rss}" if plan is not None else rss
