@@ -49,6 +49,12 @@ def add_arguments(p) -> None:
         "of the cores during it",
     )
     p.add_argument(
+        "--peers-max-redo",
+        type=int,
+        default=20,
+        help="peers suite: tries per timed call before one made under load is kept (and counted)",
+    )
+    p.add_argument(
         "--peers-inprocess",
         action="store_true",
         help="peers suite: measure in this process instead of a fresh one each (a smoke run: "
@@ -135,7 +141,7 @@ def _point(args, names, n: int, T: int, with_linear: bool) -> dict[str, Any]:
         warmup=1,
         max_share=args.peers_max_share,
         allocator=args.allocator,
-        max_redo=1 if args.quick else 20,
+        max_redo=1 if args.quick else args.peers_max_redo,
     )
     row: dict[str, Any] = {"n": n, "T": T, "batch": BATCH, "results": {}, "floor": {}}
     if with_linear:
