@@ -110,6 +110,9 @@ def availability(names: list[str]) -> dict[str, dict[str, Any]]:
 
 def cross_check(names: list[str], variants: list[str]) -> dict[str, Any]:
     data = peer_libs.inputs(CHECK_SIZE["T"], CHECK_SIZE["batch"], CHECK_SIZE["n"], seed=1)
+    # Stronger currents than the timed inputs: ~10% of the neurons fire at each step (1-4% with
+    # the timed scale), so both branches of every reset are exercised.
+    data["x"], data["kernel"] = data["x"] * 2.0, data["kernel"] * 1.5
     out: dict[str, Any] = {}
     for name in names:
         for variant in variants:
@@ -179,9 +182,12 @@ def verdict(row: dict[str, Any], with_linear: bool) -> dict[str, Any]:
     out["fastest"] = out["speedup_vs_best_peer"] > 1.0
     if with_linear:
         best_oh = min(res, key=lambda k: res[k]["overhead_s"])
+        theirs = res[best_oh]["overhead_s"]
         out["best_overhead_peer"] = best_oh
-        out["overhead_ratio"] = ours["overhead_s"] / res[best_oh]["overhead_s"]
-        out["target_met"] = out["fastest"] and out["overhead_ratio"] <= 0.5
+        # A ratio only means something above a positive overhead (timing noise can make one
+        # negative); the target is the inequality itself.
+        out["overhead_ratio"] = ours["overhead_s"] / theirs if theirs > 0 else None
+        out["target_met"] = out["fastest"] and ours["overhead_s"] <= 0.5 * theirs
     else:
         out["target_met"] = out["speedup_vs_best_peer"] >= 2.0
     return out
@@ -213,7 +219,7 @@ def format_row(variant: str, row: dict[str, Any]) -> list[str]:
     v = row["verdict"]
     if "best_peer" in v:
         oh = ""
-        if "overhead_ratio" in v:
+        if v.get("overhead_ratio") is not None:
             oh = f", overhead ratio {v['overhead_ratio']:.2f} vs {v['best_overhead_peer']}"
         lines.append(
             f"[peers] {variant} n={row['n']} T={row['T']} plif_jax {v['speedup_vs_best_peer']:.2f}x"

@@ -83,5 +83,7 @@ def test_verdict_needs_half_the_best_overhead_and_2x_for_the_neuron():
     met = peers.verdict(row(1.0, 1.2, 0.1, 0.3), with_linear=True)
     assert met["fastest"] and met["target_met"] and math.isclose(met["overhead_ratio"], 1 / 3)
     assert not peers.verdict(row(1.0, 1.2, 0.2, 0.3), with_linear=True)["target_met"]
+    negative = peers.verdict(row(1.0, 1.2, 0.1, -0.05), with_linear=True)  # a noisy peer floor
+    assert negative["overhead_ratio"] is None and not negative["target_met"]
     assert peers.verdict(row(1.0, 2.0, 1.0, 2.0), with_linear=False)["target_met"]
     assert not peers.verdict(row(1.0, 1.9, 1.0, 1.9), with_linear=False)["target_met"]
