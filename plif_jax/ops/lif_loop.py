@@ -19,17 +19,48 @@ Backward (t = T-1 .. 0; dL/dV[T-1] = the cotangent of v_final; S_d = S when deta
   dL/dk     = sum_t gH[t] * (X[t] - V[t-1] + V_reset)        (V[-1] = v_init)
   dL/dalpha = sum_t dL/dS[t] * dsg/dalpha(H[t] - V_th)
 
+On GPUs and TPUs the two time loops are :mod:`plif_jax.ops.lif_scan`'s unrolled scans instead
+(same residuals, same formulas; chosen when the step is lowered for its platform): the in-place
+loop above is what XLA:CPU runs best, and costs XLA:GPU 3-4 kernels per step with copies.
+
 :func:`plif_jax.neurons.lif_multistep` calls it when no membrane trace is asked for.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 
 from plif_jax import surrogate as surrogate_lib
+from plif_jax.ops import lif_scan
+
+FORMULATIONS = ("cpu", "accelerator")
+_forced: list[str] = []  # set by `formulation` (tests); empty: chosen by the lowering platform
+
+
+@contextlib.contextmanager
+def formulation(name: str) -> Iterator[None]:
+    """Traces the time loops in one formulation whatever the backend: ``'cpu'`` (the in-place
+    ``fori_loop``) or ``'accelerator'`` (:mod:`plif_jax.ops.lif_scan`). For tests: applies to
+    what is traced inside the block (a function jitted before keeps its trace)."""
+    if name not in FORMULATIONS:
+        raise ValueError(f"formulation must be one of {FORMULATIONS}, got {name!r}")
+    _forced.append(name)
+    try:
+        yield
+    finally:
+        _forced.pop()
+
+
+def _by_platform(cpu, accelerator, *args):
+    """``cpu(*args)`` on XLA:CPU, ``accelerator(*args)`` elsewhere (decided at lowering)."""
+    if _forced:
+        return (cpu if _forced[-1] == "cpu" else accelerator)(*args)
+    return jax.lax.platform_dependent(*args, cpu=cpu, default=accelerator)
 
 
 def _reset(h, v_threshold, v_reset):
@@ -37,11 +68,14 @@ def _reset(h, v_threshold, v_reset):
     return jnp.where(h - v_threshold >= 0, jnp.asarray(v_reset, h.dtype), h)
 
 
+def _charge(v, x, decay, v_reset):
+    """``H[t]`` from ``V[t-1]`` and ``X[t]``: the charge."""
+    return v + (x - (v - v_reset)) * decay
+
+
 def _lif_forward_loop(x_seq, v0, decay, v_threshold, v_reset, unroll):
     """``H[t]`` for every step, ``[T, ...]`` (the only quantity the loop has to produce)."""
-
-    def charge(v, x):
-        return v + (x - (v - v_reset)) * decay
+    charge = functools.partial(_charge, decay=decay, v_reset=v_reset)
 
     def body(t, h_buf):
         h_prev = jax.lax.dynamic_index_in_dim(h_buf, jnp.maximum(t - 1, 0), keepdims=False)
@@ -65,7 +99,17 @@ def lif_loop(x_seq, v0, decay, alpha, v_threshold, v_reset, detach_reset, kind, 
 
 def _lif_loop_fwd(x_seq, v0, decay, alpha, v_threshold, v_reset, detach_reset, kind, unroll):
     del detach_reset, kind  # the forward only needs the dynamics
-    h = _lif_forward_loop(x_seq, v0, decay, v_threshold, v_reset, unroll)
+    h = _by_platform(
+        lambda x, v: _lif_forward_loop(x, v, decay, v_threshold, v_reset, unroll),
+        lambda x, v: lif_scan.forward_h(
+            x,
+            v,
+            functools.partial(_charge, decay=decay, v_reset=v_reset),
+            lambda h_t: _reset(h_t, v_threshold, v_reset),
+        ),
+        x_seq,
+        v0,
+    )
     out = ((h - v_threshold >= 0).astype(x_seq.dtype), _reset(h[-1], v_threshold, v_reset))
     # X is not kept: the backward needs X[t] - V[t-1] + V_reset only, which is (H[t] - V[t-1]) / k.
     return out, (v0, h, decay, alpha)
@@ -96,9 +140,17 @@ def _lif_loop_bwd(v_threshold, v_reset, detach_reset, kind, unroll, res, cotange
         gv = jnp.where(t == T - 1, gv_last, one_minus_k * gh_next)
         return jax.lax.dynamic_update_index_in_dim(gh_buf, grad_h(gs, h, gv), t, 0)
 
-    # The buffer is dL/dS itself (in place when the cotangent is dead afterwards): step t reads
-    # dL/dS[t] before overwriting it with gH[t]; the last step is in the loop, as in the forward.
-    gh = jax.lax.fori_loop(0, T, body, gs_seq, unroll=unroll)
+    def cpu_loop(gs_seq, h_seq, gv_last):
+        del h_seq, gv_last  # the body reads them from the enclosing scope
+        # The buffer is dL/dS itself (in place when the cotangent is dead afterwards): step t
+        # reads dL/dS[t] before overwriting it with gH[t]; the last step is in the loop, as in
+        # the forward.
+        return jax.lax.fori_loop(0, T, body, gs_seq, unroll=unroll)
+
+    def scan(gs_seq, h_seq, gv_last):
+        return lif_scan.backward_gh(gs_seq, h_seq, gv_last, one_minus_k, grad_h)
+
+    gh = _by_platform(cpu_loop, scan, gs_seq, h_seq, gv_last)
 
     # Everything below is vectorised over time (outside the loop).
     v_prev = jnp.concatenate([v0[None], _reset(h_seq[:-1], v_threshold, v_reset)])

@@ -1,0 +1,77 @@
+"""The neuron's time loop in its two formulations: XLA:CPU's in-place loop and the GPU/TPU scan.
+
+The backend picks one when a step is lowered (``plif_jax.ops.lif_loop``); here both run on CPU
+(``lif_loop.formulation``) and must give the same spikes and gradients.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from plif_jax import models, neurons, surrogate
+from plif_jax.ops import lif_loop, lif_scan
+
+
+def _grads(name, x, coef, **kw):
+    def loss(x, w, alpha, v0):
+        s, v = neurons.lif_multistep(
+            x, jax.nn.sigmoid(w), alpha=alpha, v_init=v0, return_final=True, **kw
+        )
+        return jnp.sum(coef * s) + jnp.sum(v * coef[0]), s
+
+    with lif_loop.formulation(name):
+        f = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3), has_aux=True))
+        return f(x, jnp.float32(0.3), jnp.float32(2.0), x[0] * 0.1)
+
+
+@pytest.mark.parametrize("kind", ["atan", "sigmoid"])
+@pytest.mark.parametrize("detach_reset", [True, False])
+@pytest.mark.parametrize("T", [6, lif_scan.MAX_UNROLL + 6])  # unrolled fully, and by blocks
+def test_accelerator_formulation_equals_the_cpu_loop(kind, detach_reset, T):
+    rng = np.random.default_rng(T)
+    x = jnp.asarray(rng.normal(0.6, 1.5, (T, 2, 5)), jnp.float32)
+    coef = jnp.asarray(rng.normal(size=(T, 2, 5)), jnp.float32)
+    kw = dict(detach_reset=detach_reset, surrogate=surrogate.get(kind), v_reset=-0.2)
+    grads_cpu, s_cpu = _grads("cpu", x, coef, **kw)
+    grads_acc, s_acc = _grads("accelerator", x, coef, **kw)
+    assert 0 < float(jnp.mean(s_cpu)) < 1
+    np.testing.assert_array_equal(np.asarray(s_acc), np.asarray(s_cpu))
+    for got, want in zip(grads_acc, grads_cpu, strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+
+
+def test_the_backend_chooses_at_lowering_and_the_formulations_differ_in_program():
+    x = jnp.ones((8, 2, 3), jnp.float32)
+    f = lambda x: jnp.sum(neurons.lif_multistep(x, 0.5))  # noqa: E731
+    cpu_default = jax.jit(jax.grad(f)).lower(x).compile().as_text()
+    assert " while(" in cpu_default and " conditional(" not in cpu_default
+    with lif_loop.formulation("accelerator"):
+        unrolled = jax.jit(jax.grad(f)).lower(x).compile().as_text()
+    assert " while(" not in unrolled  # T = 8 <= MAX_UNROLL: no loop left
+    with pytest.raises(ValueError, match="formulation must be one of"):
+        with lif_loop.formulation("gpu"):
+            pass
+
+
+def test_a_network_train_step_is_the_same_in_both_formulations():
+    model = models.create_model(
+        "nmnist", rngs=nnx.Rngs(0), channels=4, input_size=16, T=5, dropout=0.0
+    )
+    x = jnp.asarray(np.random.default_rng(0).poisson(0.4, (5, 2, 2, 16, 16)), jnp.float32)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(params):
+        m = nnx.merge(graphdef, params, rest, copy=True)
+        counts = m(x)
+        return jnp.sum(jnp.square(counts / 5.0 - 0.3)), counts
+
+    out = {}
+    for name in lif_loop.FORMULATIONS:
+        with lif_loop.formulation(name):
+            out[name] = jax.jit(jax.grad(loss, has_aux=True))(params)
+    (g_cpu, c_cpu), (g_acc, c_acc) = out["cpu"], out["accelerator"]
+    np.testing.assert_array_equal(np.asarray(c_acc), np.asarray(c_cpu))
+    for a, b in zip(jax.tree.leaves(g_acc), jax.tree.leaves(g_cpu), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
