@@ -16,14 +16,15 @@ from ml_collections import config_flags
 from plif_jax import cli
 from plif_jax.runtime import allocator
 from plif_jax.runtime.xla_flags import YNN_FLAG as _YNN_FLAG
-from plif_jax.runtime.xla_flags import set_cpu_flags
+from plif_jax.runtime.xla_flags import cpu_only_process, set_cpu_flags
 
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config file stem>).")
 flags.DEFINE_bool(
     "xla_cpu_ynn",
     True,
-    "On CPU, let XLA run dots, convolutions and reductions through its YNNPACK fusions "
+    "On CPU (a process with no accelerator backend: JAX_PLATFORMS=cpu, or none installed), let "
+    "XLA run dots, convolutions and reductions through its YNNPACK fusions "
     f"({_YNN_FLAG}): conv weight gradients 2-3.5x faster on x86 (BENCHMARKS.md). Results "
     "differ from XLA's default kernels by float rounding only. Ignored when XLA_FLAGS already sets "
     "it; --noxla_cpu_ynn keeps XLA's default kernels.",
@@ -35,7 +36,8 @@ flags.DEFINE_bool(
     "afresh each step (one arena; no mmap and no trimming while steps run; "
     "plif_jax.runtime.allocator): "
     "the quick start's step 1.45x faster on 2 cores (BENCHMARKS.md). --noglibc_keep_freed keeps "
-    "glibc's defaults. Ignored for a preloaded malloc.",
+    "glibc's defaults. Ignored for a preloaded malloc and in a process that may use an "
+    "accelerator.",
 )
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
@@ -52,9 +54,10 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.get_absl_logger().addFilter(_QuietLibraries())
-    set_cpu_flags(FLAGS.xla_cpu_ynn)
-    if FLAGS.glibc_keep_freed:  # before JAX makes its threads (plif_jax.runtime.allocator)
-        allocator.keep_freed_memory()
+    # Both are XLA:CPU settings: a process that may run on an accelerator gets neither.
+    ynn = set_cpu_flags(FLAGS.xla_cpu_ynn)
+    if FLAGS.glibc_keep_freed and cpu_only_process():
+        allocator.keep_freed_memory()  # before JAX makes its threads (plif_jax.runtime.allocator)
     from plif_jax.training import config as config_lib
 
     # A mistake in the config is reported at once, before JAX and the libraries load (seconds).
@@ -72,7 +75,7 @@ def main(argv: list[str]) -> None:
     logging.info(
         "JAX %s, backend %s, devices: %s", jax.__version__, jax.default_backend(), jax.devices()
     )
-    logging.info("XLA_FLAGS=%r", os.environ.get("XLA_FLAGS", ""))
+    logging.info("XLA_FLAGS=%r (%s)", os.environ.get("XLA_FLAGS", ""), ynn)
     logging.info("malloc: %s", allocator.in_effect())
     logging.info("Config %s, workdir %s", config_file, workdir)
     summary = train.train_and_evaluate(FLAGS.config, workdir)
