@@ -84,11 +84,20 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
     if num_devices is not None:
         for name in ("batch_size", "eval_batch_size"):
             if int(config[name]) % num_devices:
-                raise ConfigError(
-                    f"config.{name}={config[name]} is not divisible by the {num_devices} "
-                    f"devices the batch is sharded over; use a multiple of {num_devices} "
-                    "or set --config.num_devices to a divisor of it."
-                )
+                raise ConfigError(_indivisible(name, int(config[name]), num_devices))
+
+
+def _indivisible(name: str, batch: int, devices: int) -> str:
+    """The one-line error of a batch the devices cannot split: the nearest counts that can."""
+    below = max(d for d in range(1, devices) if batch % d == 0)
+    above = next((d for d in range(devices + 1, batch + 1) if batch % d == 0), None)
+    counts = f"{below}" + (f" or {above}" if above else "")
+    multiple = -(-batch // devices) * devices
+    return (
+        f"config.{name}={batch} is not divisible by the {devices} devices the batch is sharded "
+        f"over; the nearest device counts that divide it are {counts} (--config.num_devices="
+        f"{below}), or use a multiple of {devices} (--config.{name}={multiple})."
+    )
 
 
 def _check_members(config: ml_collections.ConfigDict, num_devices: int | None) -> None:
