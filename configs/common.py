@@ -66,6 +66,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.distributed = False
     # Compute dtype: 'float32' (the paper) or 'bfloat16' (mixed precision; params stay float32).
     config.dtype = "float32"
+    # Convolution/matmul precision: 'default' (the backend's: float32 on CPU, TF32 for float32 on
+    # NVIDIA Ampere and later, one bfloat16 pass on TPU), 'high' or 'highest' (float32 everywhere,
+    # slower on GPU/TPU). Not resume-critical: the same state, rounding-level differences.
+    config.precision = "default"
 
     # --- Data ----------------------------------------------------------------------------------
     config.data = ml_collections.ConfigDict()

@@ -29,6 +29,10 @@ BN_MODES = ("per_step", "folded")
 SURROGATES = ("atan", "sigmoid")
 INPUT_LAYOUTS = ("NCHW", "NHWC")
 DTYPES = ("float32", "bfloat16")  # of a run config; create_model also takes float64 (parity)
+# Precision of convolutions and matmuls (jax.default_matmul_precision) a run config may ask for:
+# 'default' is the backend's (float32 on XLA:CPU, TF32 on NVIDIA sm_80+, one bfloat16 pass on
+# TPU), 'highest' full float32 everywhere; training.steps applies it.
+PRECISIONS = ("default", "high", "highest")
 
 # The paper's network sizes (codes/models.py); the inputs (side, channels, classes) are the
 # datasets' (plif_jax.data.registry). ``hidden`` of the neuromorphic nets is derived (c*h*w/4,

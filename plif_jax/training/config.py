@@ -59,6 +59,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
     _choice("dataset", config.dataset, DATASETS)
     _choice("protocol", config.protocol, PROTOCOLS)
     _choice("dtype", config.dtype, DTYPES)
+    _choice("precision", config.get("precision", "default"), model_options.PRECISIONS)
     # config.data.T is the one owner of the number of time steps (data frames, model, loss).
     T = config.data.T
     if isinstance(T, bool) or not isinstance(T, int) or T <= 0:

@@ -31,7 +31,14 @@ import optax
 from flax import nnx
 
 from plif_jax.runtime import parallel
-from plif_jax.training.steps import Steps, TrainState, eval_step, to_device, train_step
+from plif_jax.training.steps import (
+    Steps,
+    TrainState,
+    eval_step,
+    to_device,
+    train_step,
+    with_precision,
+)
 
 Array = jax.Array
 
@@ -75,6 +82,7 @@ def jit_member_steps(
     time_steps: int,
     mesh: jax.sharding.Mesh,
     layout: str = "loop",
+    precision: str | None = None,
 ) -> Steps:
     """:func:`~plif_jax.training.steps.train_step` and ``eval_step`` over k stacked members.
 
@@ -139,8 +147,8 @@ def jit_member_steps(
         return eval_k(params, rest, batch)
 
     replicated = parallel.replicated(mesh)
-    train = jax.jit(train_fn, donate_argnums=0, out_shardings=replicated)
-    evaluate_ = jax.jit(eval_fn, out_shardings=replicated)
+    train = jax.jit(with_precision(train_fn, precision), donate_argnums=0, out_shardings=replicated)
+    evaluate_ = jax.jit(with_precision(eval_fn, precision), out_shardings=replicated)
     return Steps(train=train, eval=evaluate_, traces=traces, graphdef=graphdef_eval)
 
 

@@ -208,6 +208,7 @@ def build_one(config: ml_collections.ConfigDict, bundle: Any, mesh, member: Any)
         num_classes=int(bundle.info.num_classes),
         time_steps=int(getattr(model, "T", None) or config.data.T),
         mesh=mesh,
+        precision=config.get("precision"),
     )
     state = parallel.put_replicated(init_train_state(model, config), mesh)
     return (name, options), steps, state
@@ -243,6 +244,7 @@ def _build_members(config, specs, member_configs, bundle, store, mesh):
         time_steps=int(getattr(model, "T", None) or config.data.T),
         mesh=mesh,
         layout=members_lib.layout(config),
+        precision=config.get("precision"),
     )
     state = parallel.put_replicated(member_steps.stack(states), mesh)
     return state, steps

@@ -207,6 +207,19 @@ class Steps:
         return nnx.merge(self.graphdef, state.params, state.rest)
 
 
+def with_precision(fn: Callable, precision: str | None) -> Callable:
+    """``fn`` traced under ``jax.default_matmul_precision(precision)``: the precision of every
+    convolution and matmul in it (``None`` or ``'default'``: ``fn`` itself, the backend's)."""
+    if precision in (None, "default"):
+        return fn
+
+    def traced(*args, **kwargs):
+        with jax.default_matmul_precision(precision):
+            return fn(*args, **kwargs)
+
+    return traced
+
+
 def jit_steps(
     model: nnx.Module,
     *,
@@ -216,6 +229,7 @@ def jit_steps(
     num_classes: int,
     time_steps: int,
     mesh: jax.sharding.Mesh,
+    precision: str | None = None,
 ) -> Steps:
     """:func:`train_step` and :func:`eval_step` jitted with the run's constants bound.
 
@@ -232,14 +246,18 @@ def jit_steps(
     )
     replicated = parallel.replicated(mesh)
     train = jax.jit(
-        functools.partial(
-            train_step, graphdef=graphdef_train, tx=tx, base_key=jax.random.key(seed), **common
+        with_precision(
+            functools.partial(
+                train_step, graphdef=graphdef_train, tx=tx, base_key=jax.random.key(seed), **common
+            ),
+            precision,
         ),
         donate_argnums=0,
         out_shardings=replicated,
     )
     evaluate_ = jax.jit(
-        functools.partial(eval_step, graphdef=graphdef_eval, **common), out_shardings=replicated
+        with_precision(functools.partial(eval_step, graphdef=graphdef_eval, **common), precision),
+        out_shardings=replicated,
     )
     return Steps(train=train, eval=evaluate_, traces=traces, graphdef=graphdef_eval)
 
