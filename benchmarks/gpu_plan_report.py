@@ -99,9 +99,9 @@ def markdown(results: dict, targets: dict) -> str:
         "launches x 2 us); float32 at TF32 peak (XLA's default precision), bfloat16 at its "
         "tensor-core peak.",
         "",
-        "| target | net | step | dtype | remat | k | temp GiB | peak GiB | fits | launches | "
-        "GB/step | GFLOP/step | bound ms | limited by |",
-        "|---|---|---|---|---|---|---:|---:|---|---:|---:|---:|---:|---|",
+        "| target | net | step | dtype | remat | k | devices | temp GiB | peak GiB | fits | "
+        "launches | GB/step | GFLOP/step | bound ms | limited by |",
+        "|---|---|---|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|",
     ]
     entries = results.get("entries", {})
     for key in sorted(entries):
@@ -109,10 +109,10 @@ def markdown(results: dict, targets: dict) -> str:
         k = f"{r['k']} {r['layout']}" if r["k"] > 1 else "1"
         head = (
             f"| {r['target']} | {r['net']} | {r['kind']} | {r['dtype']} | "
-            f"{'on' if r['remat'] else 'off'} | {k} "
+            f"{'on' if r['remat'] else 'off'} | {k} | {r['devices']} "
         )
         if not r.get("ok"):
-            lines.append(head + f"| compile failed: {r.get('error', '')[:80]} |||||||")
+            lines.append(head + f"| compile failed: {r.get('error', '')[:80]} ||||||||")
             continue
         m, c, b = r["memory"], r["census"], r.get("bound") or {}
         fits = "-" if not b else ("yes" if b["fits"] else "**no**")
@@ -131,7 +131,7 @@ def markdown(results: dict, targets: dict) -> str:
     ]
     for key in sorted(entries):
         r = entries[key]
-        if r["kind"] != "train" or r["k"] != 1:
+        if r["kind"] != "train" or r["k"] != 1 or r["devices"] != 1:
             continue
         ev = entries.get(entry_key({**r, "kind": "eval"}))
         total = run_projection(r, ev, DATASET_SIZES[r["net"]])

@@ -150,7 +150,7 @@ def test_cpu_plan_writes_json_and_markdown_and_skips_done_entries(tmp_path):
     assert record["census"]["launches"] > 0 and record["memory"]["argument"] > 0
     assert record["batch"] == 64  # configs/nmnist.py's eval batch
     assert "PROJECTION" in results["meta"]["label"]
-    assert "| cpu | nmnist | eval | float32 | off | 1 |" in md.read_text()
+    assert "| cpu | nmnist | eval | float32 | off | 1 | 1 |" in md.read_text()
     record["census"]["launches"] = -1  # a cached entry is not compiled again
     out.write_text(json.dumps(results))
     gpu_plan.main(argv)
