@@ -23,6 +23,7 @@ import importlib
 import json
 import math
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +31,7 @@ from absl import app, flags
 
 from plif_jax import cli, errors
 from plif_jax.analysis import paper_compare, paper_runs
+from plif_jax.runtime import disk
 
 FLAGS = flags.FLAGS
 
@@ -86,9 +88,15 @@ def read_config(workdir: str) -> dict[str, Any]:
         )
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            config = json.load(f)
     except json.JSONDecodeError as e:
         raise errors.DataError(f"{path} is not valid JSON ({e.msg}, line {e.lineno})") from e
+    if not isinstance(config, dict) or "dataset" not in config:
+        raise errors.DataError(
+            f"{path} is not a plif_jax run's config (no 'dataset' field): --workdir must be a "
+            "training workdir (python -m experiments.train --config ... --workdir DIR)"
+        )
+    return config
 
 
 def config_differences(config: Mapping[str, Any]) -> list[str]:
@@ -121,9 +129,13 @@ def config_differences(config: Mapping[str, Any]) -> list[str]:
 
 
 def compare_workdir(
-    workdir: str, paper_run: str | None = None
+    workdir: str, paper_run: str | None = None, *, unwritten: dict[str, str] | None = None
 ) -> tuple[paper_compare.Comparison, paper_runs.PaperRun]:
-    """Matches (or loads ``paper_run``), compares, writes the CSV and PNG into ``workdir``."""
+    """Matches (or loads ``paper_run``), compares, writes the CSV and PNG into ``workdir``.
+
+    ``unwritten``: where given, a file that a disk fault (a read-only or full disk) keeps from
+    being written is recorded there (``{path: why}``) instead of raised.
+    """
     config = read_config(workdir)
     ours_settings = paper_runs.settings_from_config(config)
     if paper_run:
@@ -143,17 +155,27 @@ def compare_workdir(
                 + "; ".join(config_diffs)
             )
     comparison = paper_compare.compare(ours, paper, notes=tuple(notes))
-    comparison.write_csv(os.path.join(workdir, TABLE_NAME))
-    paper_compare.plot_comparison(
-        comparison,
-        os.path.join(workdir, FIGURE_NAME),
-        title=f"{os.path.normpath(workdir)} vs paper {paper.key}",
-    )
+    title = f"{os.path.normpath(workdir)} vs paper {paper.key}"
+    for name, write in (
+        (TABLE_NAME, comparison.write_csv),
+        (FIGURE_NAME, lambda path: paper_compare.plot_comparison(comparison, path, title=title)),
+    ):
+        path = os.path.join(workdir, name)
+        try:
+            write(path)
+        except OSError as e:  # a read-only or full disk: the comparison itself still stands
+            problem = disk.describe(e, path)
+            if unwritten is None or problem is None:
+                raise
+            unwritten[path] = problem
     return comparison, paper
 
 
 def _summary_lines(
-    workdir: str, comparison: paper_compare.Comparison, paper: paper_runs.PaperRun
+    workdir: str,
+    comparison: paper_compare.Comparison,
+    paper: paper_runs.PaperRun,
+    unwritten: dict[str, str] | None = None,
 ) -> list[str]:
     epochs = comparison.epochs
     cols = comparison.columns()
@@ -176,8 +198,10 @@ def _summary_lines(
         f"{best} (the paper's best over all {paper.num_epochs} epochs: "
         f"{100 * paper.curves.test_accuracy.max():.2f}%)"
     )
-    lines.append(f"table: {os.path.join(workdir, TABLE_NAME)}")
-    lines.append(f"figure: {os.path.join(workdir, FIGURE_NAME)}")
+    for label, name in (("table", TABLE_NAME), ("figure", FIGURE_NAME)):
+        path = os.path.join(workdir, name)
+        problem = (unwritten or {}).get(path)
+        lines.append(f"{label}: {path}" if problem is None else f"{label}: not written, {problem}")
     return lines
 
 
@@ -194,8 +218,15 @@ def main(argv: list[str]) -> None:
             "--workdir is required: the training workdir to compare (or --list)"
         )
     workdir = os.path.expanduser(FLAGS.workdir)
-    comparison, paper = compare_workdir(workdir, FLAGS.paper_run)
-    print("\n".join(_summary_lines(workdir, comparison, paper)))
+    unwritten: dict[str, str] = {}
+    comparison, paper = compare_workdir(workdir, FLAGS.paper_run, unwritten=unwritten)
+    print("\n".join(_summary_lines(workdir, comparison, paper, unwritten)))
+    if unwritten:  # the comparison is printed above; its files are optional
+        print(
+            f"warning: {len(unwritten)} file(s) not written to {workdir} (see above); copy the "
+            "workdir to a writable place to keep them.",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

@@ -18,8 +18,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 
 import numpy as np
+
+from plif_jax import cli
+from plif_jax.errors import DiskError
+from plif_jax.runtime import disk
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     model.eval()
     out = args.out or os.path.join(args.workdir, "checkpoints", "model.nir")
     graph = nir_graph.export(model, dt=args.dt)
-    nir.write(out, graph)
-    back = nir.read(out)
+    written, unwritable = _write(nir, out, graph)
+    back = nir.read(written)
     imported = nir_graph.import_graph(back)
     bundle = data.get_datasets(config)
     results = {"checkpoint": analysis.evaluate_split(model, bundle.test, bundle.preprocess)}
@@ -55,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         results["nir (generic runner)"] = analysis.evaluate_split(
             runner, bundle.test, bundle.preprocess, num_classes=model.num_classes
         )
-    size = os.path.getsize(out)
-    print(f"wrote {out} ({size / 1e6:.2f} MB, {len(back.nodes)} nodes, {type(model).__name__})")
+    size = os.path.getsize(written)
+    what = f"({size / 1e6:.2f} MB, {len(back.nodes)} nodes, {type(model).__name__})"
+    print(f"wrote {out} {what}" if unwritable is None else f"checked a temporary copy {what}")
     for name, res in results.items():
         acc = getattr(res, "accuracy", None)
         acc = float(np.asarray(acc)) if acc is not None else float("nan")
@@ -66,8 +72,32 @@ def main(argv: list[str] | None = None) -> int:
         np.asarray(base.confusion), np.asarray(results["nir (plif_jax)"].confusion)
     )
     print(f"imported graph equals the checkpoint (confusion matrix): {same}")
+    if unwritable is not None:
+        os.unlink(written)
+        raise DiskError(
+            f"{unwritable}: the graph was checked above but not saved; pass --out with a "
+            "writable path (e.g. --out /tmp/model.nir) to keep it."
+        )
     return 0 if same else 1
 
 
+def _write(nir, out: str, graph) -> tuple[str, str | None]:
+    """Writes ``graph`` to ``out``; where a disk fault stops that (a read-only or full disk), to a
+    temporary file instead, so that the check still runs. Returns ``(path written, the fault's
+    description or None)``."""
+    try:
+        nir.write(out, graph)
+        return out, None
+    except OSError as e:
+        unwritable = disk.describe(e, out)
+        if unwritable is None:
+            raise
+    fd, tmp = tempfile.mkstemp(suffix=".nir")
+    os.close(fd)
+    nir.write(tmp, graph)
+    return tmp, unwritable
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    # A run directory that is missing, empty or another program's, a disk fault, Ctrl-C: one line.
+    cli.run_plain(lambda: sys.exit(main()))

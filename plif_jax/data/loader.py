@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from plif_jax.data.cache import aligned_empty
-from plif_jax.errors import ConfigError
+from plif_jax.errors import ConfigError, DataError
 from plif_jax.runtime import parallel
 
 Batch = dict[str, np.ndarray]
@@ -75,7 +75,10 @@ class BatchSource:
                 f"split; with drop_last there would be no batch. Use a batch size <= {n}."
             )
         if n == 0:
-            raise ValueError(f"{name}: the split holds no samples.")
+            raise DataError(
+                f"{name}: the split holds no samples; check the dataset's files under "
+                "config.data.root (a folder emptied or only partly extracted?)."
+            )
 
     def __len__(self) -> int:
         return len(self.labels)

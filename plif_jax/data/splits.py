@@ -32,4 +32,13 @@ def accuracy_b_split(labels: np.ndarray, val_ratio: float) -> tuple[np.ndarray, 
         k = math.ceil(len(idx) * (1.0 - val_ratio))
         train.append(idx[:k])
         val.append(idx[k:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+    train_idx, val_idx = np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+    if val_idx.size == 0:
+        smallest = min(len(np.flatnonzero(labels == c)) for c in np.unique(labels))
+        raise ConfigError(
+            f"config.data.val_ratio={val_ratio!r} leaves protocol B no validation sample (each "
+            f"class keeps ceil((1 - val_ratio) * n) of its n samples for training; the smallest "
+            f"class has {smallest}). Use a val_ratio of at least {1 / smallest:.3g} (the paper: "
+            "--config.data.val_ratio=0.15), or protocol A (--config.protocol=A)."
+        )
+    return train_idx, val_idx

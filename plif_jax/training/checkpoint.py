@@ -49,6 +49,7 @@ from plif_jax.training.checkpoint_files import (
     quiet_abandoned_orbax_reads,
     read_failure,
     read_json,
+    read_run_records,
     stored_structure,
     to_nested,
     tree_paths,
@@ -343,8 +344,7 @@ def restore(
 
     Args:
       workdir: the ``--workdir`` of a training run.
-      which: ``'best'`` (by the protocol's criterion; a k-member run: the members' mean) or
-        ``'latest'``.
+      which: ``'best'`` (by the protocol; k members: their mean) or ``'latest'``.
       member: which member of a run of ``num_seeds = k > 1`` members (``0 .. k-1``); required
         there. None or 0 for an ordinary run.
 
@@ -364,8 +364,8 @@ def restore(
                 f"{os.path.join(directory, name)} not found: {workdir!r} is not a plif_jax run "
                 "directory (python -m experiments.train --workdir=...)."
             )
-    config = ml_collections.ConfigDict(read_json(os.path.join(directory, CONFIG_NAME)))
-    spec = read_json(os.path.join(directory, MODEL_NAME))
+    saved, spec = read_run_records(directory)  # another program's files: NoCheckpointError
+    config = ml_collections.ConfigDict(saved)
     stored_members = spec.get("members")
     if stored_members is None:
         if member not in (None, 0):

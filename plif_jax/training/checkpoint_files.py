@@ -19,7 +19,7 @@ from typing import Any
 
 import jax
 
-from plif_jax.errors import CheckpointError
+from plif_jax.errors import CheckpointError, NoCheckpointError
 from plif_jax.runtime import disk
 
 
@@ -123,6 +123,33 @@ def read_json(path: str) -> Any:
             f"Cannot read {path} ({type(e).__name__}: {e}): the file is damaged. Copy it back "
             "from a backup, or start a new run with a new --workdir."
         ) from e
+
+
+def read_run_records(directory: str) -> tuple[dict, dict]:
+    """A run's ``checkpoints/config.json`` and ``model.json``, checked to be a plif_jax run's.
+
+    Raises:
+      NoCheckpointError: a record lacks the fields a run writes (another program's files).
+      CheckpointError: a record is not readable JSON.
+    """
+    config = read_json(os.path.join(directory, "config.json"))
+    spec = read_json(os.path.join(directory, "model.json"))
+    missing = [
+        f"{name}: {key!r}"
+        for name, record, keys in (
+            ("config.json", config, ("dataset", "seed", "checkpoint")),
+            ("model.json", spec, ("name", "options")),
+        )
+        for key in keys
+        if not isinstance(record, dict) or key not in record
+    ]
+    if missing:
+        raise NoCheckpointError(
+            f"{directory} does not hold a plif_jax run's records (missing {'; '.join(missing)}): "
+            "point --workdir at the directory of a training run (python -m experiments.train "
+            "--workdir=...)."
+        )
+    return config, spec
 
 
 def read_failure(e: BaseException) -> str:

@@ -133,7 +133,9 @@ def train_and_evaluate(
             steps_per_epoch = min(steps_per_epoch, int(config.steps_per_epoch))
         num_epochs, batch_size = int(config.num_epochs), int(config.batch_size)
         bar = _progress_bar(config, progress, steps_per_epoch, is_main)
-        with StopRequest(stop_after_steps) as stop:
+        # Multi-host: the processes agree on a stop where the loop reads its metrics anyway.
+        sync_every = max(1, int(config.log_every_steps))
+        with StopRequest(stop_after_steps, sync_every=sync_every) as stop:
             run = Epochs(config, bundle, mesh, steps, store, writer, bar, stop, steps_per_epoch)
             run.set_members(specs, member_configs)
             while progress.epoch < num_epochs and not stop.requested:

@@ -64,6 +64,18 @@ def _recording_get_datasets(config):
     return bundle
 
 _data.get_datasets = _recording_get_datasets
+if os.environ.get("PLIF_TEST_SIGTERM_AT"):  # a SIGTERM to this process alone, after that step
+    import signal
+    from plif_jax.training.preemption import StopRequest as _Stop
+
+    _real_count = _Stop.count_step
+
+    def _count_and_sigterm(self):
+        if self.steps + 1 == int(os.environ["PLIF_TEST_SIGTERM_AT"]):
+            os.kill(os.getpid(), signal.SIGTERM)
+        _real_count(self)
+
+    _Stop.count_step = _count_and_sigterm
 if os.environ.get("PLIF_TEST_STOP_AFTER"):
     _train.train_and_evaluate = functools.partial(
         _train.train_and_evaluate, stop_after_steps=int(os.environ["PLIF_TEST_STOP_AFTER"])
@@ -98,8 +110,13 @@ def free_loopback_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(workdir, reads, jax_cache_dir, digits_npz, stop_after=None) -> list[str]:
-    """Runs the CLI in 2 processes; returns their logs. Fails on a non-zero exit or a hang."""
+def launch(
+    workdir, reads, jax_cache_dir, digits_npz, stop_after=None, sigterm_at=None
+) -> list[str]:
+    """Runs the CLI in 2 processes; returns their logs. Fails on a non-zero exit or a hang.
+
+    ``sigterm_at``: process 1 alone gets a SIGTERM at that step (process 0 none).
+    """
     os.makedirs(reads, exist_ok=True)
     address = f"127.0.0.1:{free_loopback_port()}"
     args = [
@@ -122,6 +139,7 @@ def launch(workdir, reads, jax_cache_dir, digits_npz, stop_after=None) -> list[s
             JAX_PROCESS_ID=str(pid),
             PLIF_TEST_READS=reads,
             PLIF_TEST_STOP_AFTER="" if stop_after is None else str(stop_after),
+            PLIF_TEST_SIGTERM_AT="" if sigterm_at is None or pid != 1 else str(sigterm_at),
         )
         env.pop("http_proxy", None), env.pop("https_proxy", None)  # loopback only
         # No persistent compilation cache: a process served from it reaches the first
@@ -161,17 +179,23 @@ def read_log(reads: str, pid: int) -> list[tuple[str, list[int]]]:
 
 @pytest.fixture(scope="module")
 def two_process_runs(tmp_path_factory, jax_cache_dir, digits_npz):
-    """An uninterrupted 2-process run and one stopped mid-epoch 1 and resumed (2 + 2 processes)."""
+    """An uninterrupted 2-process run, and one preempted mid-epoch 1 (a SIGTERM to one process)
+    and resumed (2 + 2 processes)."""
     root = tmp_path_factory.mktemp("multihost")
     out = {}
     t0 = time.monotonic()
     launch(str(root / "full"), str(root / "reads_full"), jax_cache_dir, digits_npz)
     out["full_seconds"] = time.monotonic() - t0
     t0 = time.monotonic()
-    stop_at = STEPS + 2  # mid-epoch 1
-    launch(str(root / "resumed"), str(root / "reads_1"), jax_cache_dir, digits_npz, stop_at)
+    # Preempted mid-epoch 1: a SIGTERM reaches process 1 alone after step 5; both processes
+    # agree at the next step boundary where they read their metrics (log_every_steps 2): step 6.
+    out["stop_logs"] = launch(
+        str(root / "resumed"), str(root / "reads_1"), jax_cache_dir, digits_npz,
+        sigterm_at=STEPS + 1,
+    )  # fmt: skip
     with open(root / "resumed" / "summary.json") as f:
         out["first_half"] = json.load(f)
+    out["first_half_steps"] = sorted(os.listdir(root / "resumed" / "checkpoints" / "latest"))
     launch(str(root / "resumed"), str(root / "reads_2"), jax_cache_dir, digits_npz)
     out["resume_seconds"] = time.monotonic() - t0
     out["root"] = root
@@ -268,6 +292,11 @@ def test_two_process_resume_continues_exactly(two_process_runs):
     root = two_process_runs["root"]
     first = two_process_runs["first_half"]
     assert first["status"] == "interrupted" and first["global_step"] == STEPS + 2
+    # One SIGTERM, to process 1 only: both stopped at step 6, one checkpoint written there.
+    assert two_process_runs["first_half_steps"] == [str(STEPS), str(STEPS + 2)]
+    log0, log1 = two_process_runs["stop_logs"]
+    assert "Received signal 15" in log1 and "Received signal 15" not in log0
+    assert "Another process asked to stop: checkpointing at this step." in log0
     full, resumed = model_arrays(str(root / "full")), model_arrays(str(root / "resumed"))
     assert sorted(full) == sorted(resumed)
     for key in full:
