@@ -92,8 +92,8 @@ def guard(call: Callable[[], Any]) -> Any:
         message = disk.describe(e)
         if message is None:
             raise
-        fail(f"{message}. Free some space or choose a writable location, then run the same "
-             "command again.")  # fmt: skip
+        fail(f"{message}. Make room there or choose another, writable location, then run the "
+             "same command again.")  # fmt: skip
 
 
 def interrupted(e: BaseException) -> NoReturn:

@@ -212,8 +212,8 @@ class FrameStore:
             err = disk.as_disk_error(
                 e,
                 f"The {self._count_done(producer)} of {producer.num_samples} samples converted "
-                f"so far are kept in {self.directory}; free some space there or choose a "
-                "writable --config.data.cache_dir, then run the same command again to continue.",
+                f"so far are kept in {self.directory}; make room there (or choose another, "
+                "writable --config.data.cache_dir), then run the same command again to continue.",
                 default_path=str(self.directory),
             )
             if err is None:

@@ -39,7 +39,7 @@ def last_good_checkpoint(workdir: str) -> int | None:
 def resume_hint(workdir: str) -> str:
     """What was kept and how to go on, for a run stopped by a disk fault."""
     step = last_good_checkpoint(workdir)
-    fix = "free some space (or move the run to a writable --workdir) and run the same command"
+    fix = "once the disk has room and is writable (or with another --workdir), run the same command"
     if step is None:
         return f"No checkpoint was saved yet; {fix} again to start."
     return (

@@ -46,7 +46,7 @@ def test_disk_fault_is_one_line_naming_path_and_free_space(capsys, tmp_path, cod
     status, line = _exit(capsys, main)
     assert status == 2
     assert line.startswith(f"error: cannot write {path}: {what} (")
-    assert " free there). Free some space or choose a writable location" in line
+    assert " free there). Make room there or choose another, writable location" in line
     assert disk.free_space(path) in line
 
 
