@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 import tqdm
 
-from plif_jax.errors import DataError, Interrupted
+from plif_jax.errors import DataError, DiskError, Interrupted
 from plif_jax.runtime import disk, workers
 
 # Bump whenever the frame computation or the file layout changes.
@@ -209,16 +209,16 @@ class FrameStore:
                 "the same command again to convert the rest and continue."
             ) from None
         except OSError as e:
-            err = disk.as_disk_error(
+            message = disk.with_fix(
                 e,
                 f"The {self._count_done(producer)} of {producer.num_samples} samples converted "
                 f"so far are kept in {self.directory}; make room there (or choose another, "
                 "writable --config.data.cache_dir), then run the same command again to continue.",
                 default_path=str(self.directory),
             )
-            if err is None:
+            if message is None:
                 raise
-            raise err from None
+            raise DiskError(message) from None
         self._producer = producer
 
     def _count_done(self, producer: FrameProducer) -> int:

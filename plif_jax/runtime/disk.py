@@ -2,8 +2,9 @@
 
 A write that fails for want of space (``ENOSPC``, ``EDQUOT``, ``EFBIG``), because the filesystem
 is read-only (``EROFS``) or not the user's to write (``EACCES``), or with an I/O error (``EIO``)
-is not a bug: it is reported as a :class:`plif_jax.errors.DiskError` (one ``error: ...`` line,
-exit status 2) that names the file, the free space on its filesystem and the fix.
+is not a bug: the callers report it as a :class:`plif_jax.errors.DiskError` (one ``error: ...``
+line, exit status 2) that names the file, the free space on its filesystem and the fix (this module
+builds the message; it sits below ``plif_jax.errors`` and imports nothing of the package).
 
 Python raises these as ``OSError`` with ``errno``; Orbax and TensorStore (checkpoints) raise a
 ``ValueError`` whose text carries ``[os_error_code='28']`` and the file in quotes. :func:`fault`
@@ -20,8 +21,6 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
-
-from plif_jax.errors import DiskError
 
 # errno -> what it means, as the message says it.
 FAULTS = {
@@ -85,14 +84,11 @@ def describe(e: BaseException, default_path: str | None = None) -> str | None:
     return f"cannot write {path}: {FAULTS[code]} ({free_space(path)} free there)"
 
 
-def as_disk_error(e: BaseException, fix: str, default_path: str | None = None) -> DiskError | None:
-    """A :class:`DiskError` for ``e`` with ``fix`` appended, or None when ``e`` is no disk fault."""
+def with_fix(e: BaseException, fix: str, default_path: str | None = None) -> str | None:
+    """:func:`describe` of ``e`` followed by ``fix`` (the caller raises it as a ``DiskError``),
+    or None when ``e`` is no disk fault."""
     text = describe(e, default_path)
-    if text is None:
-        return None
-    err = DiskError(f"{text}. {fix}")
-    err.errno = fault(e)[0]
-    return err
+    return None if text is None else f"{text}. {fix}"
 
 
 @contextlib.contextmanager

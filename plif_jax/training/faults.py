@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from plif_jax.errors import UserError
+from plif_jax.errors import DiskError, UserError
 from plif_jax.runtime import disk
 
 
@@ -60,10 +60,10 @@ def reporting_disk_faults(train: Callable[..., Any]) -> Callable[..., Any]:
             raise
         except Exception as e:
             path = os.path.abspath(workdir)
-            err = disk.as_disk_error(e, resume_hint(path), default_path=path)
-            if err is None:
+            message = disk.with_fix(e, resume_hint(path), default_path=path)
+            if message is None:
                 raise
-            raise err from e
+            raise DiskError(message) from e
 
     return wrapper
 

@@ -134,6 +134,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.e2e
+@pytest.mark.e2e  # a converting process killed by SIGKILL
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG)")
 def test_conversion_workers_die_with_a_killed_parent(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT)

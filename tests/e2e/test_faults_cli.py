@@ -100,6 +100,7 @@ def test_writing_names_the_file_of_a_failed_write(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.e2e
 def test_train_on_a_workdir_in_use_exits_2_with_one_line(tmp_path):
     # The real command line (one subprocess for the family): refused before any data or model.
     workdir = tmp_path / "run"

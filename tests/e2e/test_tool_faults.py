@@ -19,14 +19,25 @@ from plif_jax import cli, errors
 from plif_jax.analysis import paper_compare
 from plif_jax.data import accuracy_b_split
 from plif_jax.data.loader import BatchSource
-from tests.analysis.test_paper_logs import NMNIST_A, _write_workdir
-from tests.training import test_train
+from plif_jax.training import metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-jax_cache_dir = test_train.jax_cache_dir
-digits_npz = test_train.digits_npz
-fast = test_train.fast
-baseline = test_train.baseline
+NMNIST_A = (
+    "NMNIST_init_tau_2.0_use_plif_True_use_max_pool_True_T_10_c_128_n_2_split_by_number_"
+    "normalization_None_detach_reset_True"
+)
+
+
+def _write_workdir(workdir: pathlib.Path, config) -> None:
+    """A run's config.json and three epochs of metrics.jsonl (what compare reads)."""
+    workdir.mkdir(parents=True)
+    (workdir / "config.json").write_text(config.to_json(indent=2, sort_keys=True))
+    writer = metrics.MetricWriter(str(workdir))
+    for epoch, acc in enumerate((0.85, 0.88, 0.9)):
+        scalars = {"test/accuracy": acc, "test/loss": 0.02, "lr": 1e-3}
+        scalars.update({f"tau/sn{i}": 2.0 + 0.1 * epoch for i in range(4)})
+        writer.write(epoch=epoch, step=4 * (epoch + 1), scalars=scalars)
+    writer.close()
 
 
 def _one_line(capsys, call) -> tuple[int, str, str]:

@@ -36,6 +36,7 @@ def test_second_lock_is_refused_naming_pid_and_host(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.e2e  # a process killed with the lock held
 def test_lock_of_a_killed_process_does_not_block(tmp_path):
     # A process takes the lock, then dies by SIGKILL: its record stays in the file, the lock not.
     code = (
