@@ -256,9 +256,11 @@ def _check(name: str, opts: dict[str, Any], *, number_layer_given: bool) -> None
     spatial = final_spatial_size(name, opts["input_size"], opts["number_layer"])
     if spatial < 1:
         n_pool = 2 if static else opts["number_layer"]
+        deepest = max(1, int(opts["input_size"]).bit_length() - 1)  # halvings leaving >= 1
+        fewer = "" if static else f", or at most {deepest} (--config.model.number_layer={deepest})"
         raise ConfigError(
             f"input_size {opts['input_size']} is too small for {n_pool} 2x2 poolings of "
-            f"{name!r}; use input_size >= {2**n_pool}"
+            f"{name!r}; use input_size >= {2**n_pool}{fewer}"
         )
     if opts.get("hidden") is None:
         opts["hidden"] = PAPER[name]["hidden"] if static else opts["channels"] * spatial**2 // 4

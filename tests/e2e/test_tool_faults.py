@@ -175,3 +175,14 @@ def test_notebook_on_a_read_only_run_writes_its_figures_elsewhere(tmp_path, monk
     out = capsys.readouterr().out
     assert f"cannot write {tmp_path / 'figures'} (Read-only file system): the figures go to" in out
     assert namespace["FIGURES"] != tmp_path / "figures" and namespace["FIGURES"].is_dir()
+
+
+def test_a_network_too_deep_for_its_frames_names_the_layers_to_use():
+    from plif_jax.models import options
+
+    with pytest.raises(errors.ConfigError) as err:
+        options.resolve("nmnist", input_size=34, number_layer=8, T=8, channels=2)
+    assert str(err.value) == (
+        "input_size 34 is too small for 8 2x2 poolings of 'nmnist'; use input_size >= 256, or "
+        "at most 5 (--config.model.number_layer=5)"
+    )
