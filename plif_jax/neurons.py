@@ -128,7 +128,7 @@ def lif_multistep(
             float(v_threshold),
             float(v_reset),
             bool(detach_reset),
-            surrogate.kind,
+            surrogate,
             int(unroll),
         )
         return (spikes, v_final) if return_final else spikes
@@ -171,9 +171,24 @@ def _check_tau(name: str, tau: float) -> float:
 
 def firing_rate(spikes: Array) -> Array:
     """Fraction of neurons firing at each step of ``spikes`` ``[T, ...]``: ``[T]`` float32, no
-    gradient (what a neuron sows as ``firing_rate``)."""
+    gradient (what a recording neuron sows as :class:`FiringRate`)."""
     flat = jax.lax.stop_gradient(spikes).reshape(spikes.shape[0], -1)
     return jnp.mean(flat.astype(jnp.float32), axis=1)
+
+
+RECORD_MODES = ("rates", "traces")
+
+
+def record_mode(record: str | bool) -> str | None:
+    """The value a ``set_view(record=...)`` hook stores: ``'rates'``, ``'traces'``, or None for
+    ``False`` (recording off). Anything else is an error."""
+    if record is not False and record not in RECORD_MODES:
+        raise ValueError(f"record must be 'rates', 'traces' or False, got {record!r}")
+    return record or None
+
+
+class FiringRate(nnx.Intermediate):
+    """Fraction of a layer's neurons firing at each step, ``[T]`` float32 (no gradient)."""
 
 
 class TauParam(nnx.Param):
@@ -188,7 +203,7 @@ class SurrogateAlpha(nnx.Param):
 
 
 class _SpikingNeuron(nnx.Module):
-    """Shared parts of LIF and PLIF: threshold, reset, surrogate, recording."""
+    """Shared parts of LIF and PLIF: threshold, reset, surrogate, the ``record`` view."""
 
     def __init__(
         self,
@@ -211,8 +226,23 @@ class _SpikingNeuron(nnx.Module):
             else None
         )
         self.unroll = 1
+        self.record: str | None = None
+
+    def set_view(self, record: str | bool | None = None):
+        """Hook for ``nnx.view``: what a call of the neuron sows.
+
+        Args:
+          record: ``'rates'`` (or ``'traces'``, the networks' option) sows the firing rate per
+            step as :class:`FiringRate` on each call; ``False`` sows nothing (the default).
+        """
+        if record is not None:
+            self.record = record_mode(record)
 
     def decay(self) -> Array:
+        raise NotImplementedError
+
+    def time_constant(self) -> float:
+        """The time constant as a Python float (float64): the one host-side tau reader."""
         raise NotImplementedError
 
     def dynamics(self, x_seq: Array, **options) -> Array | tuple:
@@ -244,17 +274,17 @@ class _SpikingNeuron(nnx.Module):
         ``v_init`` / ``return_final`` continue a sequence in time chunks (see
         :func:`lif_multistep` for the return forms).
 
-        Under ``nnx.capture(model, nnx.Intermediate)`` it also sows the firing rate per time
-        step (``[T]``, float32) as ``firing_rate``. Outside a capture nothing is stored, so a plain
-        call never grows the module's state (and never retraces a jitted caller).
+        A neuron viewed with ``nnx.view(neuron, record='rates')`` also sows its firing rate per
+        time step (``[T]``, float32) as :class:`FiringRate` ``firing_rate``; collect it with
+        ``nnx.capture(view, FiringRate)``. A plain call sows nothing, so it never grows the
+        module's state (and never retraces a jitted caller).
         """
         out = self.dynamics(
             x_seq, return_membrane=return_membrane, v_init=v_init, return_final=return_final
         )
-        if not hasattr(self, "__captures__"):  # set on every submodule by nnx.capture
-            return out
-        spikes = out[0] if (return_membrane or return_final) else out
-        self.sow(nnx.Intermediate, "firing_rate", firing_rate(spikes))
+        if self.record:
+            spikes = out[0] if (return_membrane or return_final) else out
+            self.sow(FiringRate, "firing_rate", firing_rate(spikes))
         return out
 
 
@@ -299,8 +329,13 @@ class PLIF(_SpikingNeuron):
 
     @property
     def tau(self) -> Array:
-        """The current time constant ``1 / sigmoid(w)``."""
+        """The time constant the forward uses, ``1 / sigmoid(w)``, in ``w``'s dtype (traceable)."""
         return 1.0 / jax.nn.sigmoid(self.w[...])
+
+    def time_constant(self) -> float:
+        """``tau = 1 + exp(-w)`` in float64 from the stored ``w`` (no rounding of tau to ``w``'s
+        dtype): what summaries, TensorBoard and :func:`plif_jax.models.layer_taus` report."""
+        return 1.0 + math.exp(-float(self.w[...]))
 
 
 class LIF(_SpikingNeuron):
@@ -345,3 +380,8 @@ class LIF(_SpikingNeuron):
     def tau(self) -> Array:
         """The (fixed) time constant."""
         return jnp.asarray(self.tau_value, self.param_dtype)
+
+    def time_constant(self) -> float:
+        """The fixed tau as a Python float, as the forward holds it (rounded to
+        ``param_dtype``)."""
+        return float(self.tau)

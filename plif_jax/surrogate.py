@@ -104,6 +104,14 @@ class Surrogate:
         a = self.alpha if alpha is None else alpha
         return SPIKE_FUNCTIONS[self.kind](x, jnp.asarray(a, dtype=x.dtype))
 
+    def partials(self, x: Array, alpha: Array | float | None = None) -> tuple[Array, Array]:
+        """``(dg/dx, dg/dalpha)`` of the primitive at ``x``: what the backward multiplies by.
+
+        Hand-written backward passes (:mod:`plif_jax.ops.lif_loop`) call this, so they use the
+        exact expressions of :meth:`__call__`'s gradient.
+        """
+        return _PARTIALS[self.kind](x, self.alpha if alpha is None else alpha)
+
     def primitive(self, x: Array, alpha: Array | float | None = None) -> Array:
         """The smooth function whose derivative is used as the gradient (for tests, plots)."""
         a = self.alpha if alpha is None else alpha

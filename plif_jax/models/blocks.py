@@ -12,9 +12,11 @@ its blocks once on all ``T`` steps, or, rematerialised (``remat_chunk``), the sa
 a ``lax.scan`` over chunks of time steps (:mod:`plif_jax.models.nets`). Nothing is written into
 the modules inside a block call; the network writes the new BatchNorm statistics back.
 
-A block call also returns a ``tap``: what its neuron saw and did (``spikes``; with
-``record='traces'`` also ``current``, ``h``, ``v``) and the input of its synaptic layer
-(``synapse_input``, for synaptic-operation counts); the network sows them (``nnx.sow``).
+A block call ``block(x, t, carry) -> (x, carry, tap)`` also returns a ``tap``: what its neuron
+saw and did (``spikes``; in a view with ``record='traces'`` also ``current``, ``h``, ``v``) and
+the input of its synaptic layer (``synapse_input``, for synaptic-operation counts); the network
+sows them (``nnx.sow``). Two ``nnx.view`` flags change what a call does, never its signature:
+``record`` (the blocks' ``set_view``) and ``in_scan`` (:class:`ConvBN`'s).
 """
 
 from __future__ import annotations
@@ -37,15 +39,15 @@ def _unfold(x: Array, t: int) -> Array:
 
 
 def fire(
-    neuron: nnx.Module, x: Array, t: int, v: Array | None, record: str | None
+    neuron: nnx.Module, x: Array, t: int, v: Array | None, traces: bool
 ) -> tuple[Array, Array | None, dict[str, Array]]:
     """The neuron on ``x`` ``[t*B, ...]``: ``(spikes [t*B, ...], v_final or None, tap)``.
 
     ``v`` None: the sequence starts at ``V_reset`` (one call on all T steps); otherwise the
-    membrane carried from the previous chunk, and the final membrane is returned.
+    membrane carried from the previous chunk, and the final membrane is returned. ``traces``:
+    the tap also holds the input current and the membrane.
     """
     x_seq = _unfold(x, t)
-    traces = record == "traces"
     if v is None:
         out = neuron.dynamics(x_seq, return_membrane=traces)
         v_final = None
@@ -65,13 +67,23 @@ class ConvBN(nnx.Module):
     def __init__(self, c_in: int, c_out: int, *, bn_mode: str, dtype: Any, rngs: nnx.Rngs):
         self.conv = layers.conv3x3(c_in, c_out, rngs=rngs, dtype=dtype)
         self.bn = layers.BatchNorm(c_out, mode=bn_mode, dtype=dtype)
+        self.in_scan = False
+
+    def set_view(self, in_scan: bool | None = None):
+        """Hook for ``nnx.view``: the form of the convolution.
+
+        Args:
+          in_scan: True runs the convolution with a backward that XLA:CPU runs fast inside a
+            loop body (same forward); the network views itself so for its ``remat_chunk`` scan.
+        """
+        if in_scan is not None:
+            self.in_scan = bool(in_scan)
 
     def __call__(
-        self, x: Array, t: int, stats: tuple[Array, Array], *, in_scan: bool = False
+        self, x: Array, t: int, stats: tuple[Array, Array]
     ) -> tuple[Array, tuple[Array, Array]]:
         """``(BN(conv(x)), new running statistics)``; ``stats`` = the running (mean, var)."""
-        # Inside a scan body, the same convolution with a backward XLA:CPU runs fast in loops.
-        x = xla_cpu.apply_conv3x3_in_loop(self.conv, x) if in_scan else self.conv(x)
+        x = xla_cpu.apply_conv3x3_in_loop(self.conv, x) if self.in_scan else self.conv(x)
         y, new = self.bn.normalize(x, time_steps=t, running=stats)
         return y, (stats if new is None else new)
 
@@ -85,7 +97,23 @@ class ConvBN(nnx.Module):
             self.bn.var[...] = stats[1].astype(self.bn.var[...].dtype)
 
 
-class SpikingBlock(nnx.Module):
+class _Tapped(nnx.Module):
+    """The ``record`` view of a block: what its tap holds."""
+
+    record: str | None = None
+
+    def set_view(self, record: str | bool | None = None):
+        """Hook for ``nnx.view``: what the block's tap holds.
+
+        Args:
+          record: ``'traces'`` adds the neuron's input current and membrane to the tap;
+            ``'rates'`` or ``False``: the spikes and the synapse input only.
+        """
+        if record is not None:
+            self.record = neurons.record_mode(record)
+
+
+class SpikingBlock(_Tapped):
     """``[Conv BN] -> LIF/PLIF -> [2x2 pool]``; ``synapse=None`` for the static nets' first
     neuron, which fires on the encoder's output."""
 
@@ -101,14 +129,12 @@ class SpikingBlock(nnx.Module):
         stats = None if self.synapse is None else self.synapse.initial_stats(stat_dtype)
         return {"v": v, "stats": stats}
 
-    def __call__(
-        self, x: Array, t: int, carry: Carry, *, in_scan: bool = False, record: str | None = None
-    ) -> tuple[Array, Carry, dict[str, Array]]:
+    def __call__(self, x: Array, t: int, carry: Carry) -> tuple[Array, Carry, dict[str, Array]]:
         tap = {"synapse_input": x}
         stats = carry["stats"]
         if self.synapse is not None:
-            x, stats = self.synapse(x, t, stats, in_scan=in_scan)
-        x, v, fired = fire(self.neuron, x, t, carry["v"], record)
+            x, stats = self.synapse(x, t, stats)
+        x, v, fired = fire(self.neuron, x, t, carry["v"], self.record == "traces")
         tap.update(fired)
         if self.pooling is not None:
             x = layers.pool2x2(x, self.pooling)
@@ -119,7 +145,7 @@ class SpikingBlock(nnx.Module):
             self.synapse.write_stats(carry["stats"])
 
 
-class SpikingFC(nnx.Module):
+class SpikingFC(_Tapped):
     """``[Dropout(p)] -> Linear(n_in, n_out, bias=False) -> LIF/PLIF`` on ``[t*B, n_in]``.
 
     The dropout mask is drawn once per forward (one ``[B, n_in]`` mask shared by all T steps,
@@ -142,14 +168,11 @@ class SpikingFC(nnx.Module):
         v = None if shape is None else jnp.full(shape, self.neuron.v_reset, dtype)
         return {"v": v, "mask": mask}
 
-    def __call__(
-        self, x: Array, t: int, carry: Carry, *, in_scan: bool = False, record: str | None = None
-    ) -> tuple[Array, Carry, dict[str, Array]]:
-        del in_scan  # a dense layer needs no loop-friendly form
+    def __call__(self, x: Array, t: int, carry: Carry) -> tuple[Array, Carry, dict[str, Array]]:
         if carry["mask"] is not None:
             x = (_unfold(x, t) * carry["mask"]).reshape(x.shape)
         tap = {"synapse_input": x}
-        x, v, fired = fire(self.neuron, self.fc(x), t, carry["v"], record)
+        x, v, fired = fire(self.neuron, self.fc(x), t, carry["v"], self.record == "traces")
         tap.update(fired)
         return x, {"v": v, "mask": carry["mask"]}, tap
 

@@ -8,7 +8,6 @@ so that :func:`plif_jax.training.checkpoint.restore` rebuilds the same network.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -88,16 +87,14 @@ def spiking_layers(model: nnx.Module) -> list[tuple[str, nnx.Module]]:
 def layer_taus(model: nnx.Module, *, learnable_only: bool = False) -> dict[str, float]:
     """``{layer: tau}`` of every spiking layer in depth order.
 
-    PLIF: ``tau = 1 + exp(-w)`` computed in float64 from the stored ``w``; LIF: its fixed tau
-    (left out with ``learnable_only``).
+    Each layer's :meth:`~plif_jax.neurons.PLIF.time_constant`: PLIF ``tau = 1 + exp(-w)`` in
+    float64 from the stored ``w``; LIF its fixed tau (left out with ``learnable_only``).
     """
-    out = {}
-    for name, layer in spiking_layers(model):
-        if isinstance(layer, neurons.PLIF):
-            out[name] = 1.0 + math.exp(-float(np.asarray(layer.w[...])))
-        elif not learnable_only:
-            out[name] = float(np.asarray(layer.tau))
-    return out
+    return {
+        name: layer.time_constant()
+        for name, layer in spiking_layers(model)
+        if not learnable_only or isinstance(layer, neurons.PLIF)
+    }
 
 
 def layer_alphas(model: nnx.Module) -> dict[str, float]:

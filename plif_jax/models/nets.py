@@ -22,7 +22,8 @@ BatchNorm statistics, so the backward keeps the activations of ``L`` steps inste
 
 Spiking layers are named ``sn0``, ``sn1``, ... in depth order (TensorBoard tags, analysis,
 checkpoint summaries). Under ``nnx.capture`` a network viewed with ``record='rates'`` or
-``record='traces'`` (``nnx.view``) sows what each layer did (:mod:`plif_jax.models.record`).
+``record='traces'`` (``nnx.view``) sows what each layer did (:mod:`plif_jax.models.record`). The
+chunked body runs on a view with ``in_scan=True`` (:class:`ConvBN`'s loop-friendly convolution).
 """
 
 from __future__ import annotations
@@ -94,12 +95,15 @@ class SpikingNet(nnx.Module):
             self._fc(cfg.hidden, cfg.num_classes * VOTE_GROUP, dropout=second_dropout, rngs=rngs),
         ])  # fmt: skip
 
-    def set_view(self, record: str | None = None):
-        """``nnx.view(model, record='rates' | 'traces' | False)``: what the forward sows."""
+    def set_view(self, record: str | bool | None = None):
+        """Hook for ``nnx.view``: what the forward sows (:mod:`plif_jax.models.record`).
+
+        Args:
+          record: ``'rates'`` sows each spiking layer's :class:`FiringRate`; ``'traces'`` also
+            its :class:`LayerTrace`; ``False`` sows nothing (the default).
+        """
         if record is not None:
-            if record not in (False, "rates", "traces"):
-                raise ValueError(f"record must be 'rates', 'traces' or False, got {record!r}")
-            self.record = record or None
+            self.record = neurons.record_mode(record)
 
     def blocks(self) -> list[SpikingBlock | SpikingFC]:
         """The time-dependent blocks in order: the feature blocks, then the classifier."""
@@ -152,7 +156,7 @@ class SpikingNet(nnx.Module):
             if self.is_static:
                 x = xla_cpu.repeat_time(x, t).reshape(t * batch, *x.shape[1:])
             carry = self._initial_carry(blocks, None, batch)
-            out, carry, taps = self._body(x, t, carry, in_scan=False)
+            out, carry, taps = self._body(x, t, carry)
         else:
             check_remat(chunk, self.config.bn_mode, t)
             out, carry, taps = self._chunked(x, t, batch, blocks)
@@ -169,21 +173,19 @@ class SpikingNet(nnx.Module):
         out_dtype = jnp.promote_types(jnp.float32, self.config.dtype)
         return jnp.sum(layers.vote(out.astype(out_dtype), VOTE_GROUP), axis=0)
 
-    def _body(
-        self, x: Array, t: int, carry: list, *, in_scan: bool
-    ) -> tuple[Array, list, dict[str, dict[str, Array]]]:
+    def _body(self, x: Array, t: int, carry: list) -> tuple[Array, list, dict[str, dict]]:
         """The network on ``t`` time steps of ``x`` ``[t*B, ...]``: output spikes ``[t, B, N]``,
         the new carry (one per block) and each spiking layer's tap."""
         new_carry, taps = [], {}
         for i, block in enumerate(self.features):
-            x, c, taps[f"sn{i}"] = block(x, t, carry[i], in_scan=in_scan, record=self.record)
+            x, c, taps[f"sn{i}"] = block(x, t, carry[i])
             new_carry.append(c)
         x = x.reshape(
             x.shape[0], -1
         )  # NHWC order; plif_jax.models.porting permutes torch's CHW rows
         for j, block in enumerate(self.classifier):
             i = len(self.features) + j
-            x, c, taps[f"sn{i}"] = block(x, t, carry[i], in_scan=in_scan, record=self.record)
+            x, c, taps[f"sn{i}"] = block(x, t, carry[i])
             new_carry.append(c)
         return x.reshape(t, x.shape[0] // t, x.shape[-1]), new_carry, taps
 
@@ -218,6 +220,7 @@ class SpikingNet(nnx.Module):
         masks = [c.pop("mask", None) for c in carry]
         encoded = x if self.is_static else None
         xs = None if self.is_static else x.reshape(n, chunk * batch, *x.shape[1:])
+        net = nnx.view(self, in_scan=True)  # the same modules (shared Variables), scan-friendly
 
         def run_chunk(carry, x_in):
             if encoded is not None:
@@ -225,7 +228,7 @@ class SpikingNet(nnx.Module):
                 x_in = x_in.reshape(chunk * batch, *encoded.shape[1:])
             carry = [c if isinstance(b, SpikingBlock) else {**c, "mask": m}
                      for b, c, m in zip(blocks, carry, masks, strict=True)]  # fmt: skip
-            out, carry, taps = self._body(x_in, chunk, carry, in_scan=True)
+            out, carry, taps = net._body(x_in, chunk, carry)
             carry = [{k: v for k, v in c.items() if k != "mask"} for c in carry]
             # The scan stacks what the chunk returns over all T: only what is recorded (else the
             # stacked activations would undo the memory saving), rates as rates.

@@ -1,12 +1,15 @@
 """What a forward pass records: ``nnx.sow`` under ``nnx.capture``, the one mechanism.
 
 A network viewed with ``nnx.view(model, record='rates')`` sows each spiking layer's firing rate
-per time step (:class:`FiringRate`, ``[T]``); with ``record='traces'`` also a :class:`LayerTrace`
+per time step (:class:`FiringRate`, ``[T]``, the neurons' own type); with ``record='traces'`` also
+a :class:`LayerTrace`
 (input current, spikes, membrane before and after the reset, and the input of the next synaptic
 layer, for synaptic-operation counts). Collect them with ``nnx.capture(view, FiringRate)`` or
 ``nnx.capture(view, LayerTrace)``; :func:`plif_jax.models.run_with_rates`,
 :func:`run_with_traces` and :func:`plif_jax.analysis.record_forward` do exactly that. A plain
-call (``record`` unset) sows nothing, so it never changes the module's state.
+call (``record`` unset) sows nothing, so it never changes the module's state. The view sets
+``record`` on the network, its blocks and its neurons (each has a ``set_view`` hook); inside a
+network the neurons run as :meth:`~plif_jax.neurons.PLIF.dynamics` and the network sows.
 """
 
 from __future__ import annotations
@@ -17,12 +20,9 @@ import jax
 from flax import nnx
 
 from plif_jax import neurons
+from plif_jax.neurons import FiringRate
 
 Array = jax.Array
-
-
-class FiringRate(nnx.Intermediate):
-    """Fraction of a layer's neurons firing at each step, ``[T]`` float32 (no gradient)."""
 
 
 class LayerTrace(nnx.Intermediate):

@@ -35,7 +35,6 @@ from collections.abc import Iterator
 import jax
 import jax.numpy as jnp
 
-from plif_jax import surrogate as surrogate_lib
 from plif_jax.ops import lif_scan
 
 FORMULATIONS = ("cpu", "accelerator")
@@ -91,14 +90,19 @@ def _lif_forward_loop(x_seq, v0, decay, v_threshold, v_reset, unroll):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
-def lif_loop(x_seq, v0, decay, alpha, v_threshold, v_reset, detach_reset, kind, unroll):
-    """``(spikes, v_final)`` of the LIF dynamics (``decay``, ``alpha``: x_seq-dtype scalars)."""
-    args = (x_seq, v0, decay, alpha, v_threshold, v_reset, detach_reset, kind, unroll)
+def lif_loop(x_seq, v0, decay, alpha, v_threshold, v_reset, detach_reset, surrogate, unroll):
+    """``(spikes, v_final)`` of the LIF dynamics (``decay``, ``alpha``: x_seq-dtype scalars).
+
+    ``surrogate``: the :class:`plif_jax.surrogate.Surrogate` (frozen, hashable) whose
+    :meth:`~plif_jax.surrogate.Surrogate.partials` the backward uses; its own ``alpha`` is not
+    read (the ``alpha`` argument is).
+    """
+    args = (x_seq, v0, decay, alpha, v_threshold, v_reset, detach_reset, surrogate, unroll)
     return _lif_loop_fwd(*args)[0]
 
 
-def _lif_loop_fwd(x_seq, v0, decay, alpha, v_threshold, v_reset, detach_reset, kind, unroll):
-    del detach_reset, kind  # the forward only needs the dynamics
+def _lif_loop_fwd(x_seq, v0, decay, alpha, v_threshold, v_reset, detach_reset, surrogate, unroll):
+    del detach_reset, surrogate  # the forward only needs the dynamics
     h = _by_platform(
         lambda x, v: _lif_forward_loop(x, v, decay, v_threshold, v_reset, unroll),
         lambda x, v: lif_scan.forward_h(
@@ -115,10 +119,10 @@ def _lif_loop_fwd(x_seq, v0, decay, alpha, v_threshold, v_reset, detach_reset, k
     return out, (v0, h, decay, alpha)
 
 
-def _lif_loop_bwd(v_threshold, v_reset, detach_reset, kind, unroll, res, cotangents):
+def _lif_loop_bwd(v_threshold, v_reset, detach_reset, surrogate, unroll, res, cotangents):
     v0, h_seq, decay, alpha = res
     gs_seq, gv_final = cotangents
-    partials = surrogate_lib._PARTIALS[kind]
+    partials = surrogate.partials
     one_minus_k = 1.0 - decay
     acc_dtype = jnp.promote_types(h_seq.dtype, jnp.float32)
     T = h_seq.shape[0]

@@ -12,8 +12,8 @@ from flax import nnx
 
 from plif_jax import neurons, surrogate
 
-# Flax 0.12.8 deprecates Module.sow() outside nnx.capture(): the neurons only sow under a capture,
-# so any such warning is an error here.
+# Flax 0.12.8 deprecates Module.sow() outside nnx.capture(): the neurons sow only in a record view,
+# which these tests call under a capture, so any such warning is an error here.
 pytestmark = pytest.mark.filterwarnings("error:Using 'Module.sow\\(\\)' outside:DeprecationWarning")
 
 
@@ -277,21 +277,24 @@ def test_learnable_alpha_changes_the_input_gradient_but_not_the_spikes():
     np.testing.assert_allclose(np.asarray(grad[0]), 0.5 * _atan_sg(u, 4.0), rtol=1e-6)
 
 
-def test_firing_rate_is_sown_per_time_step():
+def test_firing_rate_is_sown_per_time_step_in_a_record_view():
     rng = np.random.default_rng(4)
     x = jnp.asarray(rng.normal(1.0, 1.5, size=(5, 2, 4)), jnp.float32)  # 8 neurons per step
     neuron = neurons.PLIF(2.0)
-    spikes, captured = nnx.capture(neuron, nnx.Intermediate)(x)
+    view = nnx.view(neuron, record="rates")
+    spikes, captured = nnx.capture(view, neurons.FiringRate)(x)
     (rate,) = captured["firing_rate"].get_value()
     assert rate.shape == (5,) and rate.dtype == jnp.float32
     counts = np.asarray(spikes).reshape(5, -1).sum(axis=1)
     assert 0 < counts.sum() < 40
     np.testing.assert_array_equal(np.asarray(rate), counts / 8.0)  # k/8 is exact
-    assert nnx.state(neuron, nnx.Intermediate) == nnx.State({})  # capture leaves no state
+    assert view.w is neuron.w and neuron.record is None  # a view: same parameter, own flag
+    for module in (neuron, view):  # capture leaves no state
+        assert nnx.state(module, nnx.Intermediate) == nnx.State({})
 
 
-def test_calls_outside_capture_store_nothing_on_the_module():
-    # Recording happens only under nnx.capture: a plain call must not grow the module's state.
+def test_calls_outside_a_record_view_store_nothing_on_the_module():
+    # Recording is asked for with nnx.view: a plain call (captured or not) sows nothing.
     x = jnp.asarray([[2.0, 0.0], [0.0, 2.0], [2.0, 2.0]], jnp.float32)
     neuron = neurons.LIF(2.0)
     before = nnx.state(neuron)
@@ -299,9 +302,13 @@ def test_calls_outside_capture_store_nothing_on_the_module():
     neuron(x[:1])
     assert nnx.state(neuron, nnx.Intermediate) == nnx.State({})
     assert jax.tree.structure(nnx.state(neuron)) == jax.tree.structure(before)
-    _, captured = nnx.capture(neuron, nnx.Intermediate)(x)
+    _, captured = nnx.capture(neuron, neurons.FiringRate)(x)
+    assert captured == nnx.State({})
+    _, captured = nnx.capture(nnx.view(neuron, record="rates"), neurons.FiringRate)(x)
     (rate,) = captured["firing_rate"].get_value()
     np.testing.assert_array_equal(np.asarray(rate), [0.5, 0.5, 1.0])
+    with pytest.raises(ValueError, match="record must be 'rates', 'traces' or False, got 'all'"):
+        nnx.view(neuron, record="all")
 
 
 def test_spikes_are_zero_or_one_in_the_input_dtype():

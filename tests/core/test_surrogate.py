@@ -137,6 +137,23 @@ def test_forward_is_heaviside_for_the_smallest_normal_float32_magnitudes():
         np.testing.assert_array_equal(np.asarray(s(x)), np.array([0.0, 1.0, 1.0], np.float32))
 
 
+@pytest.mark.parametrize("kind", ["atan", "sigmoid"])
+def test_partials_are_the_factors_the_backward_multiplies_by(kind):
+    # The public hook hand-written backward passes (ops.lif_loop) use instead of a private table.
+    s = surrogate.get(kind)
+    x64 = X_VALUES.astype(np.float64)
+
+    def both(x, a):
+        grads = jax.grad(lambda x, a: jnp.sum(s(x, a)), argnums=(0, 1))(x, a)
+        return s.partials(x, a), grads
+
+    (dx, dalpha), (gx, galpha) = jax.jit(both)(jnp.asarray(X_VALUES), jnp.float32(s.alpha))
+    np.testing.assert_array_equal(np.asarray(dx), np.asarray(gx))
+    np.testing.assert_allclose(float(jnp.sum(dalpha)), float(galpha), rtol=1e-6)
+    for got, analytic in zip((dx, dalpha), ANALYTIC[kind], strict=True):
+        np.testing.assert_allclose(np.asarray(got), analytic(x64, s.alpha), rtol=2e-6, atol=ATOL)
+
+
 def test_forward_and_gradient_are_the_same_under_jit():
     s = surrogate.atan(3.0)
     x = jnp.asarray(X_VALUES)
