@@ -64,17 +64,21 @@ def fire(
 class ConvBN(nnx.Module):
     """``Conv2d(c_in, c_out, 3, padding=1, bias=False)`` then ``BatchNorm2d(c_out)``."""
 
-    def __init__(self, c_in: int, c_out: int, *, bn_mode: str, dtype: Any, rngs: nnx.Rngs):
+    def __init__(
+        self, c_in: int, c_out: int, *, bn_mode: str, dtype: Any, rngs: nnx.Rngs,
+        in_scan: bool = False,
+    ):  # fmt: skip
         self.conv = layers.conv3x3(c_in, c_out, rngs=rngs, dtype=dtype)
         self.bn = layers.BatchNorm(c_out, mode=bn_mode, dtype=dtype)
-        self.in_scan = False
+        self.in_scan = bool(in_scan)
 
     def set_view(self, in_scan: bool | None = None):
         """Hook for ``nnx.view``: the form of the convolution.
 
         Args:
           in_scan: True runs the convolution with a backward that XLA:CPU runs fast inside a
-            loop body (same forward); the network views itself so for its ``remat_chunk`` scan.
+            loop body (same forward); a network with ``remat_chunk`` builds the convolutions of
+            its scanned body so.
         """
         if in_scan is not None:
             self.in_scan = bool(in_scan)

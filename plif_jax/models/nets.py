@@ -22,8 +22,9 @@ BatchNorm statistics, so the backward keeps the activations of ``L`` steps inste
 
 Spiking layers are named ``sn0``, ``sn1``, ... in depth order (TensorBoard tags, analysis,
 checkpoint summaries). Under ``nnx.capture`` a network viewed with ``record='rates'`` or
-``record='traces'`` (``nnx.view``) sows what each layer did (:mod:`plif_jax.models.record`). The
-chunked body runs on a view with ``in_scan=True`` (:class:`ConvBN`'s loop-friendly convolution).
+``record='traces'`` (``nnx.view``) sows what each layer did (:mod:`plif_jax.models.record`). With
+``remat_chunk`` the convolutions inside the time loop are built with ``in_scan=True`` (the
+:class:`ConvBN` view flag: the loop-friendly convolution).
 """
 
 from __future__ import annotations
@@ -78,9 +79,12 @@ class SpikingNet(nnx.Module):
             alpha_learnable=cfg.alpha_learnable,
         )
 
-    def _conv(self, c_in: int, c_out: int, rngs: nnx.Rngs) -> ConvBN:
+    def _conv(self, c_in: int, c_out: int, rngs: nnx.Rngs, *, encoder: bool = False) -> ConvBN:
+        """A :class:`ConvBN`; one in the time loop (not the static ``encoder``) of a net that runs
+        its body in the ``remat_chunk`` scan takes the loop-friendly form (``in_scan``)."""
         cfg = self.config
-        return ConvBN(c_in, c_out, bn_mode=cfg.bn_mode, dtype=cfg.dtype, rngs=rngs)
+        in_scan = cfg.remat_chunk is not None and not encoder
+        return ConvBN(c_in, c_out, bn_mode=cfg.bn_mode, dtype=cfg.dtype, rngs=rngs, in_scan=in_scan)
 
     def _fc(self, n_in: int, n_out: int, dropout: bool, rngs: nnx.Rngs) -> SpikingFC:
         rate = self.config.dropout if dropout else None
@@ -220,7 +224,6 @@ class SpikingNet(nnx.Module):
         masks = [c.pop("mask", None) for c in carry]
         encoded = x if self.is_static else None
         xs = None if self.is_static else x.reshape(n, chunk * batch, *x.shape[1:])
-        net = nnx.view(self, in_scan=True)  # the same modules (shared Variables), scan-friendly
 
         def run_chunk(carry, x_in):
             if encoded is not None:
@@ -228,7 +231,7 @@ class SpikingNet(nnx.Module):
                 x_in = x_in.reshape(chunk * batch, *encoded.shape[1:])
             carry = [c if isinstance(b, SpikingBlock) else {**c, "mask": m}
                      for b, c, m in zip(blocks, carry, masks, strict=True)]  # fmt: skip
-            out, carry, taps = net._body(x_in, chunk, carry)
+            out, carry, taps = self._body(x_in, chunk, carry)
             carry = [{k: v for k, v in c.items() if k != "mask"} for c in carry]
             # The scan stacks what the chunk returns over all T: only what is recorded (else the
             # stacked activations would undo the memory saving), rates as rates.
@@ -308,7 +311,7 @@ class MNISTNet(SpikingNet):
     def __init__(self, cfg: NetConfig, *, rngs: nnx.Rngs):
         super().__init__(cfg)
         c, pool, side = cfg.channels, cfg.pooling, cfg.input_size // 2 // 2
-        self.encoder = self._conv(cfg.in_channels, c, rngs)  # static_conv: the image, once
+        self.encoder = self._conv(cfg.in_channels, c, rngs, encoder=True)  # the image, once
         self.features = nnx.List([
             SpikingBlock(None, self._neuron(), pool),
             SpikingBlock(self._conv(c, c, rngs), self._neuron(), pool),
@@ -322,7 +325,7 @@ class CIFAR10Net(SpikingNet):
     def __init__(self, cfg: NetConfig, *, rngs: nnx.Rngs):
         super().__init__(cfg)
         c, pool, side = cfg.channels, cfg.pooling, cfg.input_size // 2 // 2
-        self.encoder = self._conv(cfg.in_channels, c, rngs)
+        self.encoder = self._conv(cfg.in_channels, c, rngs, encoder=True)
         conv = lambda pooling: SpikingBlock(self._conv(c, c, rngs), self._neuron(), pooling)
         self.features = nnx.List([
             SpikingBlock(None, self._neuron(), None),

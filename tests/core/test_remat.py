@@ -320,6 +320,22 @@ def test_remat_chunk_none_is_the_default_and_keeps_the_plain_forward():
     assert "remat_chunk" in models.OPTIONS
 
 
+def test_in_scan_view_flag_marks_the_scanned_convolutions_only():
+    # The loop-friendly convolution is a ConvBN view flag: remat nets build the convolutions of
+    # their scanned body with it, never the static encoder (which runs once, outside the scan).
+    def flags(model):
+        convs = [b.synapse for b in model.features if b.synapse is not None]
+        return model.encoder.in_scan, [c.in_scan for c in convs]
+
+    options = NETS["mnist"][0]
+    make = lambda chunk: nnx.eval_shape(
+        lambda: models.create_model("mnist", rngs=nnx.Rngs(0), remat_chunk=chunk, **options)
+    )
+    plain = make(None)
+    assert flags(make(2)) == (False, [True]) and flags(plain) == (False, [False])
+    assert flags(nnx.view(plain, in_scan=True)) == (True, [True]) and flags(plain)[1] == [False]
+
+
 def test_loop_friendly_conv_matches_module_forward_and_autodiff_gradients():
     conv = layers.conv3x3(3, 5, rngs=nnx.Rngs(0), dtype=jnp.float64, param_dtype=jnp.float64)
     rng = np.random.default_rng(4)
