@@ -176,13 +176,9 @@ def firing_rate(spikes: Array) -> Array:
     return jnp.mean(flat.astype(jnp.float32), axis=1)
 
 
-RECORD_MODES = ("rates", "traces")
-
-
 def record_mode(record: str | bool) -> str | None:
-    """The value a ``set_view(record=...)`` hook stores: ``'rates'``, ``'traces'``, or None for
-    ``False`` (recording off). Anything else is an error."""
-    if record is not False and record not in RECORD_MODES:
+    """What a ``set_view(record=...)`` hook stores: ``'rates'``, ``'traces'``, None for False."""
+    if record is not False and record not in ("rates", "traces"):
         raise ValueError(f"record must be 'rates', 'traces' or False, got {record!r}")
     return record or None
 
@@ -239,10 +235,6 @@ class _SpikingNeuron(nnx.Module):
             self.record = record_mode(record)
 
     def decay(self) -> Array:
-        raise NotImplementedError
-
-    def time_constant(self) -> float:
-        """The time constant as a Python float (float64): the one host-side tau reader."""
         raise NotImplementedError
 
     def dynamics(self, x_seq: Array, **options) -> Array | tuple:
@@ -333,8 +325,8 @@ class PLIF(_SpikingNeuron):
         return 1.0 / jax.nn.sigmoid(self.w[...])
 
     def time_constant(self) -> float:
-        """``tau = 1 + exp(-w)`` in float64 from the stored ``w`` (no rounding of tau to ``w``'s
-        dtype): what summaries, TensorBoard and :func:`plif_jax.models.layer_taus` report."""
+        """``tau = 1 + exp(-w)`` as a Python float (float64) from the stored ``w``: the one
+        host-side tau (:func:`plif_jax.models.layer_taus`, summaries, TensorBoard)."""
         return 1.0 + math.exp(-float(self.w[...]))
 
 
@@ -382,6 +374,5 @@ class LIF(_SpikingNeuron):
         return jnp.asarray(self.tau_value, self.param_dtype)
 
     def time_constant(self) -> float:
-        """The fixed tau as a Python float, as the forward holds it (rounded to
-        ``param_dtype``)."""
+        """The fixed tau as a Python float, as held in ``param_dtype``."""
         return float(self.tau)
