@@ -190,7 +190,35 @@ def _resolve_reexport(app, env, node, contnode):
             )
             if found is not None:
                 return found
-    return _unique_suffix(app, env, node, contnode, domain)
+    found = _unique_suffix(app, env, node, contnode, domain)
+    if found is None and any(_undocumented(c, node["reftype"]) for c in _candidates(node)):
+        return contnode  # plain text: the name exists, so a rename still fails the build
+    return found
+
+
+def _undocumented(target: str, reftype: str) -> bool:
+    """A name that exists but that autodoc documents nowhere: a module constant (autodoc
+    documents data only with a doc-comment) or a method inherited from a private base class."""
+    if not _exists(target):
+        return False
+    canonical = _canonical(target) or ""
+    return reftype in ("data", "attr", "const", "obj") or "._" in canonical
+
+
+def _exists(target: str) -> bool:
+    """Whether ``target`` (``plif_jax.x.NAME``) imports and its attributes exist."""
+    parts = target.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            if not hasattr(obj, name):
+                return False
+            obj = getattr(obj, name)
+        return True
+    return False
 
 
 def _unique_suffix(app, env, node, contnode, domain):
