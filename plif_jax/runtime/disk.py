@@ -103,22 +103,27 @@ def writing(path: str | os.PathLike) -> Iterator[None]:
 
 
 class _QuietOrbaxDiskFaults(logging.Filter):
-    """Drops Orbax's error logs (with tracebacks) of a save that failed on a disk fault.
+    """Drops the error logs (with tracebacks) of a checkpoint save that failed on a disk fault:
+    Orbax's own, and asyncio's "exception was never retrieved" for its abandoned writes.
 
     The same failure reaches the caller, which reports it as one line.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if "orbax" not in record.pathname or record.levelno < logging.ERROR:
+        if record.levelno < logging.ERROR:
+            return True
+        if "orbax" not in record.pathname and record.name != "asyncio":
             return True
         exc = record.exc_info[1] if record.exc_info else None
-        text = record.getMessage() if exc is None else ""
-        return not ((exc is not None and fault(exc)) or _OS_CODE.search(text))
+        if exc is not None and fault(exc):
+            return False
+        m = _OS_CODE.search(record.getMessage())
+        return not (m and int(m.group(1)) in FAULTS)
 
 
 def quiet_orbax_disk_faults() -> None:
-    """Installs :class:`_QuietOrbaxDiskFaults` on absl's logger (Orbax logs through it), once."""
-    for name in ("absl", ""):
+    """Installs :class:`_QuietOrbaxDiskFaults` where Orbax (absl) and asyncio log, once."""
+    for name in ("absl", "", "asyncio"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _QuietOrbaxDiskFaults) for f in logger.filters):
             logger.addFilter(_QuietOrbaxDiskFaults())

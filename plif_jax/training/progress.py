@@ -9,6 +9,7 @@ step's metrics one step late so that the host never waits for the device.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -167,15 +168,23 @@ class MetricsDrain:
 
     def _stop(self, step_in_epoch: int, global_step: int, loss: Any, members=None) -> None:
         where = f" in member(s) {members}" if members is not None else ""
+        from plif_jax.training.faults import last_good_checkpoint
+
+        step = last_good_checkpoint(os.path.dirname(self.checkpoint_dir))
+        kept = (
+            f"no checkpoint had been saved yet in {self.checkpoint_dir}"
+            if step is None
+            else f"the last good checkpoint (step {step}) in {self.checkpoint_dir} is kept"
+        )
         rate = ""
         if self.lr is not None:
             rate = "; this epoch ran at " + ", ".join(f"{float(v):g}" for v in np.ravel(self.lr))
         raise NonFiniteError(
             f"Non-finite loss, gradient or updated parameters/BatchNorm statistics at epoch "
             f"{self.epoch}, step {step_in_epoch} of the epoch (global step {global_step}){where}: "
-            f"loss={loss}. Stopped before saving anything non-finite; the last good checkpoint in "
-            f"{self.checkpoint_dir} is kept. Lower the learning rate (--config.optim.lr{rate}) "
-            "and train in a new --workdir (this one's checkpoints belong to the current config)."
+            f"loss={loss}. Stopped before saving anything non-finite; {kept}. Lower the learning "
+            f"rate (--config.optim.lr{rate}) and train in a new --workdir (this one's "
+            "checkpoints belong to the current config)."
         )
 
     def flush(self) -> None:

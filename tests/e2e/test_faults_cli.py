@@ -126,3 +126,23 @@ def test_train_on_a_workdir_in_use_exits_2_with_one_line(tmp_path):
     assert f"pid {os.getpid()} on host {socket.gethostname()}" in last
     assert sum(line.startswith("error: ") for line in proc.stderr.splitlines()) == 1
     print(last)
+
+
+def test_the_logs_of_a_save_that_hit_a_full_disk_are_dropped():
+    import logging
+
+    full = ValueError(
+        'RESOURCE_EXHAUSTED: Error writing local file "/x/8.orbax-checkpoint-tmp/d/1": '
+        "No space left on device [os_error_code='28']"
+    )
+    quiet = disk._QuietOrbaxDiskFaults()
+
+    def record(name, pathname, exc, msg="Task exception was never retrieved"):
+        info = (type(exc), exc, None)
+        return logging.LogRecord(name, logging.ERROR, pathname, 1, msg, None, info)
+
+    assert not quiet.filter(record("asyncio", "/py/asyncio/base_events.py", full))
+    assert not quiet.filter(record("absl", "/site/orbax/checkpoint/future.py", full))
+    other = RuntimeError("a bug")
+    assert quiet.filter(record("asyncio", "/py/asyncio/base_events.py", other))
+    assert quiet.filter(record("absl", "/site/plif_jax/x.py", full))  # not Orbax's: kept

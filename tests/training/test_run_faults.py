@@ -123,7 +123,7 @@ def test_non_finite_update_stops_before_it_is_saved(tmp_path, monkeypatch):
         train.train_and_evaluate(tiny_config(steps_per_epoch=1), workdir)
     msg = str(err.value)
     assert "at epoch 1, step 0 of the epoch (global step 1)" in msg
-    assert "Stopped before saving anything non-finite" in msg
+    assert "Stopped before saving anything non-finite; the last good checkpoint (step 1) in " in msg
     assert "Lower the learning rate (--config.optim.lr; this epoch ran at inf)" in msg
     assert isinstance(err.value, FloatingPointError)
     assert _latest_steps(workdir) == ["1"]
