@@ -4,8 +4,9 @@
     python -m benchmarks.measure_loop --config configs/fashion_mnist.py \
         --config.data.root=~/tensorflow_datasets --steps 100
 
-Builds the run exactly as ``experiments.train`` does (the config's data, model, optimizer and
-``jit_steps``; the CLI's default XLA flag), then times ``--steps`` training steps in each of
+Builds the run exactly as ``experiments.train`` does
+(:func:`plif_jax.training.run.build_run`: the config's data, model, optimizer and compiled
+steps; the CLI's default XLA flag), then times ``--steps`` training steps in each of
 these settings, ``--repeats`` times each, interleaved, and prints the median samples/s:
 
 * ``bare``: the step on one batch already on the device, dispatched back to back, one
@@ -25,6 +26,7 @@ allocator's share (:mod:`plif_jax.runtime.allocator`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import statistics
@@ -70,66 +72,66 @@ def main(argv: list[str]) -> None:
     import jax
     import numpy as np
 
-    from plif_jax.runtime import parallel
-    from plif_jax.training import checkpoint as checkpoint_lib
-    from plif_jax.training import config as config_lib
-    from plif_jax.training import members as members_lib
-    from plif_jax.training import metrics as metrics_lib
-    from plif_jax.training.epochs import Epochs
-    from plif_jax.training.preemption import StopRequest
+    from plif_jax.training import run as run_lib
+    from plif_jax.training import spec as spec_lib
     from plif_jax.training.progress import MetricsDrain, Progress
-    from plif_jax.training.run import _open_data, build_one
-    from plif_jax.training.steps import to_device
 
     settings = [s for s in FLAGS.settings.split(",") if s]
     unknown = sorted(set(settings) - set(SETTINGS))
     if unknown:
         raise ConfigError(f"--settings: unknown {unknown}; choose from {list(SETTINGS)}.")
+    n = int(FLAGS.steps)
     config = FLAGS.config
-    if int(config.num_seeds) != 1:
+    config.steps_per_epoch = n  # the loop setting's epoch: n steps
+    config.progress_bar = False
+    spec = spec_lib.resolve(config, num_devices=int(config.num_devices) or jax.device_count())
+    if spec.k != 1:
         raise ConfigError("--config.num_seeds: this measures the one-member loop; use 1.")
-    config_lib.validate(config, num_devices=int(config.num_devices) or jax.device_count())
-    mesh = parallel.create_mesh(int(config.num_devices))
-    bundle = _open_data(config, mesh)
-    (member,) = members_lib.members(config)
-    config = members_lib.member_config(config, member)
-    _, steps, state = build_one(config, bundle, mesh, member)  # as train_and_evaluate
-    n, b = int(FLAGS.steps), int(config.batch_size)
-    if n > bundle.train.num_batches:
-        raise ConfigError(
-            f"--steps {n} is more than the {bundle.train.num_batches} batches of an epoch."
-        )
-    lr, epoch_in = np.float32(config.optim.lr), np.int32(0)
     tmp = tempfile.mkdtemp(prefix="measure_loop_")
-    writer = metrics_lib.MetricWriter(tmp)
-    store = checkpoint_lib.CheckpointStore(tmp, keep=1, keep_best=False)
-    bar = type("NoBar", (), {"update": lambda *a: None, "set_postfix": lambda *a, **k: None})()
+    with contextlib.ExitStack() as stack:
+        # The run as train_and_evaluate builds it (data, model, optimizer, compiled steps).
+        run_dir = run_lib.open_workdir(spec, tmp, stack, config=config)
+        run = run_lib.build_run(spec, run_dir, stack, config=config)
+        loop, steps, state = run.epochs, run.steps, run.state
+        if loop.steps_per_epoch < n:
+            raise ConfigError(
+                f"--steps {n} is more than the {loop.steps_per_epoch} batches of an epoch."
+            )
+        lrs = [m.lr for m in spec.members]
+        lr_in, epoch_in, b = steps.lr_input(lrs), np.int32(0), spec.batch_size
+        first = loop.batches(epoch=0)
+        fixed = next(first)
+        first.close()
 
-    fixed = to_device(next(bundle.train.batches(epoch=0)), mesh)
+        def run_setting(setting: str, epoch: int):
+            nonlocal state
+            progress = Progress(epoch=epoch)
+            if setting == "loop":  # Epochs.train itself
+                state = loop.train(state, progress, lrs)
+                return
+            drain = MetricsDrain(
+                progress, split=steps.member_metrics, epoch=epoch, batch_size=b, checkpoint_dir=tmp
+            )
+            batches = loop.batches(epoch) if setting != "bare" else None
+            m = None
+            with allocator.reusing_freed_memory():  # as Epochs.train does
+                for i in range(n):
+                    batch = fixed if batches is None else next(batches)
+                    state, m = steps.train(state, batch, lr_in, epoch_in, np.int32(i))
+                    if setting == "+drain":
+                        drain.push(i, i, m)
+                drain.flush()
+                jax.block_until_ready((state, m))
+            if batches is not None:
+                batches.close()
 
-    def run(setting: str, epoch: int):
-        nonlocal state
-        progress = Progress(epoch=epoch)
-        if setting == "loop":
-            with StopRequest(n) as stop:
-                loop = Epochs(config, bundle, mesh, steps, store, writer, bar, stop, n)
-                state = loop.train(state, progress, float(lr))
-            return
-        drain = MetricsDrain(progress, epoch=epoch, batch_size=b, checkpoint_dir=tmp)
-        batches = bundle.train.batches(epoch=epoch) if setting != "bare" else None
-        m = None
-        with allocator.reusing_freed_memory():  # as Epochs.train does
-            for i in range(n):
-                batch = fixed if batches is None else to_device(next(batches), mesh)
-                state, m = steps.train(state, batch, lr, epoch_in, np.int32(i))
-                if setting == "+drain":
-                    drain.push(i, i, m)
-            drain.flush()
-            jax.block_until_ready((state, m))
-        if batches is not None:
-            batches.close()
+        times, sys_s, faults = _measure(run_setting, settings, loop.stop)
+    _report(spec, n, malloc, settings, times, sys_s, faults)
 
-    run("bare", 0)  # compile and warm up
+
+def _measure(run_setting, settings: list[str], stop) -> tuple[dict, dict, dict]:
+    """Each setting's ``--repeats`` windows, interleaved: seconds, system seconds, faults."""
+    run_setting("bare", 0)  # compile and warm up
     times: dict[str, list[float]] = {s: [] for s in settings}
     sys_s: dict[str, list[float]] = {s: [] for s in settings}
     faults: dict[str, list[int]] = {s: [] for s in settings}
@@ -137,14 +139,19 @@ def main(argv: list[str]) -> None:
         for s in settings:
             s0, f0 = _usage()
             t0 = time.perf_counter()
-            run(s, epoch=1 + r)
+            run_setting(s, epoch=1 + r)
             times[s].append(time.perf_counter() - t0)
             s1, f1 = _usage()
             sys_s[s].append(s1 - s0)
             faults[s].append(f1 - f0)
-    writer.close()
-    store.close()
-    print(f"{config.dataset}: {n} steps of batch {b} x {FLAGS.repeats}, {malloc}")
+            if stop.requested:  # Ctrl-C / SIGTERM (the run's handlers are installed)
+                raise KeyboardInterrupt
+    return times, sys_s, faults
+
+
+def _report(spec, n: int, malloc: str, settings, times, sys_s, faults) -> None:
+    b = spec.batch_size
+    print(f"{spec.dataset}: {n} steps of batch {b} x {FLAGS.repeats}, {malloc}")
     print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; load {os.getloadavg()}")
     bare = statistics.median(times[settings[0]]) if settings[0] == "bare" else None
     for s in settings:

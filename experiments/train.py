@@ -58,26 +58,15 @@ def main(argv: list[str]) -> None:
     ynn = set_cpu_flags(FLAGS.xla_cpu_ynn)
     if FLAGS.glibc_keep_freed and cpu_only_process():
         allocator.keep_freed_memory()  # before JAX makes its threads (plif_jax.runtime.allocator)
-    from plif_jax.training import config as config_lib
-
-    # A mistake in the config is reported at once, before JAX and the libraries load (seconds).
-    config_lib.validate(FLAGS.config)
-    import jax
-
-    from plif_jax.runtime import parallel
     from plif_jax.training import run as train
 
-    # Before anything below touches a JAX backend (jax.devices()): JAX joins a cluster only then.
-    parallel.initialize_distributed(bool(FLAGS.config.distributed))
     config_file = config_flags.get_config_filename(FLAGS["config"])
     stem = os.path.splitext(os.path.basename(config_file.split(":")[0]))[0]
     workdir = FLAGS.workdir or os.path.join("runs", stem)
-    logging.info(
-        "JAX %s, backend %s, devices: %s", jax.__version__, jax.default_backend(), jax.devices()
-    )
     logging.info("XLA_FLAGS=%r (%s)", os.environ.get("XLA_FLAGS", ""), ynn)
-    logging.info("malloc: %s", allocator.in_effect())
     logging.info("Config %s, workdir %s", config_file, workdir)
+    # Checks the config, joins a multi-host cluster (config.distributed), then trains; the
+    # run's JAX version, devices, XLA_FLAGS and malloc are logged (and saved) as its run info.
     summary = train.train_and_evaluate(FLAGS.config, workdir)
     print(train.format_summary(summary))
 

@@ -1,9 +1,11 @@
 """One training run: :func:`train_and_evaluate` (the paper's protocol A/B, checkpoints, resume) and
 :func:`restore` (a trained model from a workdir's checkpoint).
 
-Modules: :mod:`.run` (the orchestration), :mod:`.config` (the run config's checks), :mod:`.steps`
-(the compiled train/eval steps), :mod:`.epochs` (one epoch's steps, evaluation, logging and saving),
-:mod:`.checkpoint` (Orbax checkpoints), :mod:`.members` (several seeds in one run), and helpers.
+Modules: :mod:`.run` (the orchestration: :func:`~.run.build_run`, then the epoch loop),
+:mod:`.spec` (the config checked and resolved once into a frozen ``RunSpec``), :mod:`.config`
+(the run config's checks), :mod:`.steps` (the compiled train/eval steps; k >= 1 members),
+:mod:`.epochs` (one epoch's steps, evaluation, logging and saving), :mod:`.checkpoint` (Orbax
+checkpoints), :mod:`.members` (several seeds in one run), and helpers.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The k members of a run (:mod:`plif_jax.training.members`) in one compiled train step.
 
-The members' :class:`~plif_jax.training.steps.TrainState` s are stacked on a leading member axis
-(every
-leaf, Adam's step count and the dropout RNG keys included). :func:`jit_member_steps` compiles
-:func:`plif_jax.training.steps.train_step` over that axis in one of two layouts:
+:func:`jit_run_steps` is the one place a run picks its compiled program: the single-member
+step for one member, :func:`jit_member_steps` for k > 1. Their states are stacked on a leading
+member axis (every leaf, Adam's step count and the dropout RNG keys included).
+:func:`jit_member_steps` compiles :func:`plif_jax.training.steps.train_step` over that axis in
+one of two layouts:
 
 - ``'vmap'``: ``jax.vmap`` of the step (one batched program; the convolutions of k members
   become one batched, feature-grouped convolution);
@@ -26,48 +27,24 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
 from plif_jax.runtime import parallel
 from plif_jax.training.steps import (
     Steps,
-    TrainState,
+    check_same_structure,
     eval_step,
+    jit_steps,
+    member_view,
+    stack,
     to_device,
     train_step,
+    unstack,
     with_precision,
 )
 
 Array = jax.Array
-
-
-def stack(trees: Sequence[Any]) -> Any:
-    """The trees' leaves stacked on a new leading axis (typed PRNG keys included)."""
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
-def unstack(tree: Any, index: int) -> Any:
-    """Member ``index`` of a stacked tree."""
-    return jax.tree.map(lambda x: x[index], tree)
-
-
-def check_same_structure(states: Sequence[TrainState]) -> None:
-    """Raises ValueError when members' states differ in structure, shapes or dtypes."""
-
-    def sig(s):
-        leaves, treedef = jax.tree.flatten(s)
-        return treedef, [(jnp.shape(x), jnp.result_type(x)) for x in leaves]
-
-    first = sig(states[0])
-    for i, s in enumerate(states[1:], 1):
-        if sig(s) != first:
-            raise ValueError(
-                f"Member {i}'s train state differs from member 0's in structure or shapes; "
-                "members may differ only in values that keep the shapes "
-                "(plif_jax.training.members)."
-            )
 
 
 def jit_member_steps(
@@ -149,7 +126,7 @@ def jit_member_steps(
     replicated = parallel.replicated(mesh)
     train = jax.jit(with_precision(train_fn, precision), donate_argnums=0, out_shardings=replicated)
     evaluate_ = jax.jit(with_precision(eval_fn, precision), out_shardings=replicated)
-    return Steps(train=train, eval=evaluate_, traces=traces, graphdef=graphdef_eval)
+    return Steps(train=train, eval=evaluate_, traces=traces, graphdef=graphdef_eval, k=k)
 
 
 def stacked_batches(iterators: Sequence[Iterable[Mapping[str, Any]]], mesh) -> Iterable[dict]:
@@ -159,31 +136,39 @@ def stacked_batches(iterators: Sequence[Iterable[Mapping[str, Any]]], mesh) -> I
         yield {key: jnp.stack([b[key] for b in placed]) for key in placed[0]}
 
 
-def evaluate_members(
-    eval_fn: Callable[..., dict[str, Array]],
-    state: TrainState,
-    batches: Iterable[Mapping[str, Any]],
+def jit_run_steps(
+    model: nnx.Module,
+    *,
+    k: int,
+    tx: optax.GradientTransformation,
+    preprocess: Callable[..., Array],
+    data_seeds: Sequence[int],
+    per_member_data: bool,
+    num_classes: int,
+    time_steps: int,
     mesh: jax.sharding.Mesh,
-) -> dict[str, Any]:
-    """Per-member accuracy and loss: ``{'accuracy': [k], 'loss': [k], 'count'}``."""
-    results = [eval_fn(state.params, state.rest, to_device(batch, mesh)) for batch in batches]
-    results = jax.device_get(results)
-    correct = np.sum([np.asarray(r["correct"], np.int64) for r in results], axis=0)
-    loss = np.sum([np.asarray(r["loss_sum"], np.float64) for r in results], axis=0)
-    count = float(sum(float(np.asarray(r["count"])[0]) for r in results))
-    return {
-        "accuracy": [int(c) / max(count, 1.0) for c in correct],
-        "loss": [float(v) / max(count, 1.0) for v in loss],
-        "count": int(count),
-    }
+    layout: str = "loop",
+    precision: str | None = None,
+) -> Steps:
+    """A run's compiled steps for its k members: the one place that picks the program.
 
-
-def member_view(state: TrainState, index: int) -> TrainState:
-    """Member ``index``'s state (params and rest; no optimizer state)."""
-    return TrainState(unstack(state.params, index), unstack(state.rest, index), None)
+    ``k = 1``: :func:`~plif_jax.training.steps.jit_steps` (the single-member program, as fast as
+    the bare step); ``k > 1``: :func:`jit_member_steps` over stacked states. Either way
+    :class:`~plif_jax.training.steps.Steps` gives the host k >= 1 members.
+    """
+    if k == 1:
+        return jit_steps(
+            model, tx=tx, preprocess=preprocess, seed=int(data_seeds[0]),
+            num_classes=num_classes, time_steps=time_steps, mesh=mesh, precision=precision,
+        )  # fmt: skip
+    return jit_member_steps(
+        model, k=k, tx=tx, preprocess=preprocess, data_seeds=data_seeds,
+        per_member_data=per_member_data, num_classes=num_classes, time_steps=time_steps,
+        mesh=mesh, layout=layout, precision=precision,
+    )  # fmt: skip
 
 
 __all__ = [
-    "check_same_structure", "evaluate_members", "jit_member_steps", "member_view", "stack",
+    "check_same_structure", "jit_member_steps", "jit_run_steps", "member_view", "stack",
     "stacked_batches", "unstack",
 ]  # fmt: skip

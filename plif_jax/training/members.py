@@ -19,7 +19,7 @@ A run with ``config.num_seeds = k`` trains k *members* in one compiled step over
 :func:`member_config` is member ``i`` as an ordinary one-member config: a ``num_seeds=1`` run of
 it trains exactly what member ``i`` trains (up to the float rounding of the vmapped step).
 
-Pure Python (no JAX): the command line checks a config before JAX loads.
+Pure Python (no JAX).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -130,25 +130,38 @@ def update_best(
     return improved
 
 
+def member_progress(progress: Progress) -> list[Progress]:
+    """Each member's records: ``progress.members``, or for one member the run's own."""
+    return progress.members or [progress]
+
+
+def fresh_progress(k: int) -> Progress:
+    """A new run's progress with ``k`` members (one member: its records are the run's)."""
+    return Progress(members=[Progress() for _ in range(k)] if k > 1 else [])
+
+
 class MetricsDrain:
     """Reads step n's metrics only after step n+1 is dispatched (the host never blocks the device).
 
     :meth:`push` hands over a step's (still on device) metrics and reads the previous step's;
-    :meth:`flush` reads the one pending. Reading checks that the step was finite and adds it to
-    ``progress.epoch_acc`` and ``progress.window_acc``.
+    :meth:`flush` reads the one pending. Reading checks that the step was finite and adds each
+    member's metrics to its ``epoch_acc`` and ``window_acc`` (:func:`member_progress`).
 
     Args:
       progress: the run's progress (its accumulators are looked up at each read).
+      split: host metrics -> the members' own, in member order
+        (:meth:`plif_jax.training.steps.Steps.member_metrics`).
       epoch: the epoch whose steps are pushed (named in the non-finite error).
       batch_size: samples per step.
       checkpoint_dir: named in the non-finite error (its last good checkpoint is kept).
-      lr: the epoch's learning rate (a list for k members), named in that error.
+      lr: the epoch's learning rate (one per member), named in that error.
     """
 
     def __init__(
         self,
         progress: Progress,
         *,
+        split: Callable[[Any], list[Mapping[str, Any]]],
         epoch: int,
         batch_size: int,
         checkpoint_dir: str,
@@ -156,6 +169,7 @@ class MetricsDrain:
     ):
         self.lr = lr  # the epoch's learning rate(s), named in the non-finite error
         self.progress = progress
+        self.split = split
         self.epoch = epoch
         self.batch_size = batch_size
         self.checkpoint_dir = checkpoint_dir
@@ -165,27 +179,6 @@ class MetricsDrain:
         """Reads the pending step's metrics, then holds this one's."""
         self.flush()
         self._pending = (step_in_epoch, global_step, metrics)
-
-    def _stop(self, step_in_epoch: int, global_step: int, loss: Any, members=None) -> None:
-        where = f" in member(s) {members}" if members is not None else ""
-        from plif_jax.training.faults import last_good_checkpoint
-
-        step = last_good_checkpoint(os.path.dirname(self.checkpoint_dir))
-        kept = (
-            f"no checkpoint had been saved yet in {self.checkpoint_dir}"
-            if step is None
-            else f"the last good checkpoint (step {step}) in {self.checkpoint_dir} is kept"
-        )
-        rate = ""
-        if self.lr is not None:
-            rate = "; this epoch ran at " + ", ".join(f"{float(v):g}" for v in np.ravel(self.lr))
-        raise NonFiniteError(
-            f"Non-finite loss, gradient or updated parameters/BatchNorm statistics at epoch "
-            f"{self.epoch}, step {step_in_epoch} of the epoch (global step {global_step}){where}: "
-            f"loss={loss}. Stopped before saving anything non-finite; {kept}. Lower the learning "
-            f"rate (--config.optim.lr{rate}) and train in a new --workdir (this one's "
-            "checkpoints belong to the current config)."
-        )
 
     def flush(self) -> None:
         """Reads the pending step's metrics, if any.
@@ -198,18 +191,31 @@ class MetricsDrain:
             return
         step_in_epoch, global_step, m = self._pending
         self._pending = None
-        m = jax.device_get(m)
-        members = self.progress.members
-        if members:  # k members: a leading member axis on every metric
-            bad = [i for i, ok in enumerate(np.asarray(m["finite"])) if not ok]
-            if bad:
-                self._stop(step_in_epoch, global_step, np.asarray(m["loss"]).tolist(), bad)
-            for i, p in enumerate(members):
-                mi = jax.tree.map(lambda a, i=i: np.asarray(a)[i], m)
-                p.epoch_acc.add(mi, self.batch_size)
-                p.window_acc.add(mi, self.batch_size)
-            return
-        if not bool(m["finite"]):
-            self._stop(step_in_epoch, global_step, float(m["loss"]))
-        self.progress.epoch_acc.add(m, self.batch_size)
-        self.progress.window_acc.add(m, self.batch_size)
+        per_member = self.split(jax.device_get(m))
+        bad = [i for i, mi in enumerate(per_member) if not bool(mi["finite"])]
+        if bad:
+            self._stop(step_in_epoch, global_step, [float(mi["loss"]) for mi in per_member], bad)
+        for p, mi in zip(member_progress(self.progress), per_member, strict=True):
+            p.epoch_acc.add(mi, self.batch_size)
+            p.window_acc.add(mi, self.batch_size)
+
+    def _stop(self, step_in_epoch: int, global_step: int, losses: list, bad: list) -> None:
+        from plif_jax.training.faults import last_good_checkpoint
+
+        where = f" in member(s) {bad}: loss={losses}" if len(losses) > 1 else f": loss={losses[0]}"
+        step = last_good_checkpoint(os.path.dirname(self.checkpoint_dir))
+        kept = (
+            f"no checkpoint had been saved yet in {self.checkpoint_dir}"
+            if step is None
+            else f"the last good checkpoint (step {step}) in {self.checkpoint_dir} is kept"
+        )
+        rate = ""
+        if self.lr is not None:
+            rate = "; this epoch ran at " + ", ".join(f"{float(v):g}" for v in np.ravel(self.lr))
+        raise NonFiniteError(
+            f"Non-finite loss, gradient or updated parameters/BatchNorm statistics at epoch "
+            f"{self.epoch}, step {step_in_epoch} of the epoch (global step {global_step}){where}. "
+            f"Stopped before saving anything non-finite; {kept}. Lower the learning rate "
+            f"(--config.optim.lr{rate}) and train in a new --workdir (this one's checkpoints "
+            "belong to the current config)."
+        )

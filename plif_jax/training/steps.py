@@ -18,7 +18,7 @@ import collections
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -190,21 +190,61 @@ def eval_step(
 
 @dataclasses.dataclass(frozen=True)
 class Steps:
-    """A run's compiled steps.
+    """A run's compiled steps, and how the host sees their members.
 
     ``train(state, batch, lr, epoch, step) -> (state, metrics)`` (``state`` donated);
     ``eval(params, rest, batch) -> metrics``; ``traces`` counts each step's compilations;
     ``graphdef`` is the eval-mode structure (:meth:`model` rebuilds a network from a state).
+    ``k``: the members. ``k = 1`` is the single-member program (:func:`jit_steps`: no member
+    axis anywhere); ``k > 1`` the stacked one (:mod:`plif_jax.training.member_steps`: a leading
+    member axis on the state, the learning rate and the metrics). The methods below give the
+    host the same view of both: k >= 1 members.
     """
 
     train: Callable[..., tuple[TrainState, dict[str, Any]]]
     eval: Callable[..., dict[str, Array]]
     traces: collections.Counter
     graphdef: nnx.GraphDef
+    k: int = 1
 
     def model(self, state: TrainState) -> nnx.Module:
-        """The eval-mode network holding ``state``'s arrays (not copied)."""
+        """The eval-mode network holding one member's ``state`` arrays (not copied)."""
         return nnx.merge(self.graphdef, state.params, state.rest)
+
+    def stack_states(self, states: Sequence[TrainState]) -> TrainState:
+        """The train step's state from the members' states (k > 1: stacked)."""
+        if self.k == 1:
+            (state,) = states
+            return state
+        check_same_structure(states)
+        return stack(states)
+
+    def member_states(self, state: TrainState) -> list[TrainState]:
+        """Each member's params and rest (k > 1: no optimizer state)."""
+        if self.k == 1:
+            return [state]
+        return [member_view(state, i) for i in range(self.k)]
+
+    def member_models(self, state: TrainState) -> list[nnx.Module]:
+        """Each member's eval-mode network (:meth:`model`)."""
+        return [self.model(s) for s in self.member_states(state)]
+
+    def lr_input(self, lrs: Sequence[float]) -> np.ndarray:
+        """The train step's learning-rate input from the members' rates."""
+        return np.float32(lrs[0]) if self.k == 1 else np.asarray(lrs, np.float32)
+
+    def member_metrics(self, metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Host-side train metrics (``jax.device_get``'s) split into the members' own."""
+        if self.k == 1:
+            return [dict(metrics)]
+        return [jax.tree.map(lambda a, i=i: np.asarray(a)[i], metrics) for i in range(self.k)]
+
+    def evaluate(self, state: TrainState, batches, mesh: jax.sharding.Mesh) -> dict[str, Any]:
+        """Each member's accuracy and loss: ``{'accuracy': [k], 'loss': [k], 'count'}``."""
+        if self.k == 1:
+            one = evaluate(self.eval, state, batches, mesh)
+            return {"accuracy": [one["accuracy"]], "loss": [one["loss"]], "count": one["count"]}
+        return evaluate_stacked(self.eval, state, batches, mesh)
 
 
 def with_precision(fn: Callable, precision: str | None) -> Callable:
@@ -309,3 +349,55 @@ def evaluate(
             parts = [np.asarray(r[key])[np.asarray(r["mask"]) > 0] for r in results]
             out[key] = np.concatenate(parts) if parts else np.zeros((0,), np.int32)
     return out
+
+
+def evaluate_stacked(
+    eval_fn: Callable[..., dict[str, Array]],
+    state: TrainState,
+    batches: Iterable[Mapping[str, Any]],
+    mesh: jax.sharding.Mesh,
+) -> dict[str, Any]:
+    """k stacked members' accuracy and loss: ``{'accuracy': [k], 'loss': [k], 'count'}``."""
+    results = [eval_fn(state.params, state.rest, to_device(batch, mesh)) for batch in batches]
+    results = jax.device_get(results)
+    correct = np.sum([np.asarray(r["correct"], np.int64) for r in results], axis=0)
+    loss = np.sum([np.asarray(r["loss_sum"], np.float64) for r in results], axis=0)
+    count = float(sum(float(np.asarray(r["count"])[0]) for r in results))
+    return {
+        "accuracy": [int(c) / max(count, 1.0) for c in correct],
+        "loss": [float(v) / max(count, 1.0) for v in loss],
+        "count": int(count),
+    }
+
+
+# --- k stacked members: a leading member axis on every leaf -------------------------------------
+def stack(trees: Sequence[Any]) -> Any:
+    """The trees' leaves stacked on a new leading axis (typed PRNG keys included)."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def unstack(tree: Any, index: int) -> Any:
+    """Member ``index`` of a stacked tree."""
+    return jax.tree.map(lambda x: x[index], tree)
+
+
+def member_view(state: TrainState, index: int) -> TrainState:
+    """Member ``index``'s state (params and rest; no optimizer state)."""
+    return TrainState(unstack(state.params, index), unstack(state.rest, index), None)
+
+
+def check_same_structure(states: Sequence[TrainState]) -> None:
+    """Raises ValueError when members' states differ in structure, shapes or dtypes."""
+
+    def sig(s):
+        leaves, treedef = jax.tree.flatten(s)
+        return treedef, [(jnp.shape(x), jnp.result_type(x)) for x in leaves]
+
+    first = sig(states[0])
+    for i, s in enumerate(states[1:], 1):
+        if sig(s) != first:
+            raise ValueError(
+                f"Member {i}'s train state differs from member 0's in structure or shapes; "
+                "members may differ only in values that keep the shapes "
+                "(plif_jax.training.members)."
+            )

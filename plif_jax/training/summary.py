@@ -18,9 +18,8 @@ from plif_jax import models
 from plif_jax.runtime import allocator, disk
 from plif_jax.training import checkpoint as checkpoint_lib
 from plif_jax.training.progress import Progress
-from plif_jax.training.steps import (
-    Steps,
-)
+from plif_jax.training.spec import RunSpec
+from plif_jax.training.steps import Steps
 
 
 def record_run_info(workdir: str, config: ml_collections.ConfigDict, mesh) -> str:
@@ -51,10 +50,13 @@ def record_run_info(workdir: str, config: ml_collections.ConfigDict, mesh) -> st
 
 
 def aggregate(name: str, values) -> dict[str, float]:
-    """``{name: mean, name/std: std (ddof 1), name/m<i>: member i}`` of k > 1 members' values."""
+    """The scalars of the members' ``values``: ``{name: mean}`` for one member (the value), and
+    for k > 1 also ``name/std`` (ddof 1) and ``name/m<i>`` (member i)."""
     values = [float(v) for v in values]
-    out = {name: float(np.mean(values)), f"{name}/std": _std(values)}
-    out.update({f"{name}/m{i}": v for i, v in enumerate(values)})
+    out = {name: float(np.mean(values))}
+    if len(values) > 1:
+        out[f"{name}/std"] = _std(values)
+        out.update({f"{name}/m{i}": v for i, v in enumerate(values)})
     return out
 
 
@@ -63,66 +65,32 @@ def _std(values) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def members_summary(summary: dict, run: Any, progress: Progress, state) -> dict:
-    """A k-member run's summary: each member's records and the mean +- std over members.
-
-    The run-level ``best_test_accuracy`` / ``best_test_epoch`` (and B's) are those of the members'
-    MEAN accuracy curve (the best checkpoint's epoch); ``accuracy_A`` (and ``accuracy_B``) are
-    the mean and std (ddof 1) of each member's own accuracy-A (B) at its own best epoch.
-    """
-    protocol = summary["protocol"]
-    taus = [learnable_taus(m) for m in run._member_models(state)]
-    members = []
-    for spec, p, tau in zip(run.members, progress.members, taus, strict=True):
-        record = {
-            "seed": spec.seed,
-            "data_seed": spec.data_seed,
-            "values": dict(spec.values),
-            "best_test_accuracy": p.best_test_accuracy,
-            "best_test_epoch": p.best_test_epoch,
-            "final_test_accuracy": p.last_test_accuracy,
-        }
-        if protocol == "B":
-            record.update(
-                test_at_best_val=p.test_at_best_val,
-                best_val_accuracy=p.best_val_accuracy,
-                best_val_epoch=p.best_val_epoch,
-            )
-        record["tau"] = tau
-        members.append(record)
-    out = dict(summary)
-    out.pop("tau")
-    tail = {k: out.pop(k) for k in ("wall_seconds", "train_samples_per_sec", "compilations")}
-    workdir = out.pop("workdir")
-    out["num_seeds"] = len(members)
-    out["final_test_accuracy_std"] = _std([m["final_test_accuracy"] for m in members])
-
-    def stats(key):
-        values = [m[key] for m in members]
-        return {"mean": float(np.mean(values)), "std": _std(values), "per_member": values}
-
-    out["accuracy_A"] = stats("best_test_accuracy")
-    if protocol == "B":
-        out["accuracy_B"] = stats("test_at_best_val")
-    out["members"] = members
-    out["tau"] = {k: float(np.mean([t[k] for t in taus])) for k in (taus[0] if taus else {})}
-    out["tau_std"] = {k: _std([t[k] for t in taus]) for k in (taus[0] if taus else {})}
-    out.update(tail)
-    out["seed_samples_per_sec"] = out["train_samples_per_sec"] * len(members)
-    out["workdir"] = workdir
-    return out
-
-
 def learnable_taus(model) -> dict[str, float]:
     """The learnable (PLIF) taus: what ``tau/<layer>`` and the summary's ``tau`` report."""
     return models.layer_taus(model, learnable_only=True)
 
 
-def run_summary(config, progress: Progress, steps: Steps, state, status, wall, workdir) -> dict:
-    p = progress
+def run_summary(
+    spec: RunSpec,
+    progress: Progress,
+    steps: Steps,
+    state: Any,
+    *,
+    status: str,
+    wall: float,
+    workdir: str,
+) -> dict[str, Any]:
+    """The run's summary (``summary.json``).
+
+    The run-level records are ``progress``'s: for k > 1 members those of the members' MEAN
+    accuracy curve (the best checkpoint's epoch). A run of k > 1 members adds each member's own
+    records and their mean and std (ddof 1): ``accuracy_A`` (and ``accuracy_B``) of each
+    member's accuracy-A (B) at its own best epoch, ``tau`` is the members' mean.
+    """
+    p, several = progress, spec.k > 1
     out: dict[str, Any] = {
-        "dataset": config.dataset,
-        "protocol": config.protocol,
+        "dataset": spec.dataset,
+        "protocol": spec.protocol,
         "status": status,
         "epochs_completed": p.epoch,
         "global_step": p.global_step,
@@ -130,17 +98,60 @@ def run_summary(config, progress: Progress, steps: Steps, state, status, wall, w
         "best_test_epoch": p.best_test_epoch,
         "final_test_accuracy": p.last_test_accuracy,
     }
-    if config.protocol == "B":
-        out.update(
-            test_at_best_val=p.test_at_best_val,
-            best_val_accuracy=p.best_val_accuracy,
-            best_val_epoch=p.best_val_epoch,
-        )
-    out["tau"] = learnable_taus(steps.model(state)) if not p.members else {}  # members: their mean
+    if spec.protocol == "B":
+        out.update(_protocol_b(p))
+    taus = [learnable_taus(m) for m in steps.member_models(state)]
+    if several:
+        out.update(_members_records(spec, progress, taus))
+    out["tau"] = {k: float(np.mean([t[k] for t in taus])) for k in taus[0]}
+    if several:
+        out["tau_std"] = {k: _std([t[k] for t in taus]) for k in taus[0]}
     out["wall_seconds"] = wall
     out["train_samples_per_sec"] = p.train_samples / max(p.train_seconds, 1e-9)
     out["compilations"] = dict(steps.traces)
+    if several:
+        out["seed_samples_per_sec"] = out["train_samples_per_sec"] * spec.k
     out["workdir"] = workdir
+    return out
+
+
+def _protocol_b(p: Progress) -> dict[str, Any]:
+    return {
+        "test_at_best_val": p.test_at_best_val,
+        "best_val_accuracy": p.best_val_accuracy,
+        "best_val_epoch": p.best_val_epoch,
+    }
+
+
+def _members_records(spec: RunSpec, progress: Progress, taus: list[dict]) -> dict[str, Any]:
+    """k > 1 members: each member's records, and the mean +- std of accuracy-A (and B)."""
+    members = []
+    for m, p, tau in zip(spec.members, progress.members, taus, strict=True):
+        record = {
+            "seed": m.seed,
+            "data_seed": m.data_seed,
+            "values": dict(m.values),
+            "best_test_accuracy": p.best_test_accuracy,
+            "best_test_epoch": p.best_test_epoch,
+            "final_test_accuracy": p.last_test_accuracy,
+        }
+        if spec.protocol == "B":
+            record.update(_protocol_b(p))
+        record["tau"] = tau
+        members.append(record)
+
+    def stats(key):
+        values = [m[key] for m in members]
+        return {"mean": float(np.mean(values)), "std": _std(values), "per_member": values}
+
+    out: dict[str, Any] = {
+        "num_seeds": len(members),
+        "final_test_accuracy_std": _std([m["final_test_accuracy"] for m in members]),
+        "accuracy_A": stats("best_test_accuracy"),
+    }
+    if spec.protocol == "B":
+        out["accuracy_B"] = stats("test_at_best_val")
+    out["members"] = members
     return out
 
 
