@@ -68,7 +68,7 @@ def test_two_launches_one_trains_the_other_is_refused(baseline, tmp_path, monkey
     # The second launch starts while the first is in its second epoch (same workdir).
     ref_dir, ref_summary = baseline
     workdir = str(tmp_path / "run")
-    real_lr = epochs_lib.Epochs.learning_rate
+    real_lr = epochs_lib.Epochs.learning_rates
     refused = []
 
     def learning_rate_and_second_launch(self, epoch):
@@ -78,7 +78,7 @@ def test_two_launches_one_trains_the_other_is_refused(baseline, tmp_path, monkey
             refused.append(str(err.value))
         return real_lr(self, epoch)
 
-    monkeypatch.setattr(epochs_lib.Epochs, "learning_rate", learning_rate_and_second_launch)
+    monkeypatch.setattr(epochs_lib.Epochs, "learning_rates", learning_rate_and_second_launch)
     summary = train.train_and_evaluate(tiny_config(), workdir)
     assert refused and f"pid {os.getpid()} on host {socket.gethostname()}" in refused[0]
     assert summary["status"] == "completed"
