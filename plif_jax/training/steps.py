@@ -195,10 +195,9 @@ class Steps:
     ``train(state, batch, lr, epoch, step) -> (state, metrics)`` (``state`` donated);
     ``eval(params, rest, batch) -> metrics``; ``traces`` counts each step's compilations;
     ``graphdef`` is the eval-mode structure (:meth:`model` rebuilds a network from a state).
-    ``k``: the members. ``k = 1`` is the single-member program (:func:`jit_steps`: no member
-    axis anywhere); ``k > 1`` the stacked one (:mod:`plif_jax.training.member_steps`: a leading
-    member axis on the state, the learning rate and the metrics). The methods below give the
-    host the same view of both: k >= 1 members.
+    ``k = 1``: the single-member program (:func:`jit_steps`, no member axis); ``k > 1``: the
+    stacked one (:mod:`~plif_jax.training.member_steps`, a leading member axis on the state, the
+    learning rate and the metrics). The methods give the host k >= 1 members either way.
     """
 
     train: Callable[..., tuple[TrainState, dict[str, Any]]]
@@ -370,7 +369,6 @@ def evaluate_stacked(
     }
 
 
-# --- k stacked members: a leading member axis on every leaf -------------------------------------
 def stack(trees: Sequence[Any]) -> Any:
     """The trees' leaves stacked on a new leading axis (typed PRNG keys included)."""
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
@@ -397,7 +395,6 @@ def check_same_structure(states: Sequence[TrainState]) -> None:
     for i, s in enumerate(states[1:], 1):
         if sig(s) != first:
             raise ValueError(
-                f"Member {i}'s train state differs from member 0's in structure or shapes; "
-                "members may differ only in values that keep the shapes "
-                "(plif_jax.training.members)."
+                f"Member {i}'s train state differs from member 0's in structure or shapes; members "
+                "may differ only in values that keep the shapes (plif_jax.training.members)."
             )
