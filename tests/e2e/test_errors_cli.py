@@ -243,6 +243,8 @@ def paths(tmp_path_factory, baseline) -> dict[str, str]:
     for which in ("latest", "best"):
         for step in os.listdir(os.path.join(paths["damaged_run"], "checkpoints", which)):
             truncate_arrays(step_dir(paths["damaged_run"], which, int(step)))
+    # Not finished (a finished run is left as it is, checkpoints unread): as if killed.
+    os.remove(os.path.join(paths["damaged_run"], "summary.json"))
     paths["saved_config"] = str(base / "saved_config.py")
     with open(paths["saved_config"], "w") as f:
         f.write(SAVED_CONFIG.format(path=os.path.join(src, "checkpoints", "config.json")))
