@@ -57,11 +57,21 @@ def _required_message(reason: str) -> str:
 def pytest_make_collect_report(collector):
     report = yield
     if report.skipped and oracle.ORACLE_MISSING in _skip_reason(report):
-        _oracle_skipped_modules[report.nodeid] = _skip_reason(report)
         if oracle.oracle_required():
             report.outcome = "failed"
-            report.longrepr = _required_message(_skip_reason(report))
+            report.longrepr = f"{report.nodeid}: {_required_message(_skip_reason(report))}"
+        elif isinstance(report.longrepr, tuple):
+            # Located at the module, not at import_oracle's line: each module's skip is its own
+            # report (pytest-xdist passes on one of several equal ones).
+            report.longrepr = (report.nodeid, None, report.longrepr[2])
     return report
+
+
+def pytest_collectreport(report):
+    # Here, not above: with pytest-xdist the workers collect, and only this hook (called for a
+    # skipped or failed collection) reaches the process that prints the summary.
+    if not report.passed and oracle.ORACLE_MISSING in str(report.longrepr):
+        _oracle_skipped_modules[report.nodeid] = _skip_reason(report)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -54,7 +54,8 @@ def _pytest_without_oracle(tmp_path, *args: str, require: bool) -> subprocess.Co
     env.pop(REQUIRE_ORACLE_ENV, None)
     if require:
         env[REQUIRE_ORACLE_ENV] = "1"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "hide_oracle", "-p", "no:cacheprovider"]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "hide_oracle"]
+    cmd += ["-p", "no:cacheprovider"]
     return subprocess.run(
         [*cmd, *args, *PARITY_TARGETS],
         cwd=ROOT,
