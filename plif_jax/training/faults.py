@@ -68,11 +68,15 @@ def reporting_disk_faults(train: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def finished_summary(workdir: str, config: Any, latest_step: int | None) -> dict | None:
+def finished_summary(
+    workdir: str, config: Any, latest_step: int | None, readable: Any = None
+) -> dict | None:
     """The saved summary of a run that already finished ``config.num_epochs``, else None.
 
     Finished: ``summary.json`` says ``completed`` with at least ``config.num_epochs`` epochs, at
-    the step of the newest checkpoint (a run continued since, or given more epochs, is not).
+    the step of the newest checkpoint (a run continued since, or given more epochs, is not), and
+    ``readable()`` (if given) says that checkpoint can be read: a finished run whose last
+    checkpoint is damaged resumes from the newest readable one and redoes what it lost.
     """
     try:
         with open(os.path.join(workdir, "summary.json"), encoding="utf-8") as f:
@@ -84,7 +88,7 @@ def finished_summary(workdir: str, config: Any, latest_step: int | None) -> dict
         )
     except (OSError, ValueError, TypeError, AttributeError):
         return None
-    if not done:
+    if not done or (readable is not None and not readable()):
         return None
     logging.warning(
         "%s holds a finished run (%d epochs, step %d): nothing was changed. To train it longer, "
@@ -126,3 +130,22 @@ class SilenceWatch:
             lrs,
         )
         return True
+
+
+def newest_checkpoint_readable(store: Any) -> bool:
+    """Whether the newest ``latest/`` checkpoint of a :class:`~plif_jax.training.checkpoint.
+    CheckpointStore` reads back (its arrays as saved, and its meta)."""
+    import orbax.checkpoint as ocp
+
+    from plif_jax.training.checkpoint_files import quiet_abandoned_orbax_reads
+
+    step = store.latest_step()
+    if step is None:
+        return False
+    quiet_abandoned_orbax_reads()
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+    try:
+        store.latest.restore(step, args=args)
+    except Exception:  # noqa: BLE001 - any failure to read means: not a finished, intact run
+        return False
+    return True

@@ -159,7 +159,13 @@ def open_workdir(
     )
     stack.callback(store.close)
     resuming = store.check_config(config)  # raises on an incompatible checkpoint
-    finished = faults.finished_summary(path, spec, store.latest_step()) if resuming else None
+    finished = (
+        faults.finished_summary(
+            path, spec, store.latest_step(), lambda: faults.newest_checkpoint_readable(store)
+        )
+        if resuming
+        else None
+    )
     return Workdir(
         path=path,
         is_main=jax.process_index() == 0,
