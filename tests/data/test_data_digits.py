@@ -93,7 +93,7 @@ def test_digits_events_bundle_shapes_layout_and_cache_reuse(tmp_path, small_digi
     assert (info.num_train, info.num_val, info.num_test) == (160, 0, 40)
     assert info.sample_shape == (8, 2, 34, 34) and bundle.val is None
     batch = next(bundle.train.batches(0))
-    assert batch["x"].shape == (16, 8, 2, 34, 34) and batch["x"].dtype == np.float32
+    assert batch["x"].shape == (16, 8, 2, 34, 34) and batch["x"].dtype == np.uint8  # counts
     assert np.all(batch["x"] == np.floor(batch["x"])) and batch["x"].sum() > 16 * 1000
     x_tb = jax.jit(lambda x: bundle.preprocess(x, train=True, rng=None))(batch["x"])
     assert x_tb.shape == (8, 16, 2, 34, 34) and x_tb.dtype == np.float32
