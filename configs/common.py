@@ -35,6 +35,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Cap on training steps per epoch (-1: the whole epoch). Only for smoke runs and tests.
     config.steps_per_epoch = -1
     config.log_every_steps = 256  # Train loss/accuracy scalars every N steps (reference: 256).
+    # Training steps per dispatch: K > 1 runs blocks of K steps as one compiled lax.scan, their
+    # metrics read once per block (the same results as K = 1, bit for bit; a stop asked inside
+    # a block stops at its end). 1: one dispatch per step.
+    config.steps_per_dispatch = 1
     config.progress_bar = True  # tqdm bar with ETA on stderr.
 
     # --- Several seeds in one run (plif_jax.training.members)
@@ -93,6 +97,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.val_ratio = 0.15  # Protocol B: per-class fraction of the train set held out.
     config.data.num_workers = 4  # Processes converting events to frames (first run only).
     config.data.prefetch = 2  # Batches prepared ahead of the device.
+    # Keep the training split on the device and gather each batch there: 'auto' (on an
+    # accelerator when it takes <= 1/4 of the device memory; off on CPU), 'true' or 'false'.
+    # The same batches and results as from the host, bit for bit.
+    config.data.on_device = "auto"
     # MNIST RandomAffine resampling: 'bilinear' or 'nearest' (torchvision's default).
     config.data.affine_interpolation = "bilinear"
     config.data.emulator_seed = 0  # digits_events only: seed of the saccade event emulator.

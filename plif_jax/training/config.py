@@ -22,6 +22,7 @@ STATIC_DATASETS = registry.STATIC
 DATASETS = registry.NAMES
 DTYPES = model_options.DTYPES
 PROTOCOLS = ("A", "B")
+ON_DEVICE = {"auto": "auto", "true": True, "false": False}  # config.data.on_device
 
 # Settings that change the model's parameter shapes, the data it sees or the meaning of the
 # saved optimiser state: a checkpoint written under other values cannot be continued.
@@ -36,7 +37,7 @@ _ABSENT_DEFAULTS = {
     "members.overrides": None,
     "members.data_order": "shared",
 }
-_NOT_CRITICAL = ("members.layout",)  # same state and results up to float rounding
+_NOT_CRITICAL = ("members.layout", "data.on_device")  # same state and results (up to rounding)
 
 
 def _choice(name: str, value: Any, allowed: tuple) -> None:
@@ -78,6 +79,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
         if int(config[name]) <= 0:
             raise ConfigError(f"config.{name} must be > 0, got {config[name]}.")
     _positive_int("checkpoint.keep", config.checkpoint.keep, " (checkpoints kept in latest/)")
+    _check_dispatch(config)
     _check_members(config, num_devices)
     # Multi-host: JAX may not start a backend before jax.distributed.initialize (the mesh checks).
     if not config.get("distributed", False):
@@ -109,6 +111,24 @@ def _check_members(config: ml_collections.ConfigDict, num_devices: int | None) -
     if len(specs) > 1 or specs[0].values:  # a member's config has num_seeds 1, no values
         for m in specs:
             validate(members_lib.member_config(config, m), num_devices=num_devices)
+
+
+def _check_dispatch(config: ml_collections.ConfigDict) -> None:
+    """``steps_per_dispatch`` and ``data.on_device``."""
+    _positive_int(
+        "steps_per_dispatch", config.get("steps_per_dispatch", 1), " (1: one step per dispatch)"
+    )
+    on_device = config.data.get("on_device", "auto")
+    if str(on_device).lower() not in ON_DEVICE:
+        raise ConfigError(
+            f"config.data.on_device must be 'auto', 'true' or 'false', got {on_device!r} "
+            "(e.g. --config.data.on_device=true)."
+        )
+
+
+def on_device_setting(config: ml_collections.ConfigDict) -> bool | str:
+    """``config.data.on_device`` as ``'auto'``, True or False (the field is a string)."""
+    return ON_DEVICE[str(config.data.get("on_device", "auto")).lower()]
 
 
 def _check_frames(data: ml_collections.ConfigDict) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 
 from plif_jax import models
 from plif_jax.runtime import allocator
+from plif_jax.training import blocks as blocks_lib
 from plif_jax.training import checkpoint as checkpoint_lib
 from plif_jax.training import faults, member_steps
 from plif_jax.training import metrics as metrics_lib
@@ -55,6 +56,8 @@ class Epochs:
     stop: StopRequest
     steps_per_epoch: int
     silence: faults.SilenceWatch = dataclasses.field(default_factory=faults.SilenceWatch)
+    # Several steps per dispatch and/or the training split on the device (None: neither).
+    blocks: blocks_lib.Blocks | None = None
 
     def learning_rates(self, epoch: int) -> list[float]:
         """The epoch's learning rate of each member."""
@@ -99,7 +102,13 @@ class Epochs:
         return state, True
 
     def train(self, state: TrainState, progress: Progress, lrs: list[float]) -> TrainState:
-        """The rest of ``progress.epoch``'s steps, or up to a stop request."""
+        """The rest of ``progress.epoch``'s steps, or up to a stop request.
+
+        One dispatch per step, or (``spec.steps_per_dispatch`` K > 1, or the data on the device)
+        blocks of K steps (:mod:`plif_jax.training.blocks`); a stop request asked inside a block
+        stops at its end. Each step's metrics are read one dispatch late and the log windows
+        written as they are read (the same rows either way).
+        """
         epoch, first_step = progress.epoch, progress.step_in_epoch
         lr_in, epoch_in = self.steps.lr_input(lrs), np.int32(epoch)
         drain = MetricsDrain(
@@ -109,32 +118,51 @@ class Epochs:
             batch_size=self.spec.batch_size,
             checkpoint_dir=self.store.directory,
             lr=lrs,
+            on_read=lambda step: self._log_window(progress, lrs, step),
         )
-        batches = self.batches(epoch, first_step)
+        resident = self.blocks is not None and self.blocks.resident is not None
+        if resident:  # the epoch's sample indices: the loader's permutation
+            feed, batches = blocks_lib.block_indices(self.train_sources, epoch), None
+        else:
+            feed = batches = self.batches(epoch, first_step)
+        k = self.spec.steps_per_dispatch if self.blocks is not None else 1
         # The steps' large buffers reused, not mapped afresh each step (plif_jax.runtime.allocator).
-        with allocator.reusing_freed_memory(), contextlib.closing(batches):
-            for step_idx in range(first_step, self.steps_per_epoch):
-                batch = next(batches)
-                state, m = self.steps.train(state, batch, lr_in, epoch_in, np.int32(step_idx))
-                drain.push(step_idx, progress.global_step, m)  # reads the previous step's
-                progress.step_in_epoch = step_idx + 1
-                progress.global_step += 1
-                self.stop.count_step()
-                self.bar.update(1)
-                if progress.global_step % self.spec.log_every_steps == 0:
-                    drain.flush()
-                    self._log_window(progress, lrs)
+        closing = contextlib.closing(batches) if batches else contextlib.nullcontext()
+        with allocator.reusing_freed_memory(), closing:
+            for first, n in blocks_lib.plan(first_step, self.steps_per_epoch, k):
+                state, m, stacked = self._dispatch(state, feed, first, n, lr_in, epoch_in)
+                drain.push(first, progress.global_step, m, n if stacked else None)
+                progress.step_in_epoch = first + n
+                progress.global_step += n
+                for _ in range(n):
+                    self.stop.count_step()
+                self.bar.update(n)
                 if self.stop.requested:
                     break
             drain.flush()
         return state
 
-    def _log_window(self, progress: Progress, lrs: list[float]) -> None:
+    def _dispatch(self, state, feed, first: int, n: int, lr_in, epoch_in):
+        """Steps ``first .. first + n - 1`` in one dispatch: ``(state, metrics, stacked)``."""
+        blocks = self.blocks
+        if blocks is None or (n == 1 and blocks.resident is None):
+            state, m = self.steps.train(state, next(feed), lr_in, epoch_in, np.int32(first))
+            return state, m, False
+        if blocks.resident is not None:
+            inputs = feed[first : first + n]
+        else:
+            inputs = [next(feed) for _ in range(n)]
+        return (*blocks.run(state, inputs, lr_in, epoch_in, first), True)
+
+    def _log_window(self, progress: Progress, lrs: list[float], step: int) -> None:
+        """Writes the train scalars of the window ending at global step ``step`` (if one does)."""
+        if step % self.spec.log_every_steps:
+            return
         ms = member_progress(progress)
         scalars = aggregate("train/loss", [p.window_acc.mean_loss() for p in ms])
         scalars.update(aggregate("train/accuracy", [p.window_acc.accuracy() for p in ms]))
         scalars.update(aggregate("lr", lrs))
-        self.writer.write(epoch=progress.epoch, step=progress.global_step, scalars=scalars)
+        self.writer.write(epoch=progress.epoch, step=step, scalars=scalars)
         self.bar.set_postfix(
             epoch=progress.epoch, loss=f"{scalars['train/loss']:.4f}", lr=f"{scalars['lr']:.2e}"
         )

@@ -124,9 +124,10 @@ def jit_member_steps(
         return eval_k(params, rest, batch)
 
     replicated = parallel.replicated(mesh)
-    train = jax.jit(with_precision(train_fn, precision), donate_argnums=0, out_shardings=replicated)
+    train_fn = with_precision(train_fn, precision)
+    train = jax.jit(train_fn, donate_argnums=0, out_shardings=replicated)
     evaluate_ = jax.jit(with_precision(eval_fn, precision), out_shardings=replicated)
-    return Steps(train=train, eval=evaluate_, traces=traces, graphdef=graphdef_eval, k=k)
+    return Steps(train, evaluate_, traces, graphdef_eval, k=k, train_fn=train_fn)
 
 
 def stacked_batches(iterators: Sequence[Iterable[Mapping[str, Any]]], mesh) -> Iterable[dict]:

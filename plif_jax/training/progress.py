@@ -145,7 +145,10 @@ class MetricsDrain:
 
     :meth:`push` hands over a step's (still on device) metrics and reads the previous step's;
     :meth:`flush` reads the one pending. Reading checks that the step was finite and adds each
-    member's metrics to its ``epoch_acc`` and ``window_acc`` (:func:`member_progress`).
+    member's metrics to its ``epoch_acc`` and ``window_acc`` (:func:`member_progress`), then calls
+    ``on_read(global_step + 1)`` (the run's step count after that step: where the loop writes its
+    log windows). A block of ``n`` steps (:mod:`plif_jax.training.blocks`) is pushed as one, its
+    metrics stacked, and read step by step in order.
 
     Args:
       progress: the run's progress (its accumulators are looked up at each read).
@@ -166,6 +169,7 @@ class MetricsDrain:
         batch_size: int,
         checkpoint_dir: str,
         lr: Any = None,
+        on_read: Callable[[int], None] | None = None,
     ):
         self.lr = lr  # the epoch's learning rate(s), named in the non-finite error
         self.progress = progress
@@ -173,12 +177,16 @@ class MetricsDrain:
         self.epoch = epoch
         self.batch_size = batch_size
         self.checkpoint_dir = checkpoint_dir
-        self._pending: tuple[int, int, Any] | None = None
+        self.on_read = on_read
+        self._pending: tuple[int, int, Any, int | None] | None = None
 
-    def push(self, step_in_epoch: int, global_step: int, metrics: Any) -> None:
-        """Reads the pending step's metrics, then holds this one's."""
+    def push(
+        self, step_in_epoch: int, global_step: int, metrics: Any, n: int | None = None
+    ) -> None:
+        """Reads the pending step's metrics, then holds this one's (``n``: a block of ``n`` steps
+        from ``step_in_epoch``, ``metrics`` stacked)."""
         self.flush()
-        self._pending = (step_in_epoch, global_step, metrics)
+        self._pending = (step_in_epoch, global_step, metrics, n)
 
     def flush(self) -> None:
         """Reads the pending step's metrics, if any.
@@ -189,15 +197,23 @@ class MetricsDrain:
         """
         if self._pending is None:
             return
-        step_in_epoch, global_step, m = self._pending
+        step_in_epoch, global_step, m, n = self._pending
         self._pending = None
-        per_member = self.split(jax.device_get(m))
+        m = jax.device_get(m)
+        for i in range(1 if n is None else n):
+            one = m if n is None else jax.tree.map(lambda a, i=i: np.asarray(a)[i], m)
+            self._read(step_in_epoch + i, global_step + i, one)
+
+    def _read(self, step_in_epoch: int, global_step: int, m: Any) -> None:
+        per_member = self.split(m)
         bad = [i for i, mi in enumerate(per_member) if not bool(mi["finite"])]
         if bad:
             self._stop(step_in_epoch, global_step, [float(mi["loss"]) for mi in per_member], bad)
         for p, mi in zip(member_progress(self.progress), per_member, strict=True):
             p.epoch_acc.add(mi, self.batch_size)
             p.window_acc.add(mi, self.batch_size)
+        if self.on_read is not None:
+            self.on_read(global_step + 1)
 
     def _stop(self, step_in_epoch: int, global_step: int, losses: list, bad: list) -> None:
         from plif_jax.training.faults import last_good_checkpoint

@@ -30,6 +30,7 @@ import ml_collections
 
 from plif_jax import models
 from plif_jax.runtime import parallel
+from plif_jax.training import blocks as blocks_lib
 from plif_jax.training import checkpoint as checkpoint_lib
 from plif_jax.training import config as config_lib
 from plif_jax.training import faults, member_steps, workdir_lock
@@ -243,8 +244,19 @@ def build_run(
         # Multi-host: the processes agree on a stop where the loop reads its metrics anyway.
         stop=stack.enter_context(StopRequest(stop_after_steps, sync_every=spec.log_every_steps)),
         steps_per_epoch=steps_per_epoch,
+        blocks=_blocks(spec, data, steps, mesh),
     )
     return Run(spec=spec, epochs=epochs, state=state, progress=progress)
+
+
+def _blocks(spec: RunSpec, data: Any, steps: Steps, mesh) -> blocks_lib.Blocks | None:
+    """Several steps per dispatch and/or the training split on the device (None: neither)."""
+    resident = None
+    if blocks_lib.keep_on_device(spec.on_device, data.train, mesh):
+        resident = blocks_lib.resident_split(data.train, mesh)
+    if resident is None and spec.steps_per_dispatch == 1:
+        return None
+    return blocks_lib.Blocks(steps, mesh, resident)
 
 
 def _open_data(spec: RunSpec, mesh: jax.sharding.Mesh) -> Any:

@@ -56,6 +56,8 @@ class RunSpec:
     steps_per_epoch: int  # a cap on the training batches of an epoch; 0: all of them
     batch_size: int
     log_every_steps: int
+    steps_per_dispatch: int  # K: training steps per dispatch (plif_jax.training.blocks)
+    on_device: bool | str  # the training split on the device: 'auto', True or False
     progress_bar: bool
     t_max: int  # the cosine schedule's half period (epochs)
     members: tuple[MemberSpec, ...]
@@ -94,6 +96,8 @@ def resolve(config: ml_collections.ConfigDict, *, num_devices: int | None = None
         steps_per_epoch=max(0, int(config.steps_per_epoch)),
         batch_size=int(config.batch_size),
         log_every_steps=max(1, int(config.log_every_steps)),
+        steps_per_dispatch=int(config.get("steps_per_dispatch", 1)),
+        on_device=config_lib.on_device_setting(config),
         progress_bar=bool(config.progress_bar),
         t_max=config.optim.t_max,
         members=members,

@@ -192,7 +192,8 @@ def eval_step(
 class Steps:
     """A run's compiled steps, and how the host sees their members.
 
-    ``train(state, batch, lr, epoch, step) -> (state, metrics)`` (``state`` donated);
+    ``train(state, batch, lr, epoch, step) -> (state, metrics)`` (``state`` donated), the jitted
+    ``train_fn`` (:mod:`~plif_jax.training.blocks` scans it over several steps per dispatch);
     ``eval(params, rest, batch) -> metrics``; ``traces`` counts each step's compilations;
     ``graphdef`` is the eval-mode structure (:meth:`model` rebuilds a network from a state).
     ``k = 1``: the single-member program (:func:`jit_steps`, no member axis); ``k > 1``: the
@@ -205,6 +206,7 @@ class Steps:
     traces: collections.Counter
     graphdef: nnx.GraphDef
     k: int = 1
+    train_fn: Callable[..., tuple[TrainState, dict[str, Any]]] | None = None
 
     def model(self, state: TrainState) -> nnx.Module:
         """The eval-mode network holding one member's ``state`` arrays (not copied)."""
@@ -284,21 +286,18 @@ def jit_steps(
         preprocess=preprocess, num_classes=num_classes, time_steps=time_steps, trace_counter=traces
     )
     replicated = parallel.replicated(mesh)
-    train = jax.jit(
-        with_precision(
-            functools.partial(
-                train_step, graphdef=graphdef_train, tx=tx, base_key=jax.random.key(seed), **common
-            ),
-            precision,
+    train_fn = with_precision(
+        functools.partial(
+            train_step, graphdef=graphdef_train, tx=tx, base_key=jax.random.key(seed), **common
         ),
-        donate_argnums=0,
-        out_shardings=replicated,
+        precision,
     )
+    train = jax.jit(train_fn, donate_argnums=0, out_shardings=replicated)
     evaluate_ = jax.jit(
         with_precision(functools.partial(eval_step, graphdef=graphdef_eval, **common), precision),
         out_shardings=replicated,
     )
-    return Steps(train=train, eval=evaluate_, traces=traces, graphdef=graphdef_eval)
+    return Steps(train, evaluate_, traces, graphdef_eval, train_fn=train_fn)
 
 
 def to_device(batch: Mapping[str, Any], mesh: jax.sharding.Mesh) -> dict[str, Array]:

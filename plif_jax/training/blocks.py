@@ -1,0 +1,201 @@
+"""Several train steps per dispatch, and the training split kept on the device.
+
+The host loop (:meth:`plif_jax.training.epochs.Epochs.train`) dispatches one compiled step per
+batch. Here, with ``config.steps_per_dispatch = K > 1``, one dispatch runs K steps: one jitted
+function calls the run's own step function (:attr:`plif_jax.training.steps.Steps.train_fn`) K
+times and returns the K steps' metrics stacked, read once per block. The step is a pure function
+of ``(state, batch, lr, epoch, step)`` (its augmentation key is ``fold_in(fold_in(key, epoch),
+step)``), so the block computes what K dispatches compute, bit for bit on XLA:CPU, because:
+
+- the K steps are written one after the other, not as a ``lax.scan``: XLA:CPU canonicalises
+  (and runs with Eigen) only the convolutions of the top-level computation; in a loop body the
+  gradient convolutions run on its generic emitter, which sums in another order (1e-6 apart after
+  one step) and is slower;
+- the state between two steps is an output of the block (then dropped): XLA:CPU contracts a
+  multiply and an add in one fused loop into an FMA, so fusing a step's last updates (BatchNorm
+  statistics, Adam's moments) into the next step's first uses rounds differently (1e-9 after
+  two steps; ``lax.optimization_barrier`` does not prevent it, XLA:CPU expands it before
+  fusion). As outputs they are computed as the one-step program computes its outputs.
+
+The cost: K copies of the step to compile, and K - 1 states' memory per dispatch.
+
+With ``config.data.on_device`` the training split lives on the device (:class:`Resident`, its
+frames in their stored dtype: uint8 images, the frame cache's integer counts): each block takes
+its K batches' sample indices (the host's permutation, as the loader's) and gathers the batches
+there; nothing else crosses from the host. Without it the block takes the K batches the loader
+placed.
+
+:func:`plan` cuts an epoch's steps into dispatches: blocks of K, and single steps where fewer
+than K are left (a block never crosses the epoch's end); the single steps are the one-step
+program (host data) or a block of one (data on the device), so a run compiles at most two.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from plif_jax.errors import ConfigError
+from plif_jax.runtime import parallel
+from plif_jax.training.steps import Steps, TrainState
+
+# 'auto' keeps a split on the device when it takes at most this share of the device's memory.
+AUTO_MEMORY_SHARE = 0.25
+
+
+@dataclasses.dataclass(frozen=True)
+class Resident:
+    """A training split on the device, replicated over the mesh: ``x`` ``[N, ...]`` in its stored
+    dtype, ``y`` ``[N]`` int32 labels."""
+
+    x: jax.Array
+    y: jax.Array
+
+
+def split_nbytes(source: Any) -> int:
+    """Bytes of a batch source's samples in the dtype they travel in."""
+    return len(source) * int(np.prod(source.sample_shape)) * np.dtype(source.dtype).itemsize
+
+
+def device_memory(mesh: jax.sharding.Mesh) -> int | None:
+    """The smallest memory limit among the mesh's devices (None where the backend says none)."""
+    limits = []
+    for device in mesh.devices.flat:
+        try:
+            stats = device.memory_stats() or {}
+        except (AttributeError, NotImplementedError, RuntimeError):
+            stats = {}
+        if "bytes_limit" not in stats:
+            return None
+        limits.append(int(stats["bytes_limit"]))
+    return min(limits) if limits else None
+
+
+def keep_on_device(setting: Any, source: Any, mesh: jax.sharding.Mesh) -> bool:
+    """Whether the training split lives on the device (``config.data.on_device``).
+
+    ``'auto'``: on an accelerator (not CPU) when the split takes at most
+    :data:`AUTO_MEMORY_SHARE` of the smallest device memory; off on CPU (measured: no faster
+    there) and in multi-process runs. ``True`` refuses a multi-process run (each process reads
+    only its own rows there).
+    """
+    multiprocess = parallel.is_multiprocess(parallel.replicated(mesh))
+    if setting is True:
+        if multiprocess:
+            raise ConfigError(
+                "config.data.on_device=True keeps the whole training split on every device; a "
+                "multi-process run reads only its own rows. Use --config.data.on_device=auto."
+            )
+        return True
+    if setting is False or multiprocess or jax.default_backend() == "cpu":
+        return False
+    limit, nbytes = device_memory(mesh), split_nbytes(source)
+    fits = limit is not None and nbytes <= AUTO_MEMORY_SHARE * limit
+    logging.info(
+        "config.data.on_device=auto: the training split (%.1f MB) %s on the device.",
+        nbytes / 1e6,
+        "stays" if fits else "does not fit comfortably; batches come from the host,",
+    )
+    return fits
+
+
+def resident_split(source: Any, mesh: jax.sharding.Mesh) -> Resident:
+    """Reads every sample of ``source`` (in its stored dtype) onto every device of ``mesh``."""
+    x = source.read_batch(np.arange(len(source)))["x"]
+    return Resident(*parallel.put_replicated((x, source.labels), mesh))
+
+
+def plan(first: int, end: int, k: int) -> Iterator[tuple[int, int]]:
+    """``(first step, number of steps)`` of each dispatch over steps ``[first, end)``: blocks of
+    ``k``, then single steps for the remainder (fewer than ``k``)."""
+    step = first
+    while step < end:
+        n = k if end - step >= k else 1
+        yield step, n
+        step += n
+
+
+class Blocks:
+    """The compiled multi-step programs of a run (one per block length, built on first use).
+
+    ``run(state, inputs, lr, epoch, first_step)`` runs ``len(inputs)`` steps and returns the state
+    and the steps' metrics stacked on a leading axis. ``inputs``: the steps' placed batches
+    (data on the host), or their sample indices ``[n, B]`` (per-member data ``[n, k, B]``) into
+    :attr:`resident`.
+    """
+
+    def __init__(self, steps: Steps, mesh: jax.sharding.Mesh, resident: Resident | None = None):
+        if steps.train_fn is None:
+            raise ValueError("Blocks needs the steps' train_fn (jit_steps / jit_member_steps).")
+        self.steps, self.mesh, self.resident = steps, mesh, resident
+        self._programs: dict[int, Callable] = {}
+
+    def run(
+        self, state: TrainState, inputs: Any, lr: Any, epoch: Any, first_step: int
+    ) -> tuple[TrainState, dict[str, Any]]:
+        n = len(inputs)
+        step_ids = np.arange(first_step, first_step + n, dtype=np.int32)
+        if self.resident is None:
+            args = (state, tuple(inputs), lr, epoch, step_ids)
+        else:
+            data = (self.resident.x, self.resident.y)
+            args = (state, np.asarray(inputs, np.int32), lr, epoch, step_ids, data)
+        state, metrics, _ = self._program(n)(*args)  # the states between the steps: dropped
+        return state, metrics
+
+    def _program(self, n: int) -> Callable:
+        if n not in self._programs:
+            self._programs[n] = self._compile()
+        return self._programs[n]
+
+    def _compile(self) -> Callable:
+        train_fn, gather, traces = self.steps.train_fn, self._gather, self.steps.traces
+
+        def block(state, inputs, lr, epoch, step_ids, data=None):
+            # Runs only while tracing: counts the block's compilations, not its K step traces.
+            step_traces = traces["train_step"]
+            metrics, between = [], []
+            for i in range(len(step_ids)):
+                if i:
+                    between.append(state)
+                    state = jax.lax.optimization_barrier(state)
+                batch = inputs[i] if data is None else gather(data, inputs[i])
+                state, m = train_fn(state, batch, lr, epoch, step_ids[i])
+                metrics.append(m)
+            traces["train_step"] = step_traces
+            if not step_traces:
+                del traces["train_step"]
+            traces[f"train_block_{len(step_ids)}"] += 1
+            return state, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics), between
+
+        return jax.jit(block, donate_argnums=0, out_shardings=parallel.replicated(self.mesh))
+
+    def _gather(self, data: tuple[jax.Array, jax.Array], idx: jax.Array) -> dict[str, jax.Array]:
+        """One step's batch from the resident split (as the loader reads it: mask all ones)."""
+        x, y = data
+        batch = {"x": x[idx], "y": y[idx], "mask": jnp.ones(idx.shape, jnp.float32)}
+        if self.mesh.size == 1:
+            return batch
+        spec = PartitionSpec(*([None] * (idx.ndim - 1)), parallel.DATA_AXIS)  # the batch axis
+
+        def shard(a):
+            rest = [None] * (a.ndim - idx.ndim)
+            return jax.lax.with_sharding_constraint(
+                a, NamedSharding(self.mesh, PartitionSpec(*spec, *rest))
+            )
+
+        return jax.tree.map(shard, batch)
+
+
+def block_indices(sources: Sequence[Any], epoch: int) -> np.ndarray:
+    """The epoch's sample indices of every step ``[steps, B]`` (k sources: ``[steps, k, B]``)."""
+    if len(sources) == 1:
+        return sources[0].batch_indices(epoch)
+    return np.stack([s.batch_indices(epoch) for s in sources], axis=1)
