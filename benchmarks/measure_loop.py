@@ -16,7 +16,14 @@ these settings, ``--repeats`` times each, interleaved, and prints the median sam
   sync that checks the loss is finite and feeds the accumulators);
 * ``loop``: :meth:`plif_jax.training.epochs.Epochs.train` itself (the above, and the log windows'
   TensorBoard/``metrics.jsonl`` writes, the progress bar and the stop check) in a temporary
-  workdir.
+  workdir, as the config sets it up (``--config.steps_per_dispatch``, ``--config.data.on_device``);
+* ``loop[K]`` / ``loop[Kd]`` (``--dispatch K,Kd,...``): the same loop with K steps per dispatch
+  (:mod:`plif_jax.training.blocks`), ``d``: the training split on the device.
+
+Each setting prints the median window's samples/s against bare's median, and its best window
+against bare's best (load from other processes only ever slows a window down).
+
+Every setting runs once untimed first (compiles its programs).
 
 Also prints the process's page faults (minor, ``getrusage``) and system CPU seconds per step of
 each setting: fresh large buffers from the system allocator cost page faults on every step.
@@ -45,6 +52,12 @@ flags.DEFINE_integer("steps", 100, "Training steps per timed window.")
 flags.DEFINE_integer("repeats", 3, "Timed windows per setting (median).")
 flags.DEFINE_string(
     "settings", "bare,+data,+drain,loop", "Comma list of settings (bare, +data, +drain, loop)."
+)
+flags.DEFINE_list(
+    "dispatch",
+    [],
+    "Loop variants to time beside the settings: K (steps per dispatch) or Kd (and the training "
+    "split on the device), e.g. 1d,4,4d.",
 )
 flags.DEFINE_bool(
     "glibc_keep_freed",
@@ -103,11 +116,14 @@ def main(argv: list[str]) -> None:
         fixed = next(first)
         first.close()
 
+        variants = _variants(loop, spec, steps)
+        settings += list(variants)
+
         def run_setting(setting: str, epoch: int):
             nonlocal state
             progress = Progress(epoch=epoch)
-            if setting == "loop":  # Epochs.train itself
-                state = loop.train(state, progress, lrs)
+            if setting == "loop" or setting in variants:  # Epochs.train itself
+                state = variants.get(setting, loop).train(state, progress, lrs)
                 return
             drain = MetricsDrain(
                 progress, split=steps.member_metrics, epoch=epoch, batch_size=b, checkpoint_dir=tmp
@@ -129,9 +145,32 @@ def main(argv: list[str]) -> None:
     _report(spec, n, malloc, settings, times, sys_s, faults)
 
 
+def _variants(loop, spec, steps) -> dict:
+    """``--dispatch``'s loops: the run's :class:`~plif_jax.training.epochs.Epochs` with another
+    number of steps per dispatch and/or the training split on the device."""
+    import dataclasses
+
+    from plif_jax.training import blocks as blocks_lib
+
+    out, resident = {}, None
+    for v in FLAGS.dispatch:
+        k, on_device = int(v.rstrip("d")), v.endswith("d")
+        if on_device and resident is None:
+            resident = blocks_lib.resident_split(loop.data.train, loop.mesh)
+        blocks = None
+        if on_device or k > 1:
+            blocks = blocks_lib.Blocks(steps, loop.mesh, resident if on_device else None)
+        out[f"loop[{v}]"] = dataclasses.replace(
+            loop, spec=dataclasses.replace(spec, steps_per_dispatch=k), blocks=blocks
+        )
+    return out
+
+
 def _measure(run_setting, settings: list[str], stop) -> tuple[dict, dict, dict]:
     """Each setting's ``--repeats`` windows, interleaved: seconds, system seconds, faults."""
-    run_setting("bare", 0)  # compile and warm up
+    print(f"load before: {os.getloadavg()}", flush=True)
+    for s in settings:
+        run_setting(s, 0)  # compile and warm up
     times: dict[str, list[float]] = {s: [] for s in settings}
     sys_s: dict[str, list[float]] = {s: [] for s in settings}
     faults: dict[str, list[int]] = {s: [] for s in settings}
@@ -153,12 +192,15 @@ def _report(spec, n: int, malloc: str, settings, times, sys_s, faults) -> None:
     b = spec.batch_size
     print(f"{spec.dataset}: {n} steps of batch {b} x {FLAGS.repeats}, {malloc}")
     print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; load {os.getloadavg()}")
-    bare = statistics.median(times[settings[0]]) if settings[0] == "bare" else None
+    with_bare = settings[0] == "bare"
+    bare = statistics.median(times["bare"]) if with_bare else None
+    fastest_bare = min(times["bare"]) if with_bare else None
     for s in settings:
         t = statistics.median(times[s])
-        rel = f"{bare / t:6.1%} of bare" if bare else ""
+        # Best window against bare's best: other load on the machine only ever slows a window.
+        rel = f"{bare / t:6.1%} of bare (best {fastest_bare / min(times[s]):6.1%})" if bare else ""
         print(
-            f"  {s:7s} {n * b / t:8.1f} samples/s  {1e3 * t / n:7.1f} ms/step  {rel}  "
+            f"  {s:9s} {n * b / t:8.1f} samples/s  {1e3 * t / n:7.1f} ms/step  {rel}  "
             f"sys {1e3 * statistics.median(sys_s[s]) / n:5.1f} ms/step  "
             f"minor faults {statistics.median(faults[s]) / n:8.0f}/step  "
             f"(windows: {', '.join(f'{n * b / x:.1f}' for x in times[s])})"

@@ -97,9 +97,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.val_ratio = 0.15  # Protocol B: per-class fraction of the train set held out.
     config.data.num_workers = 4  # Processes converting events to frames (first run only).
     config.data.prefetch = 2  # Batches prepared ahead of the device.
-    # Keep the training split on the device and gather each batch there: 'auto' (on an
-    # accelerator when it takes <= 1/4 of the device memory; off on CPU), 'true' or 'false'.
-    # The same batches and results as from the host, bit for bit.
+    # Keep the training split on the device and gather each batch there: 'auto' (when it takes
+    # <= 1/4 of the device's memory: on an accelerator; on CPU only event frames, which the host
+    # would read from the frame cache every step), 'true' or 'false'. The same batches and
+    # results as from the host, bit for bit.
     config.data.on_device = "auto"
     # MNIST RandomAffine resampling: 'bilinear' or 'nearest' (torchvision's default).
     config.data.affine_interpolation = "bilinear"

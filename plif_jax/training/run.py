@@ -252,7 +252,7 @@ def build_run(
 def _blocks(spec: RunSpec, data: Any, steps: Steps, mesh) -> blocks_lib.Blocks | None:
     """Several steps per dispatch and/or the training split on the device (None: neither)."""
     resident = None
-    if blocks_lib.keep_on_device(spec.on_device, data.train, mesh):
+    if blocks_lib.keep_on_device(spec.on_device, data, mesh):
         resident = blocks_lib.resident_split(data.train, mesh)
     if resident is None and spec.steps_per_dispatch == 1:
         return None

@@ -4,12 +4,14 @@
 The static runs are ``tests.support.runs.tiny_config()`` (4 steps per epoch, a log window every
 2 steps) against the session's ``baseline``: with 3 steps per dispatch an epoch is a block of 3
 (crossing a log window's end) and a single step. The event run is the same tiny net on 100 real
-digits as emulated events (frames travel as uint8 counts), host loop against blocks of 2 on the device.
+digits as emulated events (frames travel as uint8 counts): host loop against blocks of 2 on
+the device.
 """
 
 from __future__ import annotations
 
 import os
+import types
 
 import numpy as np
 import pytest
@@ -105,7 +107,7 @@ def test_event_frames_as_counts_in_blocks_on_the_device_equal_the_host_loop(tmp_
         )  # fmt: skip
 
     ref_dir, got_dir = str(tmp_path / "host"), str(tmp_path / "blocks")
-    ref = train.train_and_evaluate(config(), ref_dir)
+    ref = train.train_and_evaluate(config(**{"data.on_device": "false"}), ref_dir)
     got = train.train_and_evaluate(
         config(steps_per_dispatch=2, **{"data.on_device": "true"}), got_dir
     )
@@ -135,16 +137,23 @@ def test_bad_dispatch_settings_are_one_line_config_errors(overrides, message):
     assert "\n" not in str(err.value)
 
 
-def test_device_data_is_off_on_cpu_unless_asked_and_not_resume_critical():
+def test_device_data_on_cpu_only_for_event_frames_that_fit_and_not_resume_critical():
     config = tiny_config()
     assert config_lib.on_device_setting(config) == "auto"
-    assert blocks_lib.keep_on_device("auto", None, _cpu_mesh()) is False
-    assert blocks_lib.keep_on_device(True, None, _cpu_mesh()) is True
-    saved = tiny_config(**{"data.on_device": "true", "steps_per_dispatch": 8}).to_dict()
-    assert config_lib.resume_conflicts(saved, config.to_dict()) == []
-
-
-def _cpu_mesh():
     from plif_jax.runtime import parallel
 
-    return parallel.create_mesh(1)
+    mesh = parallel.create_mesh(1)
+    memory = blocks_lib.device_memory(mesh)  # the machine's memory on CPU
+    assert memory and memory > 0
+
+    def data(kind: str, nbytes: int):  # a bundle whose training split is one sample of nbytes
+        split = types.SimpleNamespace(sample_shape=(nbytes,), dtype=np.uint8, labels=[0])
+        return types.SimpleNamespace(info=types.SimpleNamespace(kind=kind), train=split)
+
+    assert blocks_lib.keep_on_device("auto", data("static", 10), mesh) is False
+    assert blocks_lib.keep_on_device("auto", data("events", 10), mesh) is True
+    assert blocks_lib.keep_on_device("auto", data("events", memory), mesh) is False
+    assert blocks_lib.keep_on_device(True, data("static", memory), mesh) is True
+    assert blocks_lib.keep_on_device(False, data("events", 10), mesh) is False
+    saved = tiny_config(**{"data.on_device": "true", "steps_per_dispatch": 8}).to_dict()
+    assert config_lib.resume_conflicts(saved, config.to_dict()) == []
