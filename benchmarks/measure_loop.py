@@ -71,9 +71,9 @@ FLAGS = flags.FLAGS
 SETTINGS = ("bare", "+data", "+drain", "loop")
 
 
-def _usage() -> tuple[float, int]:
+def _usage() -> tuple[float, int, float]:
     r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_stime, r.ru_minflt
+    return r.ru_stime, r.ru_minflt, r.ru_utime + r.ru_stime
 
 
 def main(argv: list[str]) -> None:
@@ -141,8 +141,8 @@ def main(argv: list[str]) -> None:
             if batches is not None:
                 batches.close()
 
-        times, sys_s, faults = _measure(run_setting, settings, loop.stop)
-    _report(spec, n, malloc, settings, times, sys_s, faults)
+        times, sys_s, faults, cpu = _measure(run_setting, settings, loop.stop)
+    _report(spec, n, malloc, settings, times, sys_s, faults, cpu)
 
 
 def _variants(loop, spec, steps) -> dict:
@@ -166,29 +166,32 @@ def _variants(loop, spec, steps) -> dict:
     return out
 
 
-def _measure(run_setting, settings: list[str], stop) -> tuple[dict, dict, dict]:
-    """Each setting's ``--repeats`` windows, interleaved: seconds, system seconds, faults."""
+def _measure(run_setting, settings: list[str], stop) -> tuple[dict, dict, dict, dict]:
+    """Each setting's ``--repeats`` windows, interleaved: seconds, system seconds, faults and
+    the process's CPU seconds (user + system: hardly changed by other processes' load)."""
     print(f"load before: {os.getloadavg()}", flush=True)
     for s in settings:
         run_setting(s, 0)  # compile and warm up
     times: dict[str, list[float]] = {s: [] for s in settings}
     sys_s: dict[str, list[float]] = {s: [] for s in settings}
     faults: dict[str, list[int]] = {s: [] for s in settings}
+    cpu: dict[str, list[float]] = {s: [] for s in settings}
     for r in range(int(FLAGS.repeats)):
         for s in settings:
-            s0, f0 = _usage()
+            s0, f0, c0 = _usage()
             t0 = time.perf_counter()
             run_setting(s, epoch=1 + r)
             times[s].append(time.perf_counter() - t0)
-            s1, f1 = _usage()
+            s1, f1, c1 = _usage()
             sys_s[s].append(s1 - s0)
             faults[s].append(f1 - f0)
+            cpu[s].append(c1 - c0)
             if stop.requested:  # Ctrl-C / SIGTERM (the run's handlers are installed)
                 raise KeyboardInterrupt
-    return times, sys_s, faults
+    return times, sys_s, faults, cpu
 
 
-def _report(spec, n: int, malloc: str, settings, times, sys_s, faults) -> None:
+def _report(spec, n: int, malloc: str, settings, times, sys_s, faults, cpu) -> None:
     b = spec.batch_size
     print(f"{spec.dataset}: {n} steps of batch {b} x {FLAGS.repeats}, {malloc}")
     print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; load {os.getloadavg()}")
@@ -202,6 +205,7 @@ def _report(spec, n: int, malloc: str, settings, times, sys_s, faults) -> None:
         print(
             f"  {s:9s} {n * b / t:8.1f} samples/s  {1e3 * t / n:7.1f} ms/step  {rel}  "
             f"sys {1e3 * statistics.median(sys_s[s]) / n:5.1f} ms/step  "
+            f"CPU {1e3 * statistics.median(cpu[s]) / n:6.1f} ms/step  "
             f"minor faults {statistics.median(faults[s]) / n:8.0f}/step  "
             f"(windows: {', '.join(f'{n * b / x:.1f}' for x in times[s])})"
         )
