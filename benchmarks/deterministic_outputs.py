@@ -9,7 +9,20 @@ eval spike counts. Run it on both trees and compare the files (every key must be
     python -m benchmarks.deterministic_outputs after.json
     python -m benchmarks.deterministic_outputs --compare before.json after.json
 
-Used for the architecture rebuild of 2026-12-01 (70 keys, all equal).
+The gradients are taken twice: eagerly (the keys without a prefix: every operation rounded on
+its own, as in a user's un-jitted ``nnx.grad``) and under ``nnx.jit`` (keys ``jit/...``: XLA's
+fused kernels, as in the train step). The two can differ by an ulp where a kernel change moves
+an operation from an eager dispatch into a fused loop body (``--mode eager`` or ``jit`` writes
+one of them).
+
+Used for the architecture rebuild of 2026-12-01 (70 keys, all equal) and the house of issue 20:
+``benchmarks/results/deterministic_outputs_28164ee.json`` is the tree before the house (eager keys
+only); ``..._28164ee_peers_edge.json`` is that tree with the one kernel change that landed beside
+the house (00a9658, issue 24: ``lif_loop``'s first and last steps inside its loops, the Linear's
+``xla_cpu.dense``; files patched onto 28164ee), both modes; ``..._house.json`` is the house
+(134 keys, equal to the edge record, 2026-12-03). The kernel change alone moves 17 eager keys and 3
+``jit/cifar10dvs`` keys by float rounding (~1e-7 relative; bisected on 2026-12-03: every other
+commit between 28164ee and the house leaves all 134 keys equal).
 """
 
 import hashlib
@@ -38,9 +51,10 @@ SMALL = {
 }
 
 
-def outputs() -> dict:
-    """The deterministic outputs, keyed ``<net>/<what>``."""
+def outputs(compiled: bool = False) -> dict:
+    """The deterministic outputs, keyed ``<net>/<what>`` (``compiled``: ``jit/<net>/<what>``)."""
     out = {}
+    prefix = "jit/" if compiled else ""
     for name, opts in SMALL.items():
         full = nnx.eval_shape(lambda name=name: models.create_model(name, rngs=nnx.Rngs(0)))
         out[name + "/params_full"] = models.count_params(full)
@@ -59,7 +73,7 @@ def outputs() -> dict:
                 T = o.get("T", 5)
                 x = jax.random.poisson(key, 0.3, (T, 4, 2, s, s)).astype(jnp.float32)
             y = jnp.arange(4) % m.num_classes
-            tag = f"{name}/remat{remat}"
+            tag = f"{prefix}{name}/remat{remat}"
             out[tag + "/params_small"] = models.count_params(m)
 
             def loss(m, x, o=o, y=y):
@@ -67,9 +81,12 @@ def outputs() -> dict:
                 T = o.get("T", x.shape[0])
                 return jnp.mean(jnp.square(c / T - jax.nn.one_hot(y, m.num_classes)))
 
+            grad = nnx.value_and_grad(loss)
+            if compiled:
+                grad = nnx.jit(grad)
             m.train()
             for step in range(2):
-                loss_value, g = nnx.value_and_grad(loss)(m, x)
+                loss_value, g = grad(m, x)
                 out[f"{tag}/loss{step}"] = float(loss_value)
                 out[f"{tag}/grad{step}"] = sorted(
                     float(jnp.sum(jnp.abs(v[...]))) for p, v in nnx.to_flat_state(g)
@@ -99,7 +116,14 @@ def main(argv: list[str]) -> None:
             print("DIFF", k)
         print(f"keys {len(a)}, diffs {len(diffs)}")
         sys.exit(1 if diffs else 0)
-    out = outputs()
+    mode = "both"
+    if argv[:1] == ["--mode"]:
+        mode, argv = argv[1], argv[2:]
+    out = {}
+    if mode in ("both", "eager"):
+        out.update(outputs(compiled=False))
+    if mode in ("both", "jit"):
+        out.update(outputs(compiled=True))
     with open(argv[0], "w") as f:
         json.dump(out, f, indent=1, sort_keys=True)
     print("wrote", argv[0], len(out))

@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Cap on training steps per epoch (-1: the whole epoch). Only for smoke runs and tests.
     config.steps_per_epoch = -1
     config.log_every_steps = 256  # Train loss/accuracy scalars every N steps (reference: 256).
-    # Training steps per dispatch: K > 1 runs blocks of K steps as one compiled lax.scan, their
+    # Training steps per dispatch: K > 1 runs blocks of K steps as one compiled program, their
     # metrics read once per block (the same results as K = 1, bit for bit; a stop asked inside
     # a block stops at its end). 1: one dispatch per step.
     config.steps_per_dispatch = 1

@@ -193,7 +193,7 @@ class Steps:
     """A run's compiled steps, and how the host sees their members.
 
     ``train(state, batch, lr, epoch, step) -> (state, metrics)`` (``state`` donated), the jitted
-    ``train_fn`` (:mod:`~plif_jax.training.blocks` scans it over several steps per dispatch);
+    ``train_fn`` (:mod:`~plif_jax.training.blocks` calls it for several steps per dispatch);
     ``eval(params, rest, batch) -> metrics``; ``traces`` counts each step's compilations;
     ``graphdef`` is the eval-mode structure (:meth:`model` rebuilds a network from a state).
     ``k = 1``: the single-member program (:func:`jit_steps`, no member axis); ``k > 1``: the
