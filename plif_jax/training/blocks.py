@@ -20,14 +20,15 @@ step)``), so the block computes what K dispatches compute, bit for bit on XLA:CP
 The cost: K copies of the step to compile, and K - 1 states' memory per dispatch.
 
 With ``config.data.on_device`` the training split lives on the device (:class:`Resident`, its
-frames in their stored dtype: uint8 images, the frame cache's integer counts): each block takes
-its K batches' sample indices (the host's permutation, as the loader's) and gathers the batches
-there; nothing else crosses from the host. Without it the block takes the K batches the loader
-placed.
+frames in their stored dtype: uint8 images, the frame cache's integer counts): for each block
+the host sends its K batches' sample indices (the host's permutation, as the loader's), one
+small program gathers the K batches on the device, and the block runs on them as on the
+loader's; nothing else crosses from the host. The gather is a dispatch of its own on purpose:
+inside the step's program XLA fuses it into the first layer, which rounds differently.
 
 :func:`plan` cuts an epoch's steps into dispatches: blocks of K, and single steps where fewer
-than K are left (a block never crosses the epoch's end); the single steps are the one-step
-program (host data) or a block of one (data on the device), so a run compiles at most two.
+than K are left (a block never crosses the epoch's end); a single step is the one-step program
+(:attr:`plif_jax.training.steps.Steps.train`), so a run compiles at most two step programs.
 """
 
 from __future__ import annotations
@@ -134,12 +135,15 @@ def plan(first: int, end: int, k: int) -> Iterator[tuple[int, int]]:
 
 
 class Blocks:
-    """The compiled multi-step programs of a run (one per block length, built on first use).
+    """The compiled multi-step programs of a run (one per block length, built on first use), and
+    the gather of batches from :attr:`resident`.
 
-    ``run(state, inputs, lr, epoch, first_step)`` runs ``len(inputs)`` steps and returns the state
-    and the steps' metrics stacked on a leading axis. ``inputs``: the steps' placed batches
-    (data on the host), or their sample indices ``[n, B]`` (per-member data ``[n, k, B]``) into
-    :attr:`resident`.
+    ``run(state, batches, lr, epoch, first_step)`` runs ``len(batches)`` steps on placed batches
+    and returns the state and the steps' metrics stacked on a leading axis. ``gather(indices)``:
+    the placed batches of sample indices ``[n, B]`` (per-member data ``[n, k, B]``) into
+    :attr:`resident`, in their own dispatch: the step programs then see a batch argument exactly
+    as from the host (a gather inside the step's program lets XLA fuse it into the first layer,
+    which rounds differently: the quick start's taus moved in the 9th digit after 60 steps).
     """
 
     def __init__(self, steps: Steps, mesh: jax.sharding.Mesh, resident: Resident | None = None):
@@ -147,19 +151,21 @@ class Blocks:
             raise ValueError("Blocks needs the steps' train_fn (jit_steps / jit_member_steps).")
         self.steps, self.mesh, self.resident = steps, mesh, resident
         self._programs: dict[int, Callable] = {}
+        self._gather = None if resident is None else self._compile_gather()
 
     def run(
-        self, state: TrainState, inputs: Any, lr: Any, epoch: Any, first_step: int
+        self, state: TrainState, batches: Sequence[Any], lr: Any, epoch: Any, first_step: int
     ) -> tuple[TrainState, dict[str, Any]]:
-        n = len(inputs)
+        n = len(batches)
         step_ids = np.arange(first_step, first_step + n, dtype=np.int32)
-        if self.resident is None:
-            args = (state, tuple(inputs), lr, epoch, step_ids)
-        else:
-            data = (self.resident.x, self.resident.y)
-            args = (state, np.asarray(inputs, np.int32), lr, epoch, step_ids, data)
-        state, metrics, _ = self._program(n)(*args)  # the states between the steps: dropped
-        return state, metrics
+        state, metrics, _ = self._program(n)(state, tuple(batches), lr, epoch, step_ids)
+        return state, metrics  # the states between the steps: dropped
+
+    def gather(self, indices: Any) -> tuple[dict[str, jax.Array], ...]:
+        """The batches of ``indices`` (``[n, B]`` or ``[n, k, B]``) gathered on the device."""
+        if self._gather is None:
+            raise ValueError("Blocks.gather needs the training split on the device (resident).")
+        return self._gather(self.resident.x, self.resident.y, np.asarray(indices, np.int32))
 
     def _program(self, n: int) -> Callable:
         if n not in self._programs:
@@ -167,9 +173,9 @@ class Blocks:
         return self._programs[n]
 
     def _compile(self) -> Callable:
-        train_fn, gather, traces = self.steps.train_fn, self._gather, self.steps.traces
+        train_fn, traces = self.steps.train_fn, self.steps.traces
 
-        def block(state, inputs, lr, epoch, step_ids, data=None):
+        def block(state, batches, lr, epoch, step_ids):
             # Runs only while tracing: counts the block's compilations, not its K step traces.
             step_traces = traces["train_step"]
             metrics, between = [], []
@@ -177,8 +183,7 @@ class Blocks:
                 if i:
                     between.append(state)
                     state = jax.lax.optimization_barrier(state)
-                batch = inputs[i] if data is None else gather(data, inputs[i])
-                state, m = train_fn(state, batch, lr, epoch, step_ids[i])
+                state, m = train_fn(state, batches[i], lr, epoch, step_ids[i])
                 metrics.append(m)
             traces["train_step"] = step_traces
             if not step_traces:
@@ -188,21 +193,25 @@ class Blocks:
 
         return jax.jit(block, donate_argnums=0, out_shardings=parallel.replicated(self.mesh))
 
-    def _gather(self, data: tuple[jax.Array, jax.Array], idx: jax.Array) -> dict[str, jax.Array]:
-        """One step's batch from the resident split (as the loader reads it: mask all ones)."""
-        x, y = data
-        batch = {"x": x[idx], "y": y[idx], "mask": jnp.ones(idx.shape, jnp.float32)}
-        if self.mesh.size == 1:
-            return batch
-        spec = PartitionSpec(*([None] * (idx.ndim - 1)), parallel.DATA_AXIS)  # the batch axis
+    def _compile_gather(self) -> Callable:
+        """``(x, y, indices [n, B] or [n, k, B]) -> n batches``, each placed as the host's: the
+        batch axis split over the mesh (a member axis first, as ``stacked_batches`` places it)."""
 
-        def shard(a):
-            rest = [None] * (a.ndim - idx.ndim)
-            return jax.lax.with_sharding_constraint(
-                a, NamedSharding(self.mesh, PartitionSpec(*spec, *rest))
+        traces = self.steps.traces
+
+        def gather(x, y, indices):
+            traces[f"gather_{len(indices)}"] += 1  # while tracing: the gather's compilations
+            # The mask is all ones, as the loader's for a training batch.
+            return tuple(
+                {"x": x[idx], "y": y[idx], "mask": jnp.ones(idx.shape, jnp.float32)}
+                for idx in indices
             )
 
-        return jax.tree.map(shard, batch)
+        programs = {
+            ndim: jax.jit(gather, out_shardings=NamedSharding(self.mesh, PartitionSpec(*spec)))
+            for ndim, spec in ((2, (parallel.DATA_AXIS,)), (3, (None, parallel.DATA_AXIS)))
+        }
+        return lambda x, y, indices: programs[indices.ndim](x, y, indices)
 
 
 def block_indices(sources: Sequence[Any], epoch: int) -> np.ndarray:

@@ -145,14 +145,14 @@ class Epochs:
     def _dispatch(self, state, feed, first: int, n: int, lr_in, epoch_in):
         """Steps ``first .. first + n - 1`` in one dispatch: ``(state, metrics, stacked)``."""
         blocks = self.blocks
-        if blocks is None or (n == 1 and blocks.resident is None):
-            state, m = self.steps.train(state, next(feed), lr_in, epoch_in, np.int32(first))
-            return state, m, False
-        if blocks.resident is not None:
-            inputs = feed[first : first + n]
+        if blocks is not None and blocks.resident is not None:
+            batches = blocks.gather(feed[first : first + n])  # a dispatch of its own
         else:
-            inputs = [next(feed) for _ in range(n)]
-        return (*blocks.run(state, inputs, lr_in, epoch_in, first), True)
+            batches = [next(feed) for _ in range(n)]
+        if n == 1:  # the one-step program, whatever the data's home
+            state, m = self.steps.train(state, batches[0], lr_in, epoch_in, np.int32(first))
+            return state, m, False
+        return (*blocks.run(state, batches, lr_in, epoch_in, first), True)
 
     def _log_window(self, progress: Progress, lrs: list[float], step: int) -> None:
         """Writes the train scalars of the window ending at global step ``step`` (if one does)."""

@@ -57,9 +57,9 @@ def assert_same_run(got_dir: str, ref_dir: str, *, stopped: bool = False) -> Non
         ({"steps_per_dispatch": 3}, {"train_block_3": 1, "train_step": 1}),
         (
             {"steps_per_dispatch": 3, "data.on_device": "true"},
-            {"train_block_3": 1, "train_block_1": 1},
+            {"train_block_3": 1, "train_step": 1, "gather_3": 1, "gather_1": 1},
         ),
-        ({"data.on_device": "True"}, {"train_block_1": 1}),
+        ({"data.on_device": "True"}, {"train_step": 1, "gather_1": 1}),
     ],
     ids=["blocks", "blocks_on_device", "on_device"],
 )
