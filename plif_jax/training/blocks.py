@@ -136,12 +136,12 @@ def plan(first: int, end: int, k: int) -> Iterator[tuple[int, int]]:
 
 class Blocks:
     """The compiled multi-step programs of a run (one per block length, built on first use), and
-    the gather of batches from :attr:`resident`.
+    the gather of batches from ``resident``.
 
     ``run(state, batches, lr, epoch, first_step)`` runs ``len(batches)`` steps on placed batches
     and returns the state and the steps' metrics stacked on a leading axis. ``gather(indices)``:
     the placed batches of sample indices ``[n, B]`` (per-member data ``[n, k, B]``) into
-    :attr:`resident`, in their own dispatch: the step programs then see a batch argument exactly
+    ``resident``, in their own dispatch: the step programs then see a batch argument exactly
     as from the host (a gather inside the step's program lets XLA fuse it into the first layer,
     which rounds differently: the quick start's taus moved in the 9th digit after 60 steps).
     """
