@@ -98,9 +98,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.num_workers = 4  # Processes converting events to frames (first run only).
     config.data.prefetch = 2  # Batches prepared ahead of the device.
     # Keep the training split on the device and gather each batch there: 'auto' (when it takes
-    # <= 1/4 of the device's memory: on an accelerator; on CPU only event frames, which the host
-    # would read from the frame cache every step), 'true' or 'false'. The same batches and
-    # results as from the host, bit for bit.
+    # <= 1/4 of the device's memory; on CPU, of the machine's), 'true' or 'false'. The same
+    # batches and results as from the host, bit for bit.
     config.data.on_device = "auto"
     # MNIST RandomAffine resampling: 'bilinear' or 'nearest' (torchvision's default).
     config.data.affine_interpolation = "bilinear"

@@ -57,6 +57,8 @@ def tiny_config(**overrides):
     c.model.hidden = 16
     c.optim.lr = 1e-2
     c.optim.t_max = 2  # lr: lr0, lr0/2, 0 over the 3 epochs
+    # The host loop: the reference that the tests of the on-device split compare with.
+    c.data.on_device = "false"
     for key, value in overrides.items():
         node = c
         *path, last = key.split(".")

@@ -137,9 +137,12 @@ def test_bad_dispatch_settings_are_one_line_config_errors(overrides, message):
     assert "\n" not in str(err.value)
 
 
-def test_device_data_on_cpu_only_for_event_frames_that_fit_and_not_resume_critical():
+def test_device_data_when_the_split_fits_and_not_resume_critical():
+    from configs import common
+
+    assert config_lib.on_device_setting(common.get_config()) == "auto"  # the default
     config = tiny_config()
-    assert config_lib.on_device_setting(config) == "auto"
+    assert config_lib.on_device_setting(config) is False  # the tests' host-loop reference
     from plif_jax.runtime import parallel
 
     mesh = parallel.create_mesh(1)
@@ -150,7 +153,8 @@ def test_device_data_on_cpu_only_for_event_frames_that_fit_and_not_resume_critic
         split = types.SimpleNamespace(sample_shape=(nbytes,), dtype=np.uint8, labels=[0])
         return types.SimpleNamespace(info=types.SimpleNamespace(kind=kind), train=split)
 
-    assert blocks_lib.keep_on_device("auto", data("static", 10), mesh) is False
+    assert blocks_lib.keep_on_device("auto", data("static", 10), mesh) is True
+    assert blocks_lib.keep_on_device("auto", data("static", memory), mesh) is False
     assert blocks_lib.keep_on_device("auto", data("events", 10), mesh) is True
     assert blocks_lib.keep_on_device("auto", data("events", memory), mesh) is False
     assert blocks_lib.keep_on_device(True, data("static", memory), mesh) is True
