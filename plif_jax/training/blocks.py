@@ -151,7 +151,7 @@ class Blocks:
             raise ValueError("Blocks needs the steps' train_fn (jit_steps / jit_member_steps).")
         self.steps, self.mesh, self.resident = steps, mesh, resident
         self._programs: dict[int, Callable] = {}
-        self._gather = None if resident is None else self._compile_gather()
+        self._gather = self._compile_gather()  # jitted on first use only
 
     def run(
         self, state: TrainState, batches: Sequence[Any], lr: Any, epoch: Any, first_step: int
@@ -163,7 +163,7 @@ class Blocks:
 
     def gather(self, indices: Any) -> tuple[dict[str, jax.Array], ...]:
         """The batches of ``indices`` (``[n, B]`` or ``[n, k, B]``) gathered on the device."""
-        if self._gather is None:
+        if self.resident is None:
             raise ValueError("Blocks.gather needs the training split on the device (resident).")
         return self._gather(self.resident.x, self.resident.y, np.asarray(indices, np.int32))
 
@@ -207,9 +207,10 @@ class Blocks:
                 for idx in indices
             )
 
+        member_batch = NamedSharding(self.mesh, PartitionSpec(None, parallel.DATA_AXIS))
         programs = {
-            ndim: jax.jit(gather, out_shardings=NamedSharding(self.mesh, PartitionSpec(*spec)))
-            for ndim, spec in ((2, (parallel.DATA_AXIS,)), (3, (None, parallel.DATA_AXIS)))
+            2: jax.jit(gather, out_shardings=parallel.batch_sharded(self.mesh)),
+            3: jax.jit(gather, out_shardings=member_batch),
         }
         return lambda x, y, indices: programs[indices.ndim](x, y, indices)
 
