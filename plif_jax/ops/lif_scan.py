@@ -10,10 +10,12 @@ is lowered, ``jax.lax.platform_dependent``):
 * GPU and TPU (this module): a ``lax.scan`` unrolled over all T steps (up to ``MAX_UNROLL``).
   XLA:GPU fuses the whole unrolled recurrence, elementwise in every neuron, into one kernel per
   pass that keeps the membrane in registers and writes each step's ``H[t]`` (forward) or
-  ``dL/dH[t]`` (backward) once. The in-place ``fori_loop`` costs XLA:GPU 3-4 kernels per step and
-  layer, copying slices before each update: on the H200 plan the DVS128 Gesture train step
-  (float32, batch 16) has 1,178 launches and reads and writes 111.7 GB with it, 231 launches and
-  75.6 GB with this formulation (BENCHMARKS.md, "GPU and TPU plan").
+  ``dL/dH[t]`` (backward) once; the backward pass also sums the time constant's (and a learnable
+  surrogate alpha's) gradient terms per neuron, so no reduction re-reads ``H`` and ``dL/dH``
+  afterwards. The in-place ``fori_loop`` costs XLA:GPU 3-4 kernels per step and layer, copying
+  slices before each update: on the H200 plan the DVS128 Gesture train step (float32, batch 16)
+  has 1,178 launches and reads and writes 111.7 GB with it, 254 launches and 68.3 GB with this
+  formulation (docs/explanation/performance.md, "GPU and TPU plan").
 
 The two give the same values: the same elementwise formulas in the same order; only the loop
 construct differs (tested on CPU, where both run).
@@ -46,18 +48,14 @@ def forward_h(x_seq: Array, v0: Array, charge: Callable, reset: Callable) -> Arr
     return h
 
 
-def backward_gh(
-    gs_seq: Array, h_seq: Array, gv_last: Array, one_minus_k: Array, grad_h: Callable
-) -> Array:
-    """``dL/dH[t] = grad_h(dL/dS[t], H[t], dL/dV[t])`` for t = T-1 .. 0, with
-    ``dL/dV[T-1] = gv_last`` and ``dL/dV[t] = (1 - k) dL/dH[t+1]``: ``[T, ...]``."""
+def backward(step: Callable, init: tuple, xs: tuple) -> tuple:
+    """The reverse recurrence: ``(ys [T, ...], *final carry)`` of ``step(*xs[t], *carry) ->
+    (y[t], *carry)`` for t = T-1 .. 0 (:func:`plif_jax.ops.lif_loop.lif_loop`'s backward step:
+    ``y`` = dL/dH[t], the carry dL/dV[t] and the sums of the parameters' gradient terms)."""
 
-    def step(gv, xs):
-        gs, h = xs
-        gh = grad_h(gs, h, gv)
-        return one_minus_k * gh, gh
+    def body(carry, x):
+        y, *carry = step(*x, *carry)
+        return tuple(carry), y
 
-    _, gh = jax.lax.scan(
-        step, gv_last, (gs_seq, h_seq), reverse=True, unroll=_unroll(h_seq.shape[0])
-    )
-    return gh
+    carry, ys = jax.lax.scan(body, tuple(init), xs, reverse=True, unroll=_unroll(xs[0].shape[0]))
+    return (ys, *carry)
