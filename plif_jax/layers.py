@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from plif_jax.ops import xla_cpu
+from plif_jax.ops import batch_norm, xla_cpu
 
 Array = jax.Array
 
@@ -237,12 +237,10 @@ class BatchNorm(nnx.Module):
                 f"BatchNorm in training needs more than one value per channel, got {n} "
                 f"(input shape {tuple(x.shape)}, mode {self.mode!r}); use a batch size > 1"
             )
-        mean = jnp.mean(xs, axis=axes)  # [T, C] or [C]
-        # Two-pass variance: numerically safer than E[x^2] - E[x]^2 for large activations.
-        var = jnp.mean(jnp.square(xs - mean.reshape(keep)), axis=axes)
-        y = (xs - mean.reshape(keep)) * (
-            jax.lax.rsqrt(var + self.epsilon).reshape(keep) * scale
-        ) + bias
+        # mean, var: [T, C] or [C] (two-pass variance); a hand-written backward on GPU/TPU.
+        y, mean, var = batch_norm.normalize(
+            xs, scale, bias, axes=axes, keep=keep, epsilon=self.epsilon
+        )
         new_mean, new_var = self._update_running(*running, mean, var * (n / (n - 1)))
         return y.reshape(x.shape).astype(out_dtype), (new_mean, new_var)
 

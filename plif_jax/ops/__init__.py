@@ -1,6 +1,8 @@
-"""Custom-VJP fast paths: the same values as the plain JAX formulation, faster on XLA:CPU.
+"""Custom-VJP fast paths: the same values as the plain JAX formulation, faster per backend.
 
-:mod:`plif_jax.ops.lif_loop` is the neuron's time loop with its hand-written backward;
-:mod:`plif_jax.ops.xla_cpu` holds the XLA:CPU convolution workarounds. Neither is public API: use
-:mod:`plif_jax.neurons` and :mod:`plif_jax.layers`.
+:mod:`plif_jax.ops.lif_loop` is the neuron's time loop with its hand-written backward (its GPU/TPU
+recurrences in :mod:`plif_jax.ops.lif_scan`); :mod:`plif_jax.ops.batch_norm` is BatchNorm's
+training normalisation, with a hand-written backward on GPU/TPU; :mod:`plif_jax.ops.xla_cpu` holds
+the XLA:CPU convolution workarounds. None is public API: use :mod:`plif_jax.neurons` and
+:mod:`plif_jax.layers`.
 """

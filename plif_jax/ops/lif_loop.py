@@ -45,9 +45,10 @@ _forced: list[str] = []  # set by `formulation` (tests); empty: chosen by the lo
 
 @contextlib.contextmanager
 def formulation(name: str) -> Iterator[None]:
-    """Traces the time loops in one formulation whatever the backend: ``'cpu'`` (the in-place
-    ``fori_loop``) or ``'accelerator'`` (:mod:`plif_jax.ops.lif_scan`). For tests: applies to
-    what is traced inside the block (a function jitted before keeps its trace)."""
+    """Traces the ops in one formulation whatever the backend: ``'cpu'`` (the in-place
+    ``fori_loop``, BatchNorm by autodiff) or ``'accelerator'`` (:mod:`plif_jax.ops.lif_scan`,
+    :mod:`plif_jax.ops.batch_norm`'s backward). For tests: applies to what is traced inside the
+    block (a function jitted before keeps its trace)."""
     if name not in FORMULATIONS:
         raise ValueError(f"formulation must be one of {FORMULATIONS}, got {name!r}")
     _forced.append(name)
@@ -57,7 +58,7 @@ def formulation(name: str) -> Iterator[None]:
         _forced.pop()
 
 
-def _by_platform(cpu, accelerator, *args):
+def by_platform(cpu, accelerator, *args):
     """``cpu(*args)`` on XLA:CPU, ``accelerator(*args)`` elsewhere (decided at lowering)."""
     if _forced:
         return (cpu if _forced[-1] == "cpu" else accelerator)(*args)
@@ -105,7 +106,7 @@ def lif_loop(x_seq, v0, decay, alpha, v_threshold, v_reset, detach_reset, surrog
 
 def _lif_loop_fwd(x_seq, v0, decay, alpha, v_threshold, v_reset, detach_reset, surrogate, unroll):
     del detach_reset, surrogate  # the forward only needs the dynamics
-    h = _by_platform(
+    h = by_platform(
         lambda x, v: _lif_forward_loop(x, v, decay, v_threshold, v_reset, unroll),
         lambda x, v: lif_scan.forward_h(
             x,
@@ -173,7 +174,7 @@ def _lif_loop_bwd(v_threshold, v_reset, detach_reset, surrogate, unroll, res, co
         # (H200 plan of DVS128 Gesture: 404 launches instead of 261).
         return (gh * decay, *state)
 
-    gx, gv0, acc_k, acc_alpha = _by_platform(cpu_loop, scan, gs_seq, h_seq)
+    gx, gv0, acc_k, acc_alpha = by_platform(cpu_loop, scan, gs_seq, h_seq)
     g_k = jnp.sum(acc_k, dtype=acc_dtype) / decay.astype(acc_dtype)
     return (
         gx,

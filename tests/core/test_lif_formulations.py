@@ -1,4 +1,5 @@
-"""The neuron's time loop in its two formulations: XLA:CPU's in-place loop and the GPU/TPU scan.
+"""The ops in their two formulations: XLA:CPU's (the neuron's in-place loop, BatchNorm by
+autodiff) and GPU/TPU's (the neuron's scan, BatchNorm's hand-written backward).
 
 The backend picks one when a step is lowered (``plif_jax.ops.lif_loop``); here both run on CPU
 (``lif_loop.formulation``) and must give the same spikes and gradients.
@@ -11,7 +12,7 @@ import pytest
 from flax import nnx
 
 from plif_jax import models, neurons, surrogate
-from plif_jax.ops import lif_loop, lif_scan
+from plif_jax.ops import batch_norm, lif_loop, lif_scan
 
 
 def _grads(name, x, coef, **kw):
@@ -83,3 +84,34 @@ def test_a_network_train_step_is_the_same_in_both_formulations():
     np.testing.assert_array_equal(np.asarray(c_acc), np.asarray(c_cpu))
     for a, b in zip(jax.tree.leaves(g_acc), jax.tree.leaves(g_cpu), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("per_step", [True, False])
+def test_batch_norm_backward_equals_autodiff(per_step):
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(0.7, 2.0, (3, 4, 5, 5, 6)), jnp.float32)  # [T, B, H, W, C]
+    scale = jnp.asarray(rng.normal(1.0, 0.3, 6), jnp.float32)
+    bias = jnp.asarray(rng.normal(0.0, 0.3, 6), jnp.float32)
+    axes, keep = ((1, 2, 3), (3, 1, 1, 1, 6)) if per_step else ((0, 1, 2, 3), (1, 1, 1, 1, 6))
+    stat_shape = (3, 6) if per_step else (6,)
+    gy, g_mean, g_var = (
+        jnp.asarray(rng.normal(size=shape), jnp.float32)
+        for shape in (x.shape, stat_shape, stat_shape)
+    )
+
+    def loss(x, scale, bias):
+        y, mean, var = batch_norm.normalize(x, scale, bias, axes=axes, keep=keep, epsilon=1e-5)
+        # Cotangents on the statistics too (the layer's are zero: they only feed the running
+        # averages under stop_gradient), so every term of the backward is checked.
+        return jnp.sum(gy * y) + jnp.sum(g_mean * mean) + jnp.sum(g_var * var), (y, mean, var)
+
+    out = {}
+    for name in lif_loop.FORMULATIONS:
+        with lif_loop.formulation(name):
+            out[name] = jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(x, scale, bias)
+    (g_cpu, v_cpu), (g_acc, v_acc) = out["cpu"], out["accelerator"]
+    for a, b in zip(v_acc, v_cpu, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the same forward
+    assert float(jnp.max(jnp.abs(g_cpu[0]))) > 1e-2
+    for a, b in zip(g_acc, g_cpu, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)

@@ -1,0 +1,90 @@
+"""BatchNorm's training-mode normalisation with a hand-written backward, for GPUs and TPUs.
+
+:meth:`plif_jax.layers.BatchNorm.normalize` calls :func:`normalize`, which returns
+``(y, mean, var)`` of ``y = (x - mean) * rsqrt(var + eps) * scale + bias`` with the batch
+statistics over ``axes`` (two-pass variance, biased). The formulation is chosen when the step is
+lowered (as :mod:`plif_jax.ops.lif_loop`'s loops):
+
+* XLA:CPU: the plain JAX expression, differentiated by autodiff (the program the project's
+  recorded outputs come from, unchanged);
+* GPU and TPU: the same forward under a ``custom_vjp`` whose backward is the textbook one,
+  ``dx = scale * rstd * (dy - mean(dy) - xhat * mean(dy * xhat))``: one pass reading ``dy`` and
+  ``x`` for both sums (the scale's and the bias's gradients as well), one pass writing ``dx``.
+  Autodiff of the expression re-reads the activations in several reductions and keeps
+  ``x - mean`` beside ``x``: on the H200 plan of the DVS128 Gesture train step (float32, batch
+  16) BatchNorm's backward reductions were ~32 of 68 GB per step
+  (docs/explanation/performance.md, "GPU and TPU plan").
+
+Equal up to float reassociation (tested on CPU, where both run:
+``tests/core/test_lif_formulations.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from plif_jax.ops import lif_loop
+
+
+def _stats(x, axes, keep):
+    mean = jnp.mean(x, axis=axes)  # two-pass variance: safer than E[x^2] - E[x]^2
+    var = jnp.mean(jnp.square(x - mean.reshape(keep)), axis=axes)
+    return mean, var
+
+
+def _plain(x, scale, bias, axes, keep, epsilon):
+    mean, var = _stats(x, axes, keep)
+    y = (x - mean.reshape(keep)) * (jax.lax.rsqrt(var + epsilon).reshape(keep) * scale) + bias
+    return y, mean, var
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _textbook(x, scale, bias, axes, keep, epsilon):
+    return _plain(x, scale, bias, axes, keep, epsilon)
+
+
+def _textbook_fwd(x, scale, bias, axes, keep, epsilon):
+    y, mean, var = _plain(x, scale, bias, axes, keep, epsilon)
+    return (y, mean, var), (x, scale, mean, jax.lax.rsqrt(var + epsilon))
+
+
+def _textbook_bwd(axes, keep, epsilon, res, cotangents):
+    del epsilon
+    x, scale, mean, rstd = res
+    gy, g_mean, g_var = cotangents
+    n = 1
+    for a in axes:
+        n *= x.shape[a]
+    centred = x - mean.reshape(keep)
+    xhat = centred * rstd.reshape(keep)
+    g_bias_full = jnp.sum(gy, axis=axes)  # [T, C] per step, or [C]
+    g_xhat_dot = jnp.sum(gy * xhat, axis=axes)
+    # The statistics' own cotangents (zero when, as in the layer, they only feed the running
+    # averages under stop_gradient): d mean / dx = 1/n, d var / dx = 2 (x - mean) / n.
+    coef = (scale * rstd).reshape(keep)
+    gx = (
+        coef * (gy - (g_bias_full / n).reshape(keep) - xhat * (g_xhat_dot / n).reshape(keep))
+        + (g_mean / n).reshape(keep)
+        + centred * (2.0 * g_var / n).reshape(keep)
+    )
+    sum_out = tuple(range(len(g_bias_full.shape) - 1))  # per-step sums -> [C]
+    g_scale = jnp.sum(g_xhat_dot, axis=sum_out) if sum_out else g_xhat_dot
+    g_bias = jnp.sum(g_bias_full, axis=sum_out) if sum_out else g_bias_full
+    return gx, g_scale.astype(scale.dtype), g_bias.astype(scale.dtype)
+
+
+_textbook.defvjp(_textbook_fwd, _textbook_bwd)
+
+
+def normalize(x, scale, bias, *, axes: tuple[int, ...], keep: tuple[int, ...], epsilon: float):
+    """``(y, mean, var)``: batch statistics over ``axes`` (shaped ``keep`` to broadcast)."""
+    return lif_loop.by_platform(
+        lambda x, s, b: _plain(x, s, b, axes, keep, epsilon),
+        lambda x, s, b: _textbook(x, s, b, axes, keep, epsilon),
+        x,
+        scale,
+        bias,
+    )
