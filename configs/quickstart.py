@@ -12,8 +12,9 @@ Command::
 
     python -m experiments.train --config configs/quickstart.py
 
-Expected (README, quick start): best test accuracy 96.10% on the 1,000 held-out digits at epoch 3
-(93.40% after epoch 1); deterministic for a given code version and XLA flags. The width matters
+Expected (README, quick start): best test accuracy 95.80% on the 1,000 held-out digits at epoch 3
+(93.20% after epoch 1; main since 2026-12-03); deterministic for a given code version, install
+and XLA flags. The width matters
 more than the epochs here: 16 channels gave 91.20% after the same 4 epochs, and a 5th epoch at 32
 channels 96.30%. Not a paper setting: there is no paper accuracy for this data. Ablations work
 the same way (``--config.neuron.kind=lif``, ``--config.neuron.init_tau=16``,
