@@ -131,10 +131,9 @@ def _lif_loop_bwd(v_threshold, v_reset, detach_reset, surrogate, unroll, res, co
     T = h_seq.shape[0]
 
     def step(gs, h, v_prev, gv, acc_k, acc_alpha):
-        """One step back in time: ``(dL/dH[t], dL/dV[t-1], acc_k, acc_alpha)`` from dL/dS[t],
-        H[t], V[t-1], dL/dV[t] and the per-neuron sums over time of dL/dk's and dL/dalpha's
-        terms so far (summed in the loop: no dL/dH or V[t-1] buffer and no reductions or
-        scaling after it, one pass over H and dL/dS)."""
+        """One step back in time: ``(dL/dH[t], acc_k, acc_alpha)`` from dL/dS[t], H[t],
+        V[t-1], dL/dV[t] and the per-neuron sums over time of dL/dk's and dL/dalpha's terms so
+        far (summed in the loop: no V[t-1] buffer and no reductions after it)."""
         z = h - v_threshold
         if not detach_reset:
             gs = gs + gv * (v_reset - h)
@@ -142,43 +141,54 @@ def _lif_loop_bwd(v_threshold, v_reset, detach_reset, surrogate, unroll, res, co
         # dL/dk = sum gH[t] (X[t] - V[t-1] + V_reset) = sum gH[t] (H[t] - V[t-1]) / k.
         acc_k = acc_k + (gh * (h - v_prev)).astype(acc_dtype)
         acc_alpha = acc_alpha + (gs * partials(z, alpha)[1]).astype(acc_dtype)
-        return gh, one_minus_k * gh, acc_k, acc_alpha
+        return gh, acc_k, acc_alpha
 
-    zeros = jnp.zeros(v0.shape, acc_dtype)
-    init = (gv_final.astype(h_seq.dtype), zeros, zeros)
+    zeros = jnp.zeros_like(v0, acc_dtype)
+    gv_last = gv_final.astype(h_seq.dtype)
 
     def body(i, carry):
-        gx_buf, *state = carry
+        # Carry: dL/dX's buffer (dL/dS until step t overwrites it), gH[t+1] and the sums.
+        # Every read of the buffer stays in the fusion that updates it in place: carrying
+        # dL/dV[t] = (1 - k) gH[t+1] instead made XLA:CPU copy the whole buffer twice per step
+        # (the Linear + PLIF workload 2.8x slower, 2026-12-03).
+        gx_buf, gh_next, acc_k, acc_alpha = carry
         t = T - 1 - i  # t = T-1 .. 0
         gs = jax.lax.dynamic_index_in_dim(gx_buf, t, keepdims=False)  # still dL/dS[t]
         h = jax.lax.dynamic_index_in_dim(h_seq, t, keepdims=False)
         h_prev = jax.lax.dynamic_index_in_dim(h_seq, jnp.maximum(t - 1, 0), keepdims=False)
         v_prev = jnp.where(t == 0, v0, _reset(h_prev, v_threshold, v_reset))
-        gh, *state = step(gs, h, v_prev, *state)
-        return (jax.lax.dynamic_update_index_in_dim(gx_buf, gh * decay, t, 0), *state)
+        gv = jnp.where(t == T - 1, gv_last, one_minus_k * gh_next)
+        gh, acc_k, acc_alpha = step(gs, h, v_prev, gv, acc_k, acc_alpha)
+        return jax.lax.dynamic_update_index_in_dim(gx_buf, gh * decay, t, 0), gh, acc_k, acc_alpha
 
     def cpu_loop(gs_seq, h_seq):
         del h_seq  # the body reads it from the enclosing scope
         # The buffer is dL/dS itself (in place when the cotangent is dead afterwards): step t
         # reads dL/dS[t] before overwriting it with dL/dX[t]; the last step is in the loop, as
         # in the forward. An unused dL/dalpha sum is dropped from the loop by XLA. Not
-        # unrolled: unrolling this loop (carries beside the in-place buffer) made XLA:CPU copy
-        # the buffer, 10-15x slower (unroll 2-10, n=1024, T=100, 2026-12-03).
-        return jax.lax.fori_loop(0, T, body, (gs_seq, *init))
+        # unrolled: unrolling this loop made XLA:CPU copy the buffer, 10-15x slower (unroll
+        # 2-10, n=1024, T=100, 2026-12-03).
+        return jax.lax.fori_loop(0, T, body, (gs_seq, jnp.zeros_like(v0), zeros, zeros))
 
     def scan(gs_seq, h_seq):
+        def scan_step(gs, h, v_prev, gv, acc_k, acc_alpha):
+            gh, acc_k, acc_alpha = step(gs, h, v_prev, gv, acc_k, acc_alpha)
+            return gh, one_minus_k * gh, acc_k, acc_alpha
+
         v_prev = jnp.concatenate([v0[None], _reset(h_seq[:-1], v_threshold, v_reset)])
-        gh, *state = lif_scan.backward(step, init, (gs_seq, h_seq, v_prev))
+        gh, _, acc_k, acc_alpha = lif_scan.backward(
+            scan_step, (gv_last, zeros, zeros), (gs_seq, h_seq, v_prev)
+        )
         # dL/dX outside the scan: XLA:GPU fuses the scaling into its consumers (the conv and
         # BatchNorm backward); as the scan's output it split their reductions per time step
         # (H200 plan of DVS128 Gesture: 404 launches instead of 261).
-        return (gh * decay, *state)
+        return gh * decay, gh[0], acc_k, acc_alpha
 
-    gx, gv0, acc_k, acc_alpha = by_platform(cpu_loop, scan, gs_seq, h_seq)
+    gx, gh0, acc_k, acc_alpha = by_platform(cpu_loop, scan, gs_seq, h_seq)
     g_k = jnp.sum(acc_k, dtype=acc_dtype) / decay.astype(acc_dtype)
     return (
         gx,
-        gv0.astype(v0.dtype),
+        (one_minus_k * gh0).astype(v0.dtype),
         g_k.astype(decay.dtype),
         jnp.sum(acc_alpha, dtype=acc_dtype).astype(alpha.dtype),
     )
