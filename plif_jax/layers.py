@@ -13,10 +13,19 @@ take ``time_steps=T`` so they can unfold it:
 
 Train / eval follow NNX conventions: ``model.train()`` / ``model.eval()`` set
 ``use_running_average`` (BatchNorm) and ``deterministic`` (dropout); ``nnx.view`` works as well.
+
+Batch-parallel steps (:mod:`plif_jax.training.sharded`) trace the network under
+``jax.shard_map`` inside :func:`batch_axis`: each device holds a slice of the batch, BatchNorm's
+statistics are means over every device's rows (``pmean``) and the dropout mask is the global
+batch's, each device taking its own rows, so the layers compute what one device computes on the
+whole batch. Outside :func:`batch_axis` (one device) nothing of this is traced.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -33,6 +42,45 @@ POOLINGS = ("max", "avg")
 # PyTorch's default init for Conv2d / Linear weights is kaiming_uniform(a=sqrt(5)), i.e.
 # U(-1/sqrt(fan_in), 1/sqrt(fan_in)); variance_scaling(1/3, fan_in, uniform) has the same bound.
 torch_default_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+# The mesh axis the batch is split over while a batch-parallel step is traced (None: one device).
+_BATCH_AXIS: contextvars.ContextVar[str | None] = contextvars.ContextVar("batch_axis", default=None)
+
+
+@contextlib.contextmanager
+def batch_axis(name: str) -> Iterator[None]:
+    """Traces the block as one device's part of a batch split over the mesh axis ``name`` (the
+    body of a ``jax.shard_map``): BatchNorm and dropout then see the global batch."""
+    token = _BATCH_AXIS.set(name)
+    try:
+        yield
+    finally:
+        _BATCH_AXIS.reset(token)
+
+
+def batch_sum(x: Array) -> Array:
+    """``x`` summed over the devices the batch is split over (``x`` itself on one device)."""
+    name = _BATCH_AXIS.get()
+    return x if name is None else jax.lax.psum(x, name)
+
+
+def batch_mean(x: Array) -> Array:
+    """``x`` averaged over the devices the batch is split over (``x`` itself on one device);
+    the mean over the global batch when every device holds as many rows."""
+    name = _BATCH_AXIS.get()
+    return x if name is None else jax.lax.pmean(x, name)
+
+
+def batch_varying(x: Array) -> Array:
+    """``x``, a value built the same on every device (e.g. a zero membrane), typed as a
+    per-device one, as a loop carry updated from the local batch must be (``x`` on one device)."""
+    name = _BATCH_AXIS.get()
+    return x if name is None else jax.lax.pcast(x, (name,), to="varying")
+
+
+def _batch_devices() -> int:
+    name = _BATCH_AXIS.get()
+    return 1 if name is None else jax.lax.axis_size(name)
 
 
 def conv3x3(
@@ -229,7 +277,7 @@ class BatchNorm(nnx.Module):
         else:
             axes = tuple(range(0, xs.ndim - 1))
             keep = (1,) * (xs.ndim - 1) + (xs.shape[-1],)
-        n = 1
+        n = _batch_devices()  # the batch rows of every device
         for a in axes:
             n *= xs.shape[a]
         if n < 2:
@@ -237,9 +285,16 @@ class BatchNorm(nnx.Module):
                 f"BatchNorm in training needs more than one value per channel, got {n} "
                 f"(input shape {tuple(x.shape)}, mode {self.mode!r}); use a batch size > 1"
             )
-        # mean, var: [T, C] or [C] (two-pass variance); a hand-written backward on GPU/TPU.
+        # mean, var: [T, C] or [C] (two-pass variance, over every device's rows when the batch
+        # is split); a hand-written backward on GPU/TPU.
         y, mean, var = batch_norm.normalize(
-            xs, scale, bias, axes=axes, keep=keep, epsilon=self.epsilon
+            xs,
+            scale,
+            bias,
+            axes=axes,
+            keep=keep,
+            epsilon=self.epsilon,
+            axis_name=_BATCH_AXIS.get(),
         )
         new_mean, new_var = self._update_running(*running, mean, var * (n / (n - 1)))
         return y.reshape(x.shape).astype(out_dtype), (new_mean, new_var)
@@ -301,9 +356,18 @@ class TimeSharedDropout(nnx.Module):
             self.deterministic = deterministic
 
     def make_mask(self, batch: int, features: int, dtype: Any = jnp.float32) -> Array:
-        """Draws the next mask ``[batch, features]`` from the module's stream (advances it)."""
-        keep = jax.random.bernoulli(self.rngs(), 1.0 - self.rate, (batch, features))
-        return jnp.where(keep, 1.0 / (1.0 - self.rate), 0.0).astype(dtype)
+        """Draws the next mask ``[batch, features]`` from the module's stream (advances it).
+
+        Batch-parallel (:func:`batch_axis`): ``batch`` is this device's rows; the mask is the
+        global batch's (the stream is the same on every device), sliced to this device's rows.
+        """
+        name = _BATCH_AXIS.get()
+        rows = batch if name is None else batch * _batch_devices()
+        keep = jax.random.bernoulli(self.rngs(), 1.0 - self.rate, (rows, features))
+        mask = jnp.where(keep, 1.0 / (1.0 - self.rate), 0.0).astype(dtype)
+        if name is None:
+            return mask
+        return jax.lax.dynamic_slice_in_dim(mask, jax.lax.axis_index(name) * batch, batch)
 
     def __call__(self, x: Array, *, time_steps: int = 1) -> Array:
         """Masks ``x`` ``[T*B, features]`` with one ``[B, features]`` mask shared over T."""

@@ -111,11 +111,14 @@ def lif_multistep(
             f"v_init must have the shape of one time step of x_seq, {tuple(x_seq.shape[1:])}, "
             f"got {tuple(v_init.shape)}; pass the v_final of the previous chunk (or None)"
         )
-    decay = jnp.asarray(decay, dtype=x_seq.dtype)
-    v0 = (
+    # Inside jax.shard_map the loop's inputs vary per device like X (its custom VJP returns
+    # per-device gradients for them, of their inputs' type); no-ops everywhere else.
+    decay = _varying_as(jnp.asarray(decay, dtype=x_seq.dtype), x_seq)
+    v0 = _varying_as(
         jnp.full(x_seq.shape[1:], v_reset, dtype=x_seq.dtype)
         if v_init is None
-        else jnp.asarray(v_init, x_seq.dtype)
+        else jnp.asarray(v_init, x_seq.dtype),
+        x_seq,
     )
     if not return_membrane:
         # Fast path: one in-place loop forward, one hand-written reverse loop backward.
@@ -124,7 +127,7 @@ def lif_multistep(
             x_seq,
             v0,
             decay,
-            jnp.asarray(a, dtype=x_seq.dtype),
+            _varying_as(jnp.asarray(a, dtype=x_seq.dtype), x_seq),
             float(v_threshold),
             float(v_reset),
             bool(detach_reset),
@@ -149,6 +152,21 @@ def lif_multistep(
     v_final, (s, h, v) = jax.lax.scan(step, v0, x_seq, unroll=unroll)
     trace = MembraneTrace(h=h, v=v)
     return (s, trace, v_final) if return_final else (s, trace)
+
+
+def _varying_as(v: Array, x: Array) -> Array:
+    """``v`` typed as varying over every mesh axis ``x`` varies over (inside ``jax.shard_map``:
+    a membrane carried through the time loop updates per device); ``v`` itself elsewhere."""
+    missing = tuple(sorted(_varying_axes(x) - _varying_axes(v)))
+    return jax.lax.pcast(v, missing, to="varying") if missing else v
+
+
+def _varying_axes(x: Array) -> frozenset:
+    """The manual mesh axes ``x`` varies over (jax 0.10: ``typeof(x).mat.varying``; earlier
+    ``typeof(x).vma``); empty outside ``jax.shard_map``."""
+    aval = jax.typeof(x)
+    mat = getattr(aval, "mat", None)
+    return frozenset(getattr(mat, "varying", None) or getattr(aval, "vma", None) or ())
 
 
 def w_from_tau(tau: float) -> float:

@@ -129,7 +129,11 @@ class SpikingBlock(_Tapped):
 
     def initial_carry(self, shape: tuple[int, ...] | None, dtype: Any, stat_dtype: Any) -> Carry:
         """``shape`` ``[B, ...]`` of the membrane for a chunked run, ``None`` for a whole one."""
-        v = None if shape is None else jnp.full(shape, self.neuron.v_reset, dtype)
+        v = (
+            None
+            if shape is None
+            else layers.batch_varying(jnp.full(shape, self.neuron.v_reset, dtype))
+        )
         stats = None if self.synapse is None else self.synapse.initial_stats(stat_dtype)
         return {"v": v, "stats": stats}
 
@@ -169,7 +173,11 @@ class SpikingFC(_Tapped):
         drop = self.dropout
         on = drop is not None and not drop.deterministic and drop.rate > 0.0
         mask = drop.make_mask(batch, self.fc.in_features, dtype) if on else None
-        v = None if shape is None else jnp.full(shape, self.neuron.v_reset, dtype)
+        v = (
+            None
+            if shape is None
+            else layers.batch_varying(jnp.full(shape, self.neuron.v_reset, dtype))
+        )
         return {"v": v, "mask": mask}
 
     def __call__(self, x: Array, t: int, carry: Carry) -> tuple[Array, Carry, dict[str, Array]]:

@@ -29,33 +29,41 @@ import jax.numpy as jnp
 from plif_jax.ops import lif_loop
 
 
-def _stats(x, axes, keep):
-    mean = jnp.mean(x, axis=axes)  # two-pass variance: safer than E[x^2] - E[x]^2
-    var = jnp.mean(jnp.square(x - mean.reshape(keep)), axis=axes)
+def _pmean(x, axis_name):
+    return x if axis_name is None else jax.lax.pmean(x, axis_name)
+
+
+def _psum(x, axis_name):
+    return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def _stats(x, axes, keep, axis_name):
+    mean = _pmean(jnp.mean(x, axis=axes), axis_name)  # two-pass variance
+    var = _pmean(jnp.mean(jnp.square(x - mean.reshape(keep)), axis=axes), axis_name)
     return mean, var
 
 
-def _plain(x, scale, bias, axes, keep, epsilon):
-    mean, var = _stats(x, axes, keep)
+def _plain(x, scale, bias, axes, keep, epsilon, axis_name=None):
+    mean, var = _stats(x, axes, keep, axis_name)
     y = (x - mean.reshape(keep)) * (jax.lax.rsqrt(var + epsilon).reshape(keep) * scale) + bias
     return y, mean, var
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _textbook(x, scale, bias, axes, keep, epsilon):
-    return _plain(x, scale, bias, axes, keep, epsilon)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _textbook(x, scale, bias, axes, keep, epsilon, axis_name):
+    return _plain(x, scale, bias, axes, keep, epsilon, axis_name)
 
 
-def _textbook_fwd(x, scale, bias, axes, keep, epsilon):
-    y, mean, var = _plain(x, scale, bias, axes, keep, epsilon)
+def _textbook_fwd(x, scale, bias, axes, keep, epsilon, axis_name):
+    y, mean, var = _plain(x, scale, bias, axes, keep, epsilon, axis_name)
     return (y, mean, var), (x, scale, mean, jax.lax.rsqrt(var + epsilon))
 
 
-def _textbook_bwd(axes, keep, epsilon, res, cotangents):
+def _textbook_bwd(axes, keep, epsilon, axis_name, res, cotangents):
     del epsilon
     x, scale, mean, rstd = res
     gy, g_mean, g_var = cotangents
-    n = 1
+    n = 1 if axis_name is None else jax.lax.axis_size(axis_name)
     for a in axes:
         n *= x.shape[a]
     centred = x - mean.reshape(keep)
@@ -65,8 +73,11 @@ def _textbook_bwd(axes, keep, epsilon, res, cotangents):
     # The statistics' own cotangents (zero when, as in the layer, they only feed the running
     # averages under stop_gradient): d mean / dx = 1/n, d var / dx = 2 (x - mean) / n.
     coef = (scale * rstd).reshape(keep)
+    # Batch-parallel: dx needs the global batch's sums; the scale's and bias's gradients stay
+    # this device's (the step sums the gradients).
+    sum_bias, sum_xhat = _psum(g_bias_full, axis_name), _psum(g_xhat_dot, axis_name)
     gx = (
-        coef * (gy - (g_bias_full / n).reshape(keep) - xhat * (g_xhat_dot / n).reshape(keep))
+        coef * (gy - (sum_bias / n).reshape(keep) - xhat * (sum_xhat / n).reshape(keep))
         + (g_mean / n).reshape(keep)
         + centred * (2.0 * g_var / n).reshape(keep)
     )
@@ -79,11 +90,13 @@ def _textbook_bwd(axes, keep, epsilon, res, cotangents):
 _textbook.defvjp(_textbook_fwd, _textbook_bwd)
 
 
-def normalize(x, scale, bias, *, axes: tuple[int, ...], keep: tuple[int, ...], epsilon: float):
+def normalize(
+    x, scale, bias, *, axes: tuple[int, ...], keep: tuple[int, ...], epsilon: float, axis_name=None
+):
     """``(y, mean, var)``: batch statistics over ``axes`` (shaped ``keep`` to broadcast)."""
     return lif_loop.by_platform(
-        lambda x, s, b: _plain(x, s, b, axes, keep, epsilon),
-        lambda x, s, b: _textbook(x, s, b, axes, keep, epsilon),
+        lambda x, s, b: _plain(x, s, b, axes, keep, epsilon, axis_name),
+        lambda x, s, b: _textbook(x, s, b, axes, keep, epsilon, axis_name),
         x,
         scale,
         bias,

@@ -31,16 +31,14 @@ import optax
 from flax import nnx
 
 from plif_jax.runtime import parallel
+from plif_jax.training import sharded
+from plif_jax.training.stacking import check_same_structure, member_view, stack, unstack
 from plif_jax.training.steps import (
     Steps,
-    check_same_structure,
     eval_step,
     jit_steps,
-    member_view,
-    stack,
     to_device,
     train_step,
-    unstack,
     with_precision,
 )
 
@@ -76,6 +74,7 @@ def jit_member_steps(
     traces: collections.Counter = collections.Counter()
     # Traces are counted once per compiled k-member step (the loop traces the step k times).
     common = dict(preprocess=preprocess, num_classes=num_classes, time_steps=time_steps)
+    common["shard"] = sharded.for_mesh(mesh, model)  # None on one device
     if per_member_data:
         keys = jnp.stack([jax.random.key(int(s)) for s in data_seeds])
     else:

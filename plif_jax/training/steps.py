@@ -8,8 +8,8 @@
 The train step is a pure function of ``(TrainState, batch, lr, epoch, step)`` around
 ``nnx.merge``/``nnx.split``: the learning rate, epoch and step are array inputs, so nothing
 retraces across epochs. :func:`jit_steps` binds the run's constants, donates the state buffers
-and replicates the outputs over the ``'data'`` mesh (batches are sharded over it,
-:mod:`plif_jax.runtime.parallel`). :func:`evaluate` is the one evaluation loop.
+and replicates the outputs over the ``'data'`` mesh (batches are sharded over it; on several
+devices the step is batch-parallel, :mod:`.sharded`). :func:`evaluate` is the one evaluation loop.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from plif_jax import models
+from plif_jax import layers, models
 from plif_jax.runtime import parallel
+from plif_jax.training import sharded
+from plif_jax.training.stacking import check_same_structure, member_view, stack
 
 Array = jax.Array
 PyTree = Any
@@ -73,11 +75,14 @@ def loss_fn(counts: Array, labels: Array, mask: Array, num_classes: int, time_st
       mask: ``[B]`` 1 for real samples, 0 for evaluation padding.
       num_classes: number of classes.
       time_steps: ``T`` (the firing rate is ``counts / T``).
+
+    Batch-parallel (:mod:`~plif_jax.training.sharded`): the sums cover every device's rows.
     """
     rate = counts.astype(jnp.float32) / time_steps
     target = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
     per_sample = jnp.sum(jnp.square(rate - target), axis=-1)
-    return jnp.sum(per_sample * mask) / (jnp.maximum(jnp.sum(mask), 1.0) * num_classes)
+    total, count = layers.batch_sum(jnp.sum(per_sample * mask)), layers.batch_sum(jnp.sum(mask))
+    return total / (jnp.maximum(count, 1.0) * num_classes)
 
 
 def init_train_state(model: nnx.Module, config: ml_collections.ConfigDict) -> TrainState:
@@ -105,8 +110,12 @@ def train_step(
     num_classes: int,
     time_steps: int,
     trace_counter: collections.Counter | None = None,
+    shard: sharded.Shard | None = None,
 ) -> tuple[TrainState, dict[str, Any]]:
     """One Adam step on one batch (pure; jit it with the keyword arguments bound).
+
+    ``shard`` (several devices): the step after the preprocessing runs under
+    :meth:`~plif_jax.training.sharded.Shard.train`, each device on its rows of the batch.
 
     Returns:
       The new state and ``{'loss', 'correct', 'finite', 'firing_rate': {layer: rate}}``
@@ -117,7 +126,16 @@ def train_step(
     # Augmentation randomness is a pure function of (seed, epoch, step): resumable exactly.
     key = jax.random.fold_in(jax.random.fold_in(base_key, epoch), step)
     x = preprocess(batch["x"], train=True, rng=key)
-    y, mask = batch["y"], batch["mask"]
+    update = functools.partial(
+        _update, graphdef=graphdef, tx=tx, num_classes=num_classes, time_steps=time_steps
+    )
+    if shard is not None:
+        update = shard.train(update)
+    return update(state, x, batch["y"], batch["mask"], lr)
+
+
+def _update(state, x, y, mask, lr, *, graphdef, tx, num_classes, time_steps):
+    """The train step on the preprocessed batch ``x``: forward, loss, gradients, Adam."""
 
     # `rest` is an argument (not a closure) so that its Variables are rebuilt at the grad trace
     # level, where BatchNorm may update them.
@@ -127,18 +145,21 @@ def train_step(
         _, _, rest = nnx.split(model, nnx.Param, ...)
         return loss_fn(counts, y, mask, num_classes, time_steps), (counts, rates, rest)
 
+    # Several devices: each differentiates its rows' share of the global loss, then the sum.
     (loss, (counts, rates, rest)), grads = jax.value_and_grad(objective, has_aux=True)(
-        state.params, state.rest
+        layers.batch_varying(state.params), state.rest
     )
+    grads = layers.batch_sum(grads)
     direction, opt_state = tx.update(grads, state.opt_state, state.params)
     params = jax.tree_util.tree_map(
         lambda p, d: p - lr.astype(p.dtype) * d, state.params, direction
     )
-    correct = jnp.sum((jnp.argmax(counts, axis=-1) == y) * mask).astype(jnp.int32)
+    correct = layers.batch_sum(jnp.sum((jnp.argmax(counts, axis=-1) == y) * mask).astype(jnp.int32))
     # The loss, the gradients AND what the step writes (parameters, BatchNorm statistics): a
     # learning rate far too high can overflow the update or the running variance while the loss
     # and gradients stay finite, and a checkpoint must never hold such a state.
     finite = jnp.isfinite(loss) & _all_finite(grads, params, rest)
+    rates = jax.tree.map(layers.batch_mean, rates)
     metrics = {"loss": loss, "correct": correct, "finite": finite, "firing_rate": rates}
     return TrainState(params, rest, opt_state), metrics
 
@@ -161,6 +182,7 @@ def eval_step(
     num_classes: int,
     time_steps: int,
     trace_counter: collections.Counter | None = None,
+    shard: sharded.Shard | None = None,
 ) -> dict[str, Array]:
     """The masked sums of one (possibly padded) batch, and its per-sample predictions.
 
@@ -172,13 +194,22 @@ def eval_step(
     if trace_counter is not None:
         trace_counter["eval_step"] += 1
     x = preprocess(batch["x"], train=False, rng=jax.random.key(0))
+    measure = functools.partial(
+        _measure, graphdef=graphdef, num_classes=num_classes, time_steps=time_steps
+    )
+    if shard is not None:
+        measure = shard.eval(measure)
+    return measure(params, rest, x, batch["y"], batch["mask"])
+
+
+def _measure(params, rest, x, y, mask, *, graphdef, num_classes, time_steps) -> dict[str, Array]:
+    """:func:`eval_step` on the preprocessed batch ``x``."""
     model = nnx.merge(graphdef, params, rest)
     counts = model(x)  # a plain call records nothing
-    y, mask = batch["y"], batch["mask"]
-    n = jnp.sum(mask)
+    n = layers.batch_sum(jnp.sum(mask))
     pred = jnp.argmax(counts, axis=-1)
     return {
-        "correct": jnp.sum((pred == y) * mask).astype(jnp.int32),
+        "correct": layers.batch_sum(jnp.sum((pred == y) * mask).astype(jnp.int32)),
         "loss_sum": loss_fn(counts, y, mask, num_classes, time_steps) * n,
         "count": n,
         "pred": pred,
@@ -286,6 +317,7 @@ def jit_steps(
         preprocess=preprocess, num_classes=num_classes, time_steps=time_steps, trace_counter=traces
     )
     replicated = parallel.replicated(mesh)
+    common["shard"] = sharded.for_mesh(mesh, model)  # None on one device
     train_fn = with_precision(
         functools.partial(
             train_step, graphdef=graphdef_train, tx=tx, base_key=jax.random.key(seed), **common
@@ -366,34 +398,3 @@ def evaluate_stacked(
         "loss": [float(v) / max(count, 1.0) for v in loss],
         "count": int(count),
     }
-
-
-def stack(trees: Sequence[Any]) -> Any:
-    """The trees' leaves stacked on a new leading axis (typed PRNG keys included)."""
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
-def unstack(tree: Any, index: int) -> Any:
-    """Member ``index`` of a stacked tree."""
-    return jax.tree.map(lambda x: x[index], tree)
-
-
-def member_view(state: TrainState, index: int) -> TrainState:
-    """Member ``index``'s state (params and rest; no optimizer state)."""
-    return TrainState(unstack(state.params, index), unstack(state.rest, index), None)
-
-
-def check_same_structure(states: Sequence[TrainState]) -> None:
-    """Raises ValueError when members' states differ in structure, shapes or dtypes."""
-
-    def sig(s):
-        leaves, treedef = jax.tree.flatten(s)
-        return treedef, [(jnp.shape(x), jnp.result_type(x)) for x in leaves]
-
-    first = sig(states[0])
-    for i, s in enumerate(states[1:], 1):
-        if sig(s) != first:
-            raise ValueError(
-                f"Member {i}'s train state differs from member 0's in structure or shapes; members "
-                "may differ only in values that keep the shapes (plif_jax.training.members)."
-            )
