@@ -81,11 +81,13 @@ SCRIPT = textwrap.dedent(
         batch = parallel.put_batch({"x": x, "y": rng.integers(0, classes, B).astype(np.int32),
                                     "mask": np.ones(B, np.float32)}, mesh)
         args = (state, batch, lr, jnp.int32(0), jnp.int32(0))
-        train_hlo = collectives(fns.train.lower(*args).compile().as_text())
-        eval_hlo = collectives(fns.eval.lower(state.params, state.rest, batch).compile().as_text())
-        state, m0 = fns.train(*args)
-        state, m1 = fns.train(state, batch, lr, jnp.int32(0), jnp.int32(1))
-        ev = fns.eval(state.params, state.rest, batch)
+        # Each program compiled once: its text is checked and the same executable runs.
+        train = fns.train.lower(*args).compile()
+        evaluate = fns.eval.lower(state.params, state.rest, batch).compile()
+        train_hlo, eval_hlo = collectives(train.as_text()), collectives(evaluate.as_text())
+        state, m0 = train(*args)
+        state, m1 = train(state, batch, lr, jnp.int32(0), jnp.int32(1))
+        ev = evaluate(state.params, state.rest, batch)
         leaves = [jax.random.key_data(a) if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
                   else a for a in jax.tree.leaves((state.params, state.rest, m0, m1, ev))]
         return {"train": train_hlo, "eval": eval_hlo,
