@@ -81,9 +81,9 @@ def _textbook_bwd(axes, keep, epsilon, axis_name, res, cotangents):
         + (g_mean / n).reshape(keep)
         + centred * (2.0 * g_var / n).reshape(keep)
     )
-    sum_out = tuple(range(len(g_bias_full.shape) - 1))  # per-step sums -> [C]
-    g_scale = jnp.sum(g_xhat_dot, axis=sum_out) if sum_out else g_xhat_dot
-    g_bias = jnp.sum(g_bias_full, axis=sum_out) if sum_out else g_bias_full
+    sum_out = tuple(range(g_bias_full.ndim - 1))  # per-step sums -> [C]; () leaves [C] as is
+    g_scale = jnp.sum(g_xhat_dot, axis=sum_out)
+    g_bias = jnp.sum(g_bias_full, axis=sum_out)
     return gx, g_scale.astype(scale.dtype), g_bias.astype(scale.dtype)
 
 
