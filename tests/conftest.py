@@ -5,7 +5,8 @@ Fixtures (helpers without state are in :mod:`tests.support`):
 - ``jax_cache_dir`` / ``digits_npz`` (session): one persistent compilation cache and the parsed
   digits, for in-process runs (``fast``, module) and subprocesses (``support.runs.subprocess_env``);
 - ``baseline`` (session): the tiny uninterrupted 3-epoch run, ``(workdir, summary)``;
-- ``quick_compile`` (module): XLA's optimisations off; ``float64_quick_compile`` adds float64;
+- ``optimized_compile`` (module): XLA's optimisations on, as in a user's run (the session's
+  default is off: ``JAX_DISABLE_MOST_OPTIMIZATIONS=1`` below); ``float64`` (module): float64;
 - ``tonic_few_files``: tonic's extracted-file count check with n = 1 (small dataset trees).
 
 Markers (``pyproject.toml``): ``parity`` (a SpikingJelly / snnTorch oracle comparison) and ``e2e``
@@ -33,6 +34,15 @@ import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# XLA's LLVM optimisations off (jax's ``jax_disable_most_optimizations``: backend optimisation
+# level 0, no expensive LLVM passes) in this process and every Python process a test starts:
+# compiling dominates the tests' tiny networks. The HLO passes (fusion, buffer assignment, the
+# SPMD partitioner, the collectives a test reads) are the same; values may differ from optimised
+# code in the last bits, and every comparison in a test is between programs compiled alike. What
+# checks the program users run compiles it as they do (``optimized_compile``: the neurons, their
+# formulations, the SpikingJelly neuron parity).
+# ``JAX_DISABLE_MOST_OPTIMIZATIONS=0 python -m pytest ...`` runs everything optimised.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 from tests.support import oracle  # noqa: E402 (after the environment above)
 
@@ -202,16 +212,16 @@ def _jax_options(**options):
 
 
 @pytest.fixture(scope="module")
-def quick_compile():
-    """XLA's optimisations off for the module: compile time dominates the tiny networks of the
-    tests, and unoptimised code computes the same values. Restored afterwards."""
-    with _jax_options(jax_disable_most_optimizations=True):
+def optimized_compile():
+    """XLA's optimisations on for the module, as in a user's run (the session's default is off,
+    see the top of this file). Restored afterwards."""
+    with _jax_options(jax_disable_most_optimizations=False):
         yield
 
 
 @pytest.fixture(scope="module")
-def float64_quick_compile(quick_compile):
-    """float64 (exact comparisons are meaningful there) and :func:`quick_compile`; restored
-    afterwards so that other test files see float32 and optimised compilation."""
+def float64():
+    """float64 for the module (exact comparisons are meaningful there); restored afterwards so
+    that other test files see float32."""
     with _jax_options(jax_enable_x64=True):
         yield

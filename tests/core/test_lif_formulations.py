@@ -16,6 +16,8 @@ from flax import nnx
 from plif_jax import models, neurons, surrogate
 from plif_jax.ops import batch_norm, lif_loop, lif_scan
 
+pytestmark = pytest.mark.usefixtures("optimized_compile")  # as users compile it
+
 
 def _grads(name, x, coef, **kw):
     def loss(x, w, alpha, v0):

@@ -21,7 +21,6 @@ SMALL = {
 
 
 # XLA compile time dominates these tiny nets; unoptimised code computes the same values.
-pytestmark = pytest.mark.usefixtures("quick_compile")
 
 
 @nnx.jit

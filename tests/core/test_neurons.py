@@ -14,7 +14,10 @@ from plif_jax import neurons, surrogate
 
 # Flax 0.12.8 deprecates Module.sow() outside nnx.capture(): the neurons sow only in a record view,
 # which these tests call under a capture, so any such warning is an error here.
-pytestmark = pytest.mark.filterwarnings("error:Using 'Module.sow\\(\\)' outside:DeprecationWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("error:Using 'Module.sow\\(\\)' outside:DeprecationWarning"),
+    pytest.mark.usefixtures("optimized_compile"),  # the neuron as users compile it
+]
 
 
 def _atan_sg(x: float, alpha: float = 2.0) -> float:

@@ -11,7 +11,10 @@ from plif_jax import neurons
 
 # Flax 0.12.8 deprecates Module.sow() outside nnx.capture(): the neurons only sow under a capture,
 # so any such warning is an error here.
-pytestmark = pytest.mark.filterwarnings("error:Using 'Module.sow\\(\\)' outside:DeprecationWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("error:Using 'Module.sow\\(\\)' outside:DeprecationWarning"),
+    pytest.mark.usefixtures("optimized_compile"),  # the neuron as users compile it
+]
 
 
 @pytest.mark.parametrize("detach_reset", [True, False])

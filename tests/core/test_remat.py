@@ -36,7 +36,7 @@ CHUNKS = (1, 2, T)
 
 
 # float64 (exact comparisons are meaningful there), XLA's optimisations off; restored after.
-pytestmark = pytest.mark.usefixtures("float64_quick_compile")
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _build(name: str, chunk: int | None, *, train_mode: bool, dropout_seed: int = 1):

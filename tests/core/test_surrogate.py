@@ -13,6 +13,8 @@ import pytest
 
 from plif_jax import surrogate
 
+pytestmark = pytest.mark.usefixtures("optimized_compile")  # as users compile it
+
 # x = H - V_th: zero, tiny, moderate and large magnitudes of both signs.
 X_VALUES = np.array(
     [-1e4, -37.0, -3.0, -1.0, -0.25, -1e-3, -1e-30, 0.0, 1e-30, 1e-3, 0.25, 1.0, 3.0, 37.0, 1e4],

@@ -42,6 +42,8 @@ def _probes(tmp_path, flags: dict[str, str]) -> dict[str, dict]:
     root = pathlib.Path(__file__).resolve().parents[2]
     running = {}
     for name, xla_flags in flags.items():
+        # The suite's LLVM optimisations are off (tests/conftest.py): they apply to the code XLA
+        # emits, not to YNNPACK's precompiled kernels, which are what the flag brings in.
         env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu")
         out = tmp_path / f"{name}.npz"
         cmd = [sys.executable, str(root / "tests" / "e2e" / "ynn_grads_probe.py"), str(out)]

@@ -31,7 +31,6 @@ from tests.support.runs import tiny_config
 nir = pytest.importorskip("nir")
 # XLA's optimisations off: compilation dominates these tiny nets; the comparisons are between
 # two runs under the same setting.
-pytestmark = pytest.mark.usefixtures("quick_compile")
 
 BATCH = 3
 STEPS = 4  # time steps of the event inputs (T=None accepts any)
@@ -54,7 +53,7 @@ def sequence(model: models.SpikingNet, x: jax.Array) -> jax.Array:
 
 
 @pytest.fixture(scope="module")
-def graphs(quick_compile, tmp_path_factory):
+def graphs(tmp_path_factory):
     """{name: (model, graph read back from its .nir file)}: one export per net."""
     out = {}
     for name in CASES:

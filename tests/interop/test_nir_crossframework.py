@@ -47,7 +47,7 @@ from tests.support.nir_nets import make, nhwc, trained_looking
 from tests.support.oracle import import_oracle
 
 # XLA's optimisations off (both sides of each comparison run under the same setting).
-pytestmark = [pytest.mark.parity, pytest.mark.usefixtures("quick_compile")]
+pytestmark = pytest.mark.parity
 
 nir = pytest.importorskip("nir")
 # The oracle is optional: without it this module skips (an error under PLIF_REQUIRE_ORACLE=1).

@@ -21,7 +21,7 @@ from plif_jax.models import porting
 from tests.support.oracle import import_oracle
 
 # float64 on both sides, XLA's optimisations off; restored afterwards.
-pytestmark = [pytest.mark.parity, pytest.mark.usefixtures("float64_quick_compile")]
+pytestmark = [pytest.mark.parity, pytest.mark.usefixtures("float64")]
 
 # The oracle is optional: without it this module skips (an error under PLIF_REQUIRE_ORACLE=1).
 torch = import_oracle("torch")

@@ -34,6 +34,7 @@ from tests.support.oracle import import_oracle
 
 pytestmark = [
     pytest.mark.parity,
+    pytest.mark.usefixtures("optimized_compile"),  # the neuron as users compile it
     # Flax 0.12.8 deprecates Module.sow() outside nnx.capture(); the neurons sow on every call.
     pytest.mark.filterwarnings("ignore:Using 'Module.sow\\(\\)' outside:DeprecationWarning"),
 ]

@@ -146,9 +146,12 @@ def tb_without_timing(workdir: str) -> dict:
     return {k: v for k, v in scalars.items() if not k.startswith("perf/")}
 
 
-# Run first in a training subprocess: the same digits .npz (env PLIF_TEST_DIGITS_NPZ).
+# Run first in a training subprocess: the same digits .npz (env PLIF_TEST_DIGITS_NPZ), and no
+# torch, as in the default install (CI installs torch for the parity oracle only; tensorboardX
+# imports it where it is installed, ~3 s of every start).
 SUBPROCESS_PRELUDE = """
-import os
+import os, sys
+sys.modules["torch"] = None  # import torch raises ImportError, as without it
 import numpy as np
 from plif_jax.data import digits as _digits
 
