@@ -17,6 +17,7 @@ from plif_jax import cli
 from plif_jax.runtime import allocator
 from plif_jax.runtime.xla_flags import YNN_FLAG as _YNN_FLAG
 from plif_jax.runtime.xla_flags import cpu_only_process, set_cpu_flags
+from plif_jax.training import config as config_lib
 
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config file stem>).")
@@ -58,6 +59,10 @@ def main(argv: list[str]) -> None:
     ynn = set_cpu_flags(FLAGS.xla_cpu_ynn)
     if FLAGS.glibc_keep_freed and cpu_only_process():
         allocator.keep_freed_memory()  # before JAX makes its threads (plif_jax.runtime.allocator)
+    # A config mistake is reported before JAX loads (pure Python, no JAX import: a second
+    # instead of four). train_and_evaluate checks again, with the device count, for callers of
+    # the library.
+    config_lib.validate(FLAGS.config)
     from plif_jax.training import run as train
 
     config_file = config_flags.get_config_filename(FLAGS["config"])

@@ -25,6 +25,31 @@ def test_validating_a_config_loads_neither_jax_nor_flax_nor_tonic():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+@pytest.mark.e2e  # a fresh interpreter: nothing imported before the check
+def test_the_train_cli_reports_a_config_mistake_before_jax_loads():
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['experiments.train', '--config=configs/quickstart.py', "
+        "'--config.dataset=imagenet', '--workdir=' + sys.argv[1]]\n"
+        "try:\n"
+        "    runpy.run_module('experiments.train', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 2, e.code\n"
+        "else:\n"
+        "    raise AssertionError('no error')\n"
+        "heavy = [m for m in ('jax', 'flax', 'tonic', 'orbax') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "/nonexistent/never_created"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: Unknown dataset 'imagenet'")
+
+
 def test_the_config_vocabulary_is_what_layers_and_surrogates_implement():
     assert set(options.POOLINGS) == set(layers.POOLINGS)
     assert set(options.BN_MODES) == set(layers.BN_MODES)
