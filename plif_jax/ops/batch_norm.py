@@ -3,7 +3,7 @@
 :meth:`plif_jax.layers.BatchNorm.normalize` calls :func:`normalize`, which returns
 ``(y, mean, var)`` of ``y = (x - mean) * rsqrt(var + eps) * scale + bias`` with the batch
 statistics over ``axes`` (two-pass variance, biased). The formulation is chosen when the step is
-lowered (as :mod:`plif_jax.ops.lif_loop`'s loops):
+lowered (:func:`plif_jax.ops.platform.by_platform`, as for :mod:`plif_jax.ops.lif_loop`'s loops):
 
 * XLA:CPU: the plain JAX expression, differentiated by autodiff (the program the project's
   recorded outputs come from, unchanged);
@@ -26,7 +26,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from plif_jax.ops import lif_loop
+from plif_jax.ops.platform import by_platform
 
 
 def _pmean(x, axis_name):
@@ -94,7 +94,7 @@ def normalize(
     x, scale, bias, *, axes: tuple[int, ...], keep: tuple[int, ...], epsilon: float, axis_name=None
 ):
     """``(y, mean, var)``: batch statistics over ``axes`` (shaped ``keep`` to broadcast)."""
-    return lif_loop.by_platform(
+    return by_platform(
         lambda x, s, b: _plain(x, s, b, axes, keep, epsilon, axis_name),
         lambda x, s, b: _textbook(x, s, b, axes, keep, epsilon, axis_name),
         x,

@@ -30,39 +30,13 @@ loop above is what XLA:CPU runs best, and costs XLA:GPU 3-4 kernels per step wit
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 
 from plif_jax.ops import lif_scan
-
-FORMULATIONS = ("cpu", "accelerator")
-_forced: list[str] = []  # set by `formulation` (tests); empty: chosen by the lowering platform
-
-
-@contextlib.contextmanager
-def formulation(name: str) -> Iterator[None]:
-    """Traces the ops in one formulation whatever the backend: ``'cpu'`` (the in-place
-    ``fori_loop``, BatchNorm by autodiff) or ``'accelerator'`` (:mod:`plif_jax.ops.lif_scan`,
-    :mod:`plif_jax.ops.batch_norm`'s backward). For tests: applies to what is traced inside the
-    block (a function jitted before keeps its trace)."""
-    if name not in FORMULATIONS:
-        raise ValueError(f"formulation must be one of {FORMULATIONS}, got {name!r}")
-    _forced.append(name)
-    try:
-        yield
-    finally:
-        _forced.pop()
-
-
-def by_platform(cpu, accelerator, *args):
-    """``cpu(*args)`` on XLA:CPU, ``accelerator(*args)`` elsewhere (decided at lowering)."""
-    if _forced:
-        return (cpu if _forced[-1] == "cpu" else accelerator)(*args)
-    return jax.lax.platform_dependent(*args, cpu=cpu, default=accelerator)
+from plif_jax.ops.platform import by_platform
 
 
 def _reset(h, v_threshold, v_reset):

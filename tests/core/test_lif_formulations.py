@@ -2,7 +2,7 @@
 autodiff) and GPU/TPU's (the neuron's scan, BatchNorm's hand-written backward).
 
 The backend picks one when a step is lowered (``plif_jax.ops.lif_loop``); here both run on CPU
-(``lif_loop.formulation``) and must give the same spikes and gradients.
+(``platform.formulation``) and must give the same spikes and gradients.
 """
 
 import re
@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from plif_jax import models, neurons, surrogate
-from plif_jax.ops import batch_norm, lif_loop, lif_scan
+from plif_jax.ops import batch_norm, lif_scan, platform
 
 pytestmark = pytest.mark.usefixtures("optimized_compile")  # as users compile it
 
@@ -26,7 +26,7 @@ def _grads(name, x, coef, **kw):
         )
         return jnp.sum(coef * s) + jnp.sum(v * coef[0]), s
 
-    with lif_loop.formulation(name):
+    with platform.formulation(name):
         f = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3), has_aux=True))
         return f(x, jnp.float32(0.3), jnp.float32(2.0), x[0] * 0.1)
 
@@ -60,11 +60,11 @@ def test_the_backend_chooses_at_lowering_and_the_formulations_differ_in_program(
     f = lambda x: jnp.sum(neurons.lif_multistep(x, 0.5))  # noqa: E731
     cpu_default = jax.jit(jax.grad(f)).lower(x).compile().as_text()
     assert " while(" in cpu_default and " conditional(" not in cpu_default
-    with lif_loop.formulation("accelerator"):
+    with platform.formulation("accelerator"):
         unrolled = jax.jit(jax.grad(f)).lower(x).compile().as_text()
     assert " while(" not in unrolled  # T = 8 <= MAX_UNROLL: no loop left
     with pytest.raises(ValueError, match="formulation must be one of"):
-        with lif_loop.formulation("gpu"):
+        with platform.formulation("gpu"):
             pass
 
 
@@ -81,8 +81,8 @@ def test_a_network_train_step_is_the_same_in_both_formulations():
         return jnp.sum(jnp.square(counts / 5.0 - 0.3)), counts
 
     out = {}
-    for name in lif_loop.FORMULATIONS:
-        with lif_loop.formulation(name):
+    for name in platform.FORMULATIONS:
+        with platform.formulation(name):
             out[name] = jax.jit(jax.grad(loss, has_aux=True))(params)
     (g_cpu, c_cpu), (g_acc, c_acc) = out["cpu"], out["accelerator"]
     np.testing.assert_array_equal(np.asarray(c_acc), np.asarray(c_cpu))
@@ -110,8 +110,8 @@ def test_batch_norm_backward_equals_autodiff(per_step):
         return jnp.sum(gy * y) + jnp.sum(g_mean * mean) + jnp.sum(g_var * var), (y, mean, var)
 
     out = {}
-    for name in lif_loop.FORMULATIONS:
-        with lif_loop.formulation(name):
+    for name in platform.FORMULATIONS:
+        with platform.formulation(name):
             out[name] = jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(x, scale, bias)
     (g_cpu, v_cpu), (g_acc, v_acc) = out["cpu"], out["accelerator"]
     for a, b in zip(v_acc, v_cpu, strict=True):
@@ -132,7 +132,7 @@ def test_cpu_loops_update_their_buffer_in_place():
     def loss(kernel, w):
         return jnp.sum(neurons.lif_multistep(x @ kernel, jax.nn.sigmoid(w)))
 
-    with lif_loop.formulation("cpu"):
+    with platform.formulation("cpu"):
         text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(kernel, 0.3).compile().as_text()
     buffer = f"f32[{T},{B},{n}]"
     bodies = set(re.findall(r"while\(.*?body=%?([\w.\-]+)", text))
