@@ -9,26 +9,37 @@ from plif_jax import layers, surrogate
 from plif_jax.data import registry
 from plif_jax.models import options
 
+HEAVY = ("jax", "flax", "tonic", "orbax", "tensorflow_datasets")
 
-@pytest.mark.e2e  # a fresh interpreter: nothing imported before the check
+
+def after_in_a_fresh_interpreter(code: str, *args: str) -> subprocess.CompletedProcess:
+    """Runs ``code`` in a fresh interpreter (nothing imported before it), then asserts that none
+    of :data:`HEAVY` was imported; returns the finished process (stderr captured)."""
+    check = f"\nheavy = [m for m in {HEAVY!r} if m in sys.modules]\nassert not heavy, heavy\n"
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys\n" + code + check, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+@pytest.mark.e2e
 def test_validating_a_config_loads_neither_jax_nor_flax_nor_tonic():
     # The CLI's promise: a config mistake is reported before JAX and the data libraries load.
-    code = (
-        "import sys\n"
+    after_in_a_fresh_interpreter(
         "from configs import dvsgesture\n"
         "from plif_jax.training import config\n"
         "config.validate(dvsgesture.get_config())\n"
-        "heavy = [m for m in ('jax', 'flax', 'tonic', 'orbax', 'tensorflow_datasets') "
-        "if m in sys.modules]\n"
-        "assert not heavy, heavy\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
-@pytest.mark.e2e  # a fresh interpreter: nothing imported before the check
+@pytest.mark.e2e
 def test_the_train_cli_reports_a_config_mistake_before_jax_loads():
-    code = (
-        "import runpy, sys\n"
+    proc = after_in_a_fresh_interpreter(
+        "import runpy\n"
         "sys.argv = ['experiments.train', '--config=configs/quickstart.py', "
         "'--config.dataset=imagenet', '--workdir=' + sys.argv[1]]\n"
         "try:\n"
@@ -36,17 +47,9 @@ def test_the_train_cli_reports_a_config_mistake_before_jax_loads():
         "except SystemExit as e:\n"
         "    assert e.code == 2, e.code\n"
         "else:\n"
-        "    raise AssertionError('no error')\n"
-        "heavy = [m for m in ('jax', 'flax', 'tonic', 'orbax') if m in sys.modules]\n"
-        "assert not heavy, heavy\n"
+        "    raise AssertionError('no error')\n",
+        "/nonexistent/never_created",
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, "/nonexistent/never_created"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith("error: Unknown dataset 'imagenet'")
 
 
