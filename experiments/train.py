@@ -59,9 +59,9 @@ def main(argv: list[str]) -> None:
     ynn = set_cpu_flags(FLAGS.xla_cpu_ynn)
     if FLAGS.glibc_keep_freed and cpu_only_process():
         allocator.keep_freed_memory()  # before JAX makes its threads (plif_jax.runtime.allocator)
-    # A config mistake is reported before JAX loads (pure Python, no JAX import: a second
-    # instead of four). train_and_evaluate checks again, with the device count, for callers of
-    # the library.
+    # A config mistake is reported before JAX loads (pure Python: an unknown dataset exits in
+    # 0.35 s instead of 4.4 s, `time python -m experiments.train ...`, 2026-12-03).
+    # train_and_evaluate checks again, with the device count, for callers of the library.
     config_lib.validate(FLAGS.config)
     from plif_jax.training import run as train
 

@@ -362,7 +362,7 @@ class TimeSharedDropout(nnx.Module):
         global batch's (the stream is the same on every device), sliced to this device's rows.
         """
         name = _BATCH_AXIS.get()
-        rows = batch if name is None else batch * _batch_devices()
+        rows = batch * _batch_devices()
         keep = jax.random.bernoulli(self.rngs(), 1.0 - self.rate, (rows, features))
         mask = jnp.where(keep, 1.0 / (1.0 - self.rate), 0.0).astype(dtype)
         if name is None:

@@ -11,9 +11,10 @@ on small arrays only (:func:`plif_jax.layers.batch_axis`):
   rows), the running statistics updated from those, so they stay replicated;
 - the dropout mask: the global batch's, drawn from the replicated stream, each device taking its
   rows;
-- the loss: ``psum`` of the devices' masked sums over ``psum`` of their counts; the gradients
-  of the replicated parameters come out summed over the devices (the transpose of their implicit
-  broadcast to every device), so Adam sees the global batch's gradients on every device;
+- the loss: ``psum`` of the devices' masked sums over ``psum`` of their counts; each device
+  differentiates it with respect to its own (``pcast`` to varying) copy of the parameters, and
+  the gradients are ``psum``'d (:func:`plif_jax.training.steps.train_step`), so Adam sees the
+  global batch's gradients on every device;
 - the metrics: ``psum`` (correct, counts) and ``pmean`` (firing rates).
 
 The result equals the one-device step on the whole batch up to float reassociation (sums split

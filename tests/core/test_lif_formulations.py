@@ -1,7 +1,7 @@
 """The ops in their two formulations: XLA:CPU's (the neuron's in-place loop, BatchNorm by
 autodiff) and GPU/TPU's (the neuron's scan, BatchNorm's hand-written backward).
 
-The backend picks one when a step is lowered (``plif_jax.ops.lif_loop``); here both run on CPU
+The backend picks one when a step is lowered (``plif_jax.ops.platform``); here both run on CPU
 (``platform.formulation``) and must give the same spikes and gradients.
 """
 

@@ -148,7 +148,7 @@ def tb_without_timing(workdir: str) -> dict:
 
 # Run first in a training subprocess: the same digits .npz (env PLIF_TEST_DIGITS_NPZ), and no
 # torch, as in the default install (CI installs torch for the parity oracle only; tensorboardX
-# imports it where it is installed, ~3 s of every start).
+# imports it where it is installed: 2.6 s of each start, cProfile of the tiny run, 2026-12-03).
 SUBPROCESS_PRELUDE = """
 import os, sys
 sys.modules["torch"] = None  # import torch raises ImportError, as without it
