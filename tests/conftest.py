@@ -27,10 +27,20 @@ parity modules skipped for a missing oracle, so a log shows whether the comparis
 
 import collections
 import contextlib
+import importlib.metadata
 import os
 import subprocess
 
 import pytest
+
+
+def _jaxlib_minor() -> tuple[int, int] | None:
+    try:
+        major, minor = importlib.metadata.version("jaxlib").split(".")[:2]
+        return int(major), int(minor)
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return None
+
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -43,6 +53,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # formulations, the SpikingJelly neuron parity).
 # ``JAX_DISABLE_MOST_OPTIMIZATIONS=0 python -m pytest ...`` runs everything optimised.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+# And, in the same mode, XLA:CPU's older loop emitters write the fused kernels instead of its MLIR
+# fusion emitters (the default): about a quarter less time for the whole suite (CHANGELOG has the
+# figures). A jaxlib that does not know the flag would abort at start-up, so only on the versions
+# it was measured with. What compiles as users do (``optimized_compile``), or checks a
+# bit-identity that holds with XLA's default emitters only (the K-step blocks, whose fusions the
+# loop emitters change in the last bits: ``default_emitters``), has them back per compile.
+FUSION_EMITTERS_OFF = "--xla_cpu_use_fusion_emitters=false"
+if os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] == "1" and _jaxlib_minor() == (0, 10):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FUSION_EMITTERS_OFF}".strip()
 
 from tests.support import oracle  # noqa: E402 (after the environment above)
 
@@ -211,11 +230,38 @@ def _jax_options(**options):
             jax.config.update(name, value)
 
 
+@contextlib.contextmanager
+def _fusion_emitters_on():
+    """XLA:CPU's default (MLIR) fusion emitters for every compile inside, whatever ``XLA_FLAGS``
+    says (a per-compile option override, as ``jax.jit(..., compiler_options=...)`` passes)."""
+    from jax._src import compiler
+
+    real = compiler.get_compile_options
+
+    def get_compile_options(*args, env_options_overrides=None, **kwargs):
+        overrides = {"xla_cpu_use_fusion_emitters": True, **(env_options_overrides or {})}
+        return real(*args, env_options_overrides=overrides, **kwargs)
+
+    compiler.get_compile_options = get_compile_options
+    try:
+        yield
+    finally:
+        compiler.get_compile_options = real
+
+
+@pytest.fixture(scope="module")
+def default_emitters():
+    """XLA:CPU's default fusion emitters for the module (the session's default is the loop
+    emitters, see the top of this file); XLA's optimisation level stays the session's."""
+    with _fusion_emitters_on():
+        yield
+
+
 @pytest.fixture(scope="module")
 def optimized_compile():
-    """XLA's optimisations on for the module, as in a user's run (the session's default is off,
-    see the top of this file). Restored afterwards."""
-    with _jax_options(jax_disable_most_optimizations=False):
+    """XLA's optimisations and its default fusion emitters for the module, as in a user's run
+    (the session's default is neither, see the top of this file). Restored afterwards."""
+    with _jax_options(jax_disable_most_optimizations=False), _fusion_emitters_on():
         yield
 
 

@@ -172,5 +172,7 @@ def subprocess_env(jax_cache_dir: str, digits_npz: str, **extra: str) -> dict[st
         PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""),
         **cache_env(jax_cache_dir),
     )
+    if "XLA_FLAGS" in extra:  # added to the session's (tests/conftest.py), not instead of them
+        extra = {**extra, "XLA_FLAGS": f"{env.get('XLA_FLAGS', '')} {extra['XLA_FLAGS']}".strip()}
     env.update(extra)
     return env
