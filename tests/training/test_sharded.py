@@ -107,7 +107,8 @@ def four_devices(tmp_path_factory):
     env.update(
         JAX_PLATFORMS="cpu",
         PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""),
-        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        # Added to the session's flags (tests/conftest.py), not instead of them.
+        XLA_FLAGS=f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4".strip(),
     )
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT],
