@@ -15,7 +15,9 @@ import pkgutil
 from collections.abc import Mapping
 
 # XLA:CPU's YNNPACK fusions for dots, convolutions and reductions: on by default in the train CLI
-# (experiments/train.py, ``--xla_cpu_ynn``); BENCHMARKS.md has the figures.
+# (experiments/train.py, ``--xla_cpu_ynn``); BENCHMARKS.md has the figures. With jaxlib 0.10.x
+# XLA's default already forms the YNNPACK dot fusions: a compiled program is the same with and
+# without this flag (2026-12-03; an empty fusion type turns them off: tests/e2e/test_cli.py).
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type=dot,reduce"
 # jaxlib (major, minor) versions whose XLA has the flag (measured with 0.10.x).
 YNN_JAXLIB = ((0, 10),)

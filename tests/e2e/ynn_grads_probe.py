@@ -1,10 +1,12 @@
 """Loss and gradients of the paper's objective on small versions of the paper's networks.
 
 Run as a script by ``tests/e2e/test_cli.py`` (``python tests/e2e/ynn_grads_probe.py OUT.npz``)
-once with
-and once without the YNN flag the train CLI sets: XLA reads ``XLA_FLAGS`` once per process.
+once with the YNN flag the train CLI sets and once with XLA:CPU's YNNPACK fusions off: XLA reads
+``XLA_FLAGS`` once per process. Also saves, per net, how many YNNPACK fusions its compiled
+program has (``hlo/<net>/ynn_fusions``).
 """
 
+import re
 import sys
 
 import jax
@@ -53,7 +55,10 @@ def main(out: str) -> None:
 
             return jax.value_and_grad(objective)(params)
 
-        value, grads = value_and_grad(params, rest)
+        compiled = value_and_grad.lower(params, rest).compile()
+        ynn = re.findall(r"^\s*(?:ROOT )?%ynn_fusion[.\d]* = ", compiled.as_text(), re.M)
+        results[f"hlo/{name}/ynn_fusions"] = np.asarray(len(ynn))
+        value, grads = compiled(params, rest)
         results[f"{name}/loss"] = np.asarray(value)
         for path, g in jax.tree_util.tree_leaves_with_path(grads):
             results[f"{name}/{jax.tree_util.keystr(path)}"] = np.asarray(g)
