@@ -27,20 +27,12 @@ parity modules skipped for a missing oracle, so a log shows whether the comparis
 
 import collections
 import contextlib
-import importlib.metadata
 import os
 import subprocess
 
 import pytest
 
-
-def _jaxlib_minor() -> tuple[int, int] | None:
-    try:
-        major, minor = importlib.metadata.version("jaxlib").split(".")[:2]
-        return int(major), int(minor)
-    except (importlib.metadata.PackageNotFoundError, ValueError):
-        return None
-
+from plif_jax.runtime import xla_flags  # pure Python: imports no JAX
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -60,7 +52,7 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # bit-identity that holds with XLA's default emitters only (the K-step blocks, whose fusions the
 # loop emitters change in the last bits: ``default_emitters``), has them back per compile.
 FUSION_EMITTERS_OFF = "--xla_cpu_use_fusion_emitters=false"
-if os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] == "1" and _jaxlib_minor() == (0, 10):
+if os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] == "1" and xla_flags.jaxlib_version() == (0, 10):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FUSION_EMITTERS_OFF}".strip()
 
 from tests.support import oracle  # noqa: E402 (after the environment above)

@@ -46,7 +46,8 @@ def cpu_only_process(environ: Mapping[str, str] = os.environ) -> bool:
     return not accelerator_plugins()
 
 
-def _jaxlib_version() -> tuple[int, int] | None:
+def jaxlib_version() -> tuple[int, int] | None:
+    """The installed jaxlib's (major, minor), without importing it (None where unknown)."""
     try:
         major, minor = importlib.metadata.version("jaxlib").split(".")[:2]
         return int(major), int(minor)
@@ -74,7 +75,7 @@ def set_cpu_flags(ynn: bool, environ: dict | None = None) -> str:
             f"{', '.join(accelerator_plugins()) or 'none'}; JAX_PLATFORMS="
             f"{env.get('JAX_PLATFORMS', '')!r}); it is an XLA:CPU flag"
         )
-    version = _jaxlib_version()
+    version = jaxlib_version()
     if version not in YNN_JAXLIB:
         return f"YNNPACK flag not set: jaxlib {version} is not one it was measured with"
     env["XLA_FLAGS"] = f"{current} {YNN_FLAG}".strip()

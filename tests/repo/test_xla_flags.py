@@ -25,7 +25,7 @@ def test_the_ynn_flag_never_reaches_an_accelerator_process(monkeypatch):
 
 
 def test_the_ynn_flag_is_not_set_on_a_jaxlib_it_was_not_measured_with(monkeypatch):
-    monkeypatch.setattr(xla_flags, "_jaxlib_version", lambda: (0, 12))
+    monkeypatch.setattr(xla_flags, "jaxlib_version", lambda: (0, 12))
     env = {"JAX_PLATFORMS": "cpu"}
     assert "jaxlib (0, 12)" in xla_flags.set_cpu_flags(True, env)
     assert "XLA_FLAGS" not in env
