@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from experiments import train as train_cli
+from tests.support.runs import session_xla_flags
 
 YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type="  # XLA:CPU's own kernels
 
@@ -46,8 +47,7 @@ def _probes(tmp_path, flags: dict[str, str]) -> dict[str, dict]:
     for name, xla_flags in flags.items():
         # The suite's settings (tests/conftest.py: LLVM optimisations off, the loop emitters)
         # apply to the code XLA emits around the fusions compared, not to YNNPACK's kernels.
-        session = os.environ.get("XLA_FLAGS", "")
-        env = dict(os.environ, XLA_FLAGS=f"{session} {xla_flags}".strip(), JAX_PLATFORMS="cpu")
+        env = dict(os.environ, XLA_FLAGS=session_xla_flags(xla_flags), JAX_PLATFORMS="cpu")
         out = tmp_path / f"{name}.npz"
         cmd = [sys.executable, str(root / "tests" / "e2e" / "ynn_grads_probe.py"), str(out)]
         running[name] = (subprocess.Popen(cmd, env=env, cwd=root), out)

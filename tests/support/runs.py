@@ -172,7 +172,12 @@ def subprocess_env(jax_cache_dir: str, digits_npz: str, **extra: str) -> dict[st
         PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""),
         **cache_env(jax_cache_dir),
     )
-    if "XLA_FLAGS" in extra:  # added to the session's (tests/conftest.py), not instead of them
-        extra = {**extra, "XLA_FLAGS": f"{env.get('XLA_FLAGS', '')} {extra['XLA_FLAGS']}".strip()}
+    if "XLA_FLAGS" in extra:
+        extra = {**extra, "XLA_FLAGS": session_xla_flags(extra["XLA_FLAGS"])}
     env.update(extra)
     return env
+
+
+def session_xla_flags(flags: str) -> str:
+    """``flags`` added to the session's ``XLA_FLAGS`` (tests/conftest.py), not instead of them."""
+    return f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()

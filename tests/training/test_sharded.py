@@ -16,6 +16,7 @@ import pytest
 
 from plif_jax.runtime import parallel
 from plif_jax.training import sharded
+from tests.support.runs import session_xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -107,8 +108,7 @@ def four_devices(tmp_path_factory):
     env.update(
         JAX_PLATFORMS="cpu",
         PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""),
-        # Added to the session's flags (tests/conftest.py), not instead of them.
-        XLA_FLAGS=f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4".strip(),
+        XLA_FLAGS=session_xla_flags("--xla_force_host_platform_device_count=4"),
     )
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT],
