@@ -9,8 +9,11 @@ loop bodies out and returns, per call:
   the like are free). A loop's condition is counted only when its trip count is unknown
   (XLA:GPU skips the condition of a loop with a known trip count).
 * ``bytes``: what the kernels read and write: each kernel's operands plus results, where a
-  fusion reading a parameter only through (dynamic-)slices counts the slices, and a fusion
-  whose root updates a parameter in place (dynamic-update-slice) counts the update.
+  fusion reading a parameter only through (dynamic-)slices counts the slices (also when the
+  slices are taken after one-to-one elementwise ops on the whole parameter, as XLA writes the
+  steps of an unrolled scan: its kernel computes each output element from the elements it
+  needs), and a fusion whose root updates a parameter in place (dynamic-update-slice) counts
+  the update.
   ``bytes_naive`` counts whole operands and results.
 * ``flops``: convolution and matrix-multiply FLOPs (cuDNN / cuBLAS / Triton GEMM calls and any
   ``dot`` or ``convolution`` left in the program), 2 per multiply-add. Elementwise work is not
@@ -208,8 +211,48 @@ def _fusion_bytes(instr: Instr, comps: dict[str, Computation]) -> float:
         if us and sliced:
             read += sum(type_bytes(u.type) for u in us)
         elif us:
-            read += type_bytes(inner[name].type)
+            read += type_bytes(inner[name].type) * _sliced_share(name, users, inner)
     return read + written
+
+
+# Ops whose result has one element per element of the operand walked (same count, any layout).
+_ONE_TO_ONE = {
+    "abs", "add", "and", "atan2", "bitcast", "bitcast-convert", "ceil", "clamp", "compare",
+    "convert", "copy", "cosine", "divide", "exponential", "exponential-minus-one", "floor",
+    "is-finite", "log", "log-plus-one", "logistic", "maximum", "minimum", "multiply", "negate",
+    "not", "or", "power", "remainder", "reshape", "round-nearest-afz", "round-nearest-even",
+    "rsqrt", "select", "sign", "sine", "sqrt", "subtract", "tanh", "transpose", "xor",
+}  # fmt: skip
+
+
+def _elements(type_text: str) -> int:
+    found = _ARRAY.search(type_text)
+    return _prod(_dims(type_text)) if found else 0
+
+
+def _sliced_share(name: str, users: dict[str, list[Instr]], inner: dict[str, Instr]) -> float:
+    """The share of parameter ``name`` a fusion reads: 1, or the slices' share of its elements
+    when every use reaches a (dynamic-)slice through one-to-one elementwise ops (a step of an
+    unrolled scan computed on the whole ``[T, ...]`` value and then sliced reads that step's
+    elements only: XLA computes a fused value per output element)."""
+    total = _elements(inner[name].type)
+    frontier, seen, sliced = [name], set(), 0
+    while frontier:
+        current = frontier.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        uses = users.get(current, [])
+        if not uses or inner[current].root:
+            return 1.0  # an output of the fusion, or unused (counted whole, as before)
+        for u in uses:
+            if u.opcode in ("slice", "dynamic-slice") and u.operands[0] == current:
+                sliced += _elements(u.type)
+            elif u.opcode in _ONE_TO_ONE and _elements(u.type) == total:
+                frontier.append(u.name)
+            else:
+                return 1.0
+    return min(1.0, sliced / total) if total else 1.0
 
 
 def _dot_flops(instr: Instr, local: dict[str, Instr], pattern: str) -> float:

@@ -114,11 +114,54 @@ def test_batch_norm_backward_equals_autodiff(per_step):
         with platform.formulation(name):
             out[name] = jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(x, scale, bias)
     (g_cpu, v_cpu), (g_acc, v_acc) = out["cpu"], out["accelerator"]
-    for a, b in zip(v_acc, v_cpu, strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the same forward
+    for a, b in zip(v_acc, v_cpu, strict=True):  # statistics in one pass vs two: reassociated
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
     assert float(jnp.max(jnp.abs(g_cpu[0]))) > 1e-2
     for a, b in zip(g_acc, g_cpu, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_one_pass_statistics_keep_a_small_variance_under_a_large_mean():
+    # The accelerators' statistics come from one pass (sums of x - c and its square, c one
+    # sample per channel). Unshifted, E[x^2] - E[x]^2 in float32 loses a spread of 0.05 under a
+    # mean of 1000 entirely (E[x^2] ~ 1e6 has an ulp of 0.06); shifted it keeps it. A constant
+    # channel gets a variance of exactly 0, never a negative one.
+    rng = np.random.default_rng(2)
+    x = rng.normal(1000.0, 0.05, (4, 8, 3, 3, 3)).astype(np.float32)
+    x[..., 2] = 7.0
+    x = jnp.asarray(x)
+    axes, keep = (1, 2, 3), (4, 1, 1, 1, 3)  # per-step statistics, [T, C]
+    mean, var = batch_norm._stats_one_pass(x, axes, keep, None)
+    mean2, var2 = batch_norm._stats(x, axes, keep, None)
+    np.testing.assert_allclose(np.asarray(mean), np.asarray(mean2), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(var[:, :2]), np.asarray(var2[:, :2]), rtol=1e-3)
+    assert np.all(np.asarray(var[:, 2]) == 0.0)
+    unshifted = jnp.mean(jnp.square(x), axis=axes) - jnp.square(jnp.mean(x, axis=axes))
+    assert not np.allclose(np.asarray(unshifted[:, :2]), np.asarray(var2[:, :2]), rtol=0.1)
+
+
+def test_batch_norm_statistics_over_devices_equal_the_whole_batch():
+    # Batch-parallel steps split the batch over devices and pmean the statistics; the one-pass
+    # statistics shift every device by the same (pmean'd) sample. vmap with an axis name stands
+    # in for 4 devices.
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(3.0, 0.5, (3, 8, 2, 2, 5)), jnp.float32)  # [T, B, H, W, C]
+    scale, bias = jnp.ones(5, jnp.float32), jnp.zeros(5, jnp.float32)
+    axes, keep = (1, 2, 3), (3, 1, 1, 1, 5)
+    shards = jnp.stack(jnp.split(x, 4, axis=1))  # [4, T, B/4, H, W, C]
+    for name in platform.FORMULATIONS:
+        with platform.formulation(name):
+            whole = batch_norm.normalize(x, scale, bias, axes=axes, keep=keep, epsilon=1e-5)
+            parts = jax.vmap(
+                lambda s: batch_norm.normalize(
+                    s, scale, bias, axes=axes, keep=keep, epsilon=1e-5, axis_name="d"
+                ),
+                axis_name="d",
+            )(shards)
+        y = jnp.concatenate(list(parts[0]), axis=1)
+        np.testing.assert_allclose(np.asarray(y), np.asarray(whole[0]), rtol=1e-5, atol=1e-5)
+        for a, b in zip(parts[1:], whole[1:], strict=True):  # mean, var: replicated
+            np.testing.assert_allclose(np.asarray(a), np.broadcast_to(b, a.shape), rtol=1e-5)
 
 
 def test_cpu_loops_update_their_buffer_in_place():

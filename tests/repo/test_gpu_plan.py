@@ -90,6 +90,42 @@ def test_census_runs_the_condition_of_a_loop_of_unknown_trip_count():
     assert c.launches == 3 + 2 + 2  # the body once, the condition twice (enter and leave)
 
 
+UNROLLED = """HloModule u, is_scheduled=true
+
+%fused_steps (param_0: f32[4,8], param_1: f32[8], param_2: f32[4,8]) -> (f32[8], f32[8], f32[4,8]) {
+  %param_0 = f32[4,8]{1,0} parameter(0)
+  %param_1 = f32[8]{0} parameter(1)
+  %param_2 = f32[4,8]{1,0} parameter(2)
+  %broadcast.1 = f32[4,8]{1,0} broadcast(%param_1), dimensions={1}
+  %multiply.1 = f32[4,8]{1,0} multiply(%param_0, %broadcast.1)
+  %add.1 = f32[4,8]{1,0} add(%multiply.1, %broadcast.1)
+  %slice.1 = f32[1,8]{1,0} slice(%add.1), slice={[3:4], [0:8]}
+  %bitcast.1 = f32[8]{0} bitcast(%slice.1)
+  %slice.2 = f32[1,8]{1,0} slice(%multiply.1), slice={[0:1], [0:8]}
+  %bitcast.2 = f32[8]{0} bitcast(%slice.2)
+  %negate.1 = f32[4,8]{1,0} negate(%param_2)
+  ROOT %tuple.1 = (f32[8]{0}, f32[8]{0}, f32[4,8]{1,0}) tuple(%bitcast.1, %bitcast.2, %negate.1)
+}
+
+ENTRY %main (x: f32[4,8], s: f32[8], y: f32[4,8]) -> (f32[8], f32[8], f32[4,8]) {
+  %x = f32[4,8]{1,0} parameter(0)
+  %s = f32[8]{0} parameter(1)
+  %y = f32[4,8]{1,0} parameter(2)
+  ROOT %f = (f32[8]{0}, f32[8]{0}, f32[4,8]{1,0}) fusion(%x, %s, %y), kind=kLoop, calls=%fused_steps
+}
+"""
+
+
+def test_census_counts_the_steps_an_unrolled_scan_slices_after_elementwise_ops():
+    # x is scaled and shifted as a whole, then two of its 4 rows are sliced out: XLA's kernel
+    # reads those two rows only. s is broadcast (read whole); y is negated whole and output.
+    c = hlo_census.census(UNROLLED)
+    reads = 2 * 8 * 4 + 8 * 4 + 4 * 8 * 4
+    writes = (8 + 8 + 4 * 8) * 4
+    assert c.bytes == reads + writes
+    assert c.bytes_naive == (4 * 8 + 8 + 4 * 8) * 4 + writes
+
+
 def test_bound_and_run_projection():
     target = gpu_targets.TARGETS["h200"]
     record = {
