@@ -285,8 +285,8 @@ class BatchNorm(nnx.Module):
                 f"BatchNorm in training needs more than one value per channel, got {n} "
                 f"(input shape {tuple(x.shape)}, mode {self.mode!r}); use a batch size > 1"
             )
-        # mean, var: [T, C] or [C] (two-pass variance, over every device's rows when the batch
-        # is split); a hand-written backward on GPU/TPU.
+        # mean, var: [T, C] or [C] (over every device's rows when the batch is split; two-pass
+        # variance on CPU, one pass on GPU/TPU, with a hand-written backward there).
         y, mean, var = batch_norm.normalize(
             xs,
             scale,
