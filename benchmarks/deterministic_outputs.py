@@ -107,7 +107,18 @@ def outputs(compiled: bool = False) -> dict:
     return out
 
 
+USAGE = (
+    "usage: python -m benchmarks.deterministic_outputs [--mode eager|jit] OUT.json | "
+    "--compare BEFORE.json AFTER.json"
+)
+
+
 def main(argv: list[str]) -> None:
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        sys.exit(0)
+    if argv[:1] == ["--compare"] and len(argv) != 3:
+        sys.exit(f"--compare takes two JSON files. {USAGE}")
     if argv[:1] == ["--compare"]:
         with open(argv[1]) as f1, open(argv[2]) as f2:
             a, b = json.load(f1), json.load(f2)
@@ -118,7 +129,9 @@ def main(argv: list[str]) -> None:
         sys.exit(1 if diffs else 0)
     mode = "both"
     if argv[:1] == ["--mode"]:
-        mode, argv = argv[1], argv[2:]
+        mode, argv = (argv[1], argv[2:]) if len(argv) > 1 else ("", [])
+    if mode not in ("both", "eager", "jit") or len(argv) != 1 or argv[0].startswith("-"):
+        sys.exit(f"expected one output path (and --mode eager or jit), got {argv!r}. {USAGE}")
     out = {}
     if mode in ("both", "eager"):
         out.update(outputs(compiled=False))
