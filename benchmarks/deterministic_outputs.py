@@ -117,9 +117,9 @@ def main(argv: list[str]) -> None:
     if argv[:1] in (["-h"], ["--help"]):
         print(__doc__)
         sys.exit(0)
-    if argv[:1] == ["--compare"] and len(argv) != 3:
-        sys.exit(f"--compare takes two JSON files. {USAGE}")
     if argv[:1] == ["--compare"]:
+        if len(argv) != 3:
+            sys.exit(f"--compare takes two JSON files. {USAGE}")
         with open(argv[1]) as f1, open(argv[2]) as f2:
             a, b = json.load(f1), json.load(f2)
         diffs = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

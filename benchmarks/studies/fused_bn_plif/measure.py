@@ -34,11 +34,7 @@ def _formulations():
     from plif_jax import surrogate
     from plif_jax.ops import batch_norm, lif_loop, lif_scan, xla_cpu
 
-    def charge(v, x, decay):
-        return v + (x - v) * decay
-
-    def reset(h):
-        return jnp.where(h - V_TH >= 0, 0.0, h)
+    reset = functools.partial(lif_loop._reset, v_threshold=V_TH, v_reset=0.0)
 
     def tail(spikes, g):
         return jnp.sum(xla_cpu.max_pool2x2(spikes.reshape(T * B, SIZE, SIZE, C)) * g)
@@ -55,7 +51,7 @@ def _formulations():
 
     def h_of(x, mean, rstd, scale, bias, decay):
         v0 = jnp.zeros(x.shape[1:], x.dtype)
-        step = functools.partial(charge, decay=decay)
+        step = functools.partial(lif_loop._charge, decay=decay, v_reset=0.0)
         return lif_scan.forward_h(affine(x, mean, rstd, scale, bias), v0, step, reset)
 
     @jax.custom_vjp
