@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -237,6 +237,7 @@ class BatchNorm(nnx.Module):
         *,
         time_steps: int = 1,
         running: tuple[Array, Array] | None = None,
+        fire: Callable | None = None,
     ) -> tuple[Array, tuple[Array, Array] | None]:
         """The functional form of ``__call__``: normalises without writing the running statistics.
 
@@ -249,6 +250,9 @@ class BatchNorm(nnx.Module):
           time_steps: T (1 outside the time loop).
           running: ``(mean, var)`` to read (eval) and update (training) in place of the
             module's own statistics; the updated ones keep their dtype.
+          fire: training only: a neuron's
+            :meth:`~plif_jax.neurons.PLIF.fire_after_batch_norm`, which returns the spikes of
+            the neuron on the normalised ``x`` in place of it (one op on NVIDIA GPUs).
 
         Returns:
           ``(y, (new_mean, new_var))`` in training (gradient-stopped), ``(y, None)`` in eval.
@@ -266,6 +270,9 @@ class BatchNorm(nnx.Module):
         scale = self.scale[...].astype(stat_dtype)
         bias = self.bias[...].astype(stat_dtype)
         if self.use_running_average:
+            if fire is not None:
+                raise ValueError("BatchNorm.normalize(fire=...) is for training; in eval apply "
+                                 "the neuron to the normalised output")  # fmt: skip
             mean = running[0].astype(stat_dtype)
             var = running[1].astype(stat_dtype)
             y = (xs - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
@@ -287,15 +294,11 @@ class BatchNorm(nnx.Module):
             )
         # mean, var: [T, C] or [C] (over every device's rows when the batch is split; two-pass
         # variance on CPU, one pass on GPU/TPU, with a hand-written backward there).
-        y, mean, var = batch_norm.normalize(
-            xs,
-            scale,
-            bias,
-            axes=axes,
-            keep=keep,
-            epsilon=self.epsilon,
-            axis_name=_BATCH_AXIS.get(),
-        )
+        spec = dict(axes=axes, keep=keep, epsilon=self.epsilon, axis_name=_BATCH_AXIS.get())
+        if fire is None:
+            y, mean, var = batch_norm.normalize(xs, scale, bias, **spec)
+        else:
+            y, mean, var = fire(xs, scale, bias, out_dtype=out_dtype, **spec)
         new_mean, new_var = self._update_running(*running, mean, var * (n / (n - 1)))
         return y.reshape(x.shape).astype(out_dtype), (new_mean, new_var)
 

@@ -17,14 +17,14 @@ PLIF learns one scalar ``w`` per layer with ``k = sigmoid(w)``, i.e. ``tau = 1 +
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from plif_jax import surrogate as surrogate_lib
-from plif_jax.ops import lif_loop
+from plif_jax.ops import bn_lif, lif_loop
 
 Array = jax.Array
 
@@ -269,6 +269,31 @@ class _SpikingNeuron(nnx.Module):
             alpha=None if self.alpha is None else self.alpha[...],
             unroll=self.unroll,
             **options,
+        )
+
+    def fire_after_batch_norm(
+        self, xs: Array, scale: Array, bias: Array, *, axes: tuple[int, ...],
+        keep: tuple[int, ...], epsilon: float, axis_name: Any, out_dtype: Any,
+    ) -> tuple[Array, Array, Array]:  # fmt: skip
+        """``(spikes [T, B, ..., C], mean, var)``: this neuron on BatchNorm's training output of
+        ``xs`` (its batch statistics over ``axes``, shaped ``keep``, cast to ``out_dtype``), from
+        ``V_reset``: :func:`plif_jax.ops.bn_lif.bn_lif`, one op with two kernels on NVIDIA GPUs
+        (BatchNorm then :meth:`dynamics` elsewhere). The form
+        :meth:`plif_jax.layers.BatchNorm.normalize` takes as ``fire``."""
+        a = self.surrogate.alpha if self.alpha is None else self.alpha[...]
+        settings = bn_lif.Settings(
+            axes=tuple(axes), keep=tuple(keep), epsilon=float(epsilon), axis_name=axis_name,
+            v_threshold=self.v_threshold, v_reset=self.v_reset, detach_reset=self.detach_reset,
+            surrogate=self.surrogate, out_dtype=jnp.dtype(out_dtype), unroll=int(self.unroll),
+        )  # fmt: skip
+        return bn_lif.bn_lif(
+            xs,
+            scale,
+            bias,
+            _varying_as(jnp.asarray(self.decay(), out_dtype), xs),
+            _varying_as(jnp.asarray(a, out_dtype), xs),
+            _varying_as(jnp.full(xs.shape[1:], self.v_reset, out_dtype), xs),
+            settings,
         )
 
     def __call__(

@@ -84,11 +84,13 @@ class ConvBN(nnx.Module):
             self.in_scan = bool(in_scan)
 
     def __call__(
-        self, x: Array, t: int, stats: tuple[Array, Array]
+        self, x: Array, t: int, stats: tuple[Array, Array], fire: Any = None
     ) -> tuple[Array, tuple[Array, Array]]:
-        """``(BN(conv(x)), new running statistics)``; ``stats`` = the running (mean, var)."""
+        """``(BN(conv(x)), new running statistics)``; ``stats`` = the running (mean, var);
+        ``fire``: a neuron's ``fire_after_batch_norm`` (training): its spikes in place of BN's
+        output (:meth:`plif_jax.layers.BatchNorm.normalize`)."""
         x = xla_cpu.apply_conv3x3_in_loop(self.conv, x) if self.in_scan else self.conv(x)
-        y, new = self.bn.normalize(x, time_steps=t, running=stats)
+        y, new = self.bn.normalize(x, time_steps=t, running=stats, fire=fire)
         return y, (stats if new is None else new)
 
     def initial_stats(self, dtype: Any = None) -> tuple[Array, Array]:
@@ -140,13 +142,27 @@ class SpikingBlock(_Tapped):
     def __call__(self, x: Array, t: int, carry: Carry) -> tuple[Array, Carry, dict[str, Array]]:
         tap = {"synapse_input": x}
         stats = carry["stats"]
-        if self.synapse is not None:
-            x, stats = self.synapse(x, t, stats)
-        x, v, fired = fire(self.neuron, x, t, carry["v"], self.record == "traces")
+        if self._fires_in_synapse(carry):
+            # BatchNorm and the neuron as one op (plif_jax.ops.bn_lif: kernels on NVIDIA GPUs).
+            x, stats = self.synapse(x, t, stats, fire=self.neuron.fire_after_batch_norm)
+            v, fired = None, {"spikes": _unfold(x, t)}
+        else:
+            if self.synapse is not None:
+                x, stats = self.synapse(x, t, stats)
+            x, v, fired = fire(self.neuron, x, t, carry["v"], self.record == "traces")
         tap.update(fired)
         if self.pooling is not None:
             x = layers.pool2x2(x, self.pooling)
         return x, {"v": v, "stats": stats}, tap
+
+    def _fires_in_synapse(self, carry: Carry) -> bool:
+        """Training on a whole sequence from ``V_reset`` with no membrane trace asked for."""
+        return (
+            self.synapse is not None
+            and carry["v"] is None
+            and self.record != "traces"
+            and not self.synapse.bn.use_running_average
+        )
 
     def write_back(self, carry: Carry) -> None:
         if self.synapse is not None:

@@ -7,7 +7,7 @@ lowered (:func:`plif_jax.ops.platform.by_platform`, as for :mod:`plif_jax.ops.li
 
 * XLA:CPU: the plain JAX expression with a two-pass variance, differentiated by autodiff (the
   program the project's recorded outputs come from, unchanged);
-* GPU and TPU: the statistics from one pass over ``x`` (shifted sums, :func:`_stats_one_pass`:
+* GPU and TPU: the statistics from one pass over ``x`` (shifted sums, :func:`stats_one_pass`:
   the two-pass variance read the first layer's 2.7 GB activations twice per step on the H200
   plan of DVS128 Gesture), under a ``custom_vjp`` whose backward is the textbook one,
   ``dx = scale * rstd * (dy - mean(dy) - xhat * mean(dy * xhat))``: one pass reading ``dy`` and
@@ -45,7 +45,7 @@ def _stats(x, axes, keep, axis_name):
     return mean, var
 
 
-def _stats_one_pass(x, axes, keep, axis_name):
+def stats_one_pass(x, axes, keep, axis_name):
     """Mean and biased variance from one pass over ``x``: the sums of ``d`` and ``d**2`` for
     ``d = x - c``, shifted by one sample per channel ``c`` (its first element along ``axes``,
     averaged over the devices): a shift near the mean keeps ``E[d^2] - E[d]^2`` from cancelling
@@ -68,40 +68,62 @@ def _plain(x, scale, bias, axes, keep, epsilon, axis_name=None, stats=_stats):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def _textbook(x, scale, bias, axes, keep, epsilon, axis_name):
-    return _plain(x, scale, bias, axes, keep, epsilon, axis_name, _stats_one_pass)
+    return _plain(x, scale, bias, axes, keep, epsilon, axis_name, stats_one_pass)
 
 
 def _textbook_fwd(x, scale, bias, axes, keep, epsilon, axis_name):
-    y, mean, var = _plain(x, scale, bias, axes, keep, epsilon, axis_name, _stats_one_pass)
+    y, mean, var = _plain(x, scale, bias, axes, keep, epsilon, axis_name, stats_one_pass)
     return (y, mean, var), (x, scale, mean, jax.lax.rsqrt(var + epsilon))
 
 
 def _textbook_bwd(axes, keep, epsilon, axis_name, res, cotangents):
     del epsilon
+    return textbook_backward(axes, keep, axis_name, res, cotangents)
+
+
+def textbook_backward(axes, keep, axis_name, res, cotangents, dx=None, sums=None):
+    """``(dx, dscale, dbias)`` of ``(y, mean, var)`` from ``res = (x, scale, mean, rstd)`` and
+    their cotangents (also :mod:`plif_jax.ops.bn_lif`'s backward, after its neuron kernel).
+
+    ``dx``: computes ``dL/dx`` from ``(x, gy)`` and the per-channel terms shaped ``keep``
+    (:func:`input_gradient`'s signature); None: :func:`input_gradient`. ``sums``: this
+    device's ``(sum(gy), sum(gy * xhat))`` over ``axes`` where the caller has them already."""
     x, scale, mean, rstd = res
     gy, g_mean, g_var = cotangents
     n = 1 if axis_name is None else jax.lax.axis_size(axis_name)
     for a in axes:
         n *= x.shape[a]
-    centred = x - mean.reshape(keep)
-    xhat = centred * rstd.reshape(keep)
-    g_bias_full = jnp.sum(gy, axis=axes)  # [T, C] per step, or [C]
-    g_xhat_dot = jnp.sum(gy * xhat, axis=axes)
-    # The statistics' own cotangents (zero when, as in the layer, they only feed the running
-    # averages under stop_gradient): d mean / dx = 1/n, d var / dx = 2 (x - mean) / n.
-    coef = (scale * rstd).reshape(keep)
+    if sums is None:
+        xhat = (x - mean.reshape(keep)) * rstd.reshape(keep)
+        sums = jnp.sum(gy, axis=axes), jnp.sum(gy * xhat, axis=axes)  # [T, C] per step, or [C]
+    g_bias_full, g_xhat_dot = sums
     # Batch-parallel: dx needs the global batch's sums; the scale's and bias's gradients stay
     # this device's (the step sums the gradients).
     sum_bias, sum_xhat = _psum(g_bias_full, axis_name), _psum(g_xhat_dot, axis_name)
-    gx = (
-        coef * (gy - (sum_bias / n).reshape(keep) - xhat * (sum_xhat / n).reshape(keep))
-        + (g_mean / n).reshape(keep)
-        + centred * (2.0 * g_var / n).reshape(keep)
+    # The statistics' own cotangents (zero when, as in the layer, they only feed the running
+    # averages under stop_gradient): d mean / dx = 1/n, d var / dx = 2 (x - mean) / n.
+    terms = (
+        mean.reshape(keep),
+        rstd.reshape(keep),
+        (scale * rstd).reshape(keep),
+        (sum_bias / n).reshape(keep),
+        (sum_xhat / n).reshape(keep),
+        (g_mean / n).reshape(keep),
+        (2.0 * g_var / n).reshape(keep),
     )
+    gx = (input_gradient if dx is None else dx)(x, gy, *terms)
     sum_out = tuple(range(g_bias_full.ndim - 1))  # per-step sums -> [C]; () leaves [C] as is
     g_scale = jnp.sum(g_xhat_dot, axis=sum_out)
     g_bias = jnp.sum(g_bias_full, axis=sum_out)
     return gx, g_scale.astype(scale.dtype), g_bias.astype(scale.dtype)
+
+
+def input_gradient(x, gy, mean, rstd, coef, mean_gy, mean_gy_xhat, g_mean, g_var2):
+    """``dx = coef (gy - mean(gy) - xhat mean(gy xhat)) + g_mean / n + (x - mean) 2 g_var / n``
+    (the per-channel terms broadcast against ``x``; ``coef = scale * rstd``)."""
+    centred = x - mean
+    xhat = centred * rstd
+    return coef * (gy - mean_gy - xhat * mean_gy_xhat) + g_mean + centred * g_var2
 
 
 _textbook.defvjp(_textbook_fwd, _textbook_bwd)

@@ -1,5 +1,6 @@
-"""The ops in their two formulations: XLA:CPU's (the neuron's in-place loop, BatchNorm by
-autodiff) and GPU/TPU's (the neuron's scan, BatchNorm's hand-written backward).
+"""The ops in their formulations: XLA:CPU's (the neuron's in-place loop, BatchNorm by autodiff),
+GPU/TPU's (the neuron's scan, BatchNorm's hand-written backward) and, for a network, NVIDIA
+GPUs' (BatchNorm and PLIF as one op: ``plif_jax.ops.bn_lif``, ``tests/core/test_bn_lif.py``).
 
 The backend picks one when a step is lowered (``plif_jax.ops.platform``); here both run on CPU
 (``platform.formulation``) and must give the same spikes and gradients.
@@ -64,7 +65,7 @@ def test_the_backend_chooses_at_lowering_and_the_formulations_differ_in_program(
         unrolled = jax.jit(jax.grad(f)).lower(x).compile().as_text()
     assert " while(" not in unrolled  # T = 8 <= MAX_UNROLL: no loop left
     with pytest.raises(ValueError, match="formulation must be one of"):
-        with platform.formulation("gpu"):
+        with platform.formulation("tpu"):
             pass
 
 
@@ -87,6 +88,12 @@ def test_a_network_train_step_is_the_same_in_both_formulations():
     (g_cpu, c_cpu), (g_acc, c_acc) = out["cpu"], out["accelerator"]
     np.testing.assert_array_equal(np.asarray(c_acc), np.asarray(c_cpu))
     for a, b in zip(jax.tree.leaves(g_acc), jax.tree.leaves(g_cpu), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    # NVIDIA GPUs: the conv layer's BatchNorm and PLIF as one op (plif_jax.ops.bn_lif's kernels,
+    # in Pallas's interpreter here): the same spike counts, gradients up to reassociation.
+    g_gpu, c_gpu = out["gpu"]
+    np.testing.assert_array_equal(np.asarray(c_gpu), np.asarray(c_acc))
+    for a, b in zip(jax.tree.leaves(g_gpu), jax.tree.leaves(g_acc), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
@@ -131,7 +138,7 @@ def test_batch_norm_one_pass_statistics_keep_a_small_variance_under_a_large_mean
     x[..., 2] = 7.0
     x = jnp.asarray(x)
     axes, keep = (1, 2, 3), (4, 1, 1, 1, 3)  # per-step statistics, [T, C]
-    mean, var = batch_norm._stats_one_pass(x, axes, keep, None)
+    mean, var = batch_norm.stats_one_pass(x, axes, keep, None)
     mean2, var2 = batch_norm._stats(x, axes, keep, None)
     np.testing.assert_allclose(np.asarray(mean), np.asarray(mean2), rtol=1e-6)
     np.testing.assert_allclose(np.asarray(var[:, :2]), np.asarray(var2[:, :2]), rtol=1e-3)

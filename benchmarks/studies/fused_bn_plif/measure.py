@@ -59,7 +59,7 @@ def _formulations():
         return fwd(x, scale, bias, decay)[0]
 
     def fwd(x, scale, bias, decay):
-        mean, var = batch_norm._stats_one_pass(x, AXES, KEEP, None)
+        mean, var = batch_norm.stats_one_pass(x, AXES, KEEP, None)
         rstd = jax.lax.rsqrt(var + EPS)
         h = h_of(x, mean, rstd, scale, bias, decay)
         return (h >= V_TH).astype(x.dtype), (x, mean, rstd, scale, bias, decay)
