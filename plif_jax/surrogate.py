@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -33,12 +34,22 @@ def heaviside(x: Array) -> Array:
     return (x >= 0).astype(x.dtype)
 
 
+def _as_jax(alpha: Array) -> Array:
+    """A NumPy ``alpha`` as a JAX array of its dtype. Inside ``jax.checkpoint`` (a
+    ``remat_chunk`` network) a constant alpha arrives as a NumPy-backed literal, whose arithmetic
+    follows NumPy's promotion: ``(pi / 2) * alpha`` was float32 for a bfloat16 alpha, which made a
+    bfloat16 neuron's gradient float32 and failed its backward loop's in-place update."""
+    return jnp.asarray(alpha) if isinstance(alpha, np.ndarray) else alpha
+
+
 def _atan_partials(x: Array, alpha: Array) -> tuple[Array, Array]:
+    alpha = _as_jax(alpha)
     denom = 2.0 * (1.0 + jnp.square((math.pi / 2.0) * alpha * x))
     return alpha / denom, x / denom
 
 
 def _sigmoid_partials(x: Array, alpha: Array) -> tuple[Array, Array]:
+    alpha = _as_jax(alpha)
     z = alpha * x
     # sigmoid(z) * sigmoid(-z) == sg * (1 - sg) without the cancellation in 1 - sg, which costs
     # float32 ~1% relative error by |z| = 12 (and a zero gradient from |z| ~ 17 on).

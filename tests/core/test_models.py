@@ -372,3 +372,23 @@ def test_load_torch_state_dict_rejects_missing_mismatched_and_unexpected_keys():
     np.testing.assert_array_equal(
         np.asarray(model.named_layers()["fc0"].kernel[...]).shape, (48, 8)
     )
+
+
+def test_bfloat16_gradients_with_remat_chunk():
+    # Inside jax.checkpoint (remat_chunk) a constant surrogate alpha reaches the neuron's backward
+    # as a NumPy-backed literal; NumPy's promotion made (pi / 2) * alpha float32 for a bfloat16
+    # alpha, the gradient float32, and the backward loop's in-place update failed to trace.
+    model = models.create_model(
+        "nmnist", rngs=nnx.Rngs(0), channels=4, number_layer=1, input_size=8, T=4,
+        dropout=0.0, remat_chunk=2, dtype=jnp.bfloat16,
+    )  # fmt: skip
+    x = jnp.asarray(np.random.default_rng(0).poisson(0.5, (4, 2, 2, 8, 8)), jnp.bfloat16)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(params):
+        return jnp.sum(nnx.merge(graphdef, params, rest, copy=True)(x).astype(jnp.float32))
+
+    grads = jax.jit(jax.grad(loss))(params)
+    leaves = jax.tree.leaves(grads)
+    assert leaves and all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+    assert any(float(jnp.max(jnp.abs(g))) > 0 for g in leaves)
