@@ -252,7 +252,8 @@ class BatchNorm(nnx.Module):
             module's own statistics; the updated ones keep their dtype.
           fire: training only: a neuron's
             :meth:`~plif_jax.neurons.PLIF.fire_after_batch_norm`, which returns the spikes of
-            the neuron on the normalised ``x`` in place of it (one op on NVIDIA GPUs).
+            the neuron on the normalised ``x`` in place of it (one op on NVIDIA GPUs); it gets
+            ``x`` unfolded in time and in its own dtype.
 
         Returns:
           ``(y, (new_mean, new_var))`` in training (gradient-stopped), ``(y, None)`` in eval.
@@ -298,7 +299,10 @@ class BatchNorm(nnx.Module):
         if fire is None:
             y, mean, var = batch_norm.normalize(xs, scale, bias, **spec)
         else:
-            y, mean, var = fire(xs, scale, bias, out_dtype=out_dtype, **spec)
+            # The unconverted x: the op converts it where it reads it (its residual stays in
+            # x's dtype, half the bytes for bfloat16).
+            raw = _unfold_time(x, time_steps, "BatchNorm")
+            y, mean, var = fire(raw, scale, bias, out_dtype=out_dtype, **spec)
         new_mean, new_var = self._update_running(*running, mean, var * (n / (n - 1)))
         return y.reshape(x.shape).astype(out_dtype), (new_mean, new_var)
 

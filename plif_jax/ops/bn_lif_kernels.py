@@ -17,7 +17,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
 from plif_jax.ops import batch_norm, lif_loop
-from plif_jax.ops.bn_lif import Settings, kernel_rows
+from plif_jax.ops.bn_lif import Settings, kernel_rows, stat_dtype
 
 # Blocks one backward instance runs in turn (summing BatchNorm's per-step sums over them; a
 # power of two).
@@ -33,7 +33,7 @@ def _membranes(x_at, mean_ref, coef_ref, bias, k, s: Settings, steps: int) -> li
     v = None
     hs = []
     for t in range(steps):
-        x = x_at(t)
+        x = x_at(t).astype(mean_ref.dtype)  # BatchNorm in its statistics' dtype
         y = ((x - mean_ref[t : t + 1, :]) * coef_ref[t : t + 1, :] + bias).astype(dtype)
         h = lif_loop._charge(jnp.full(x.shape, s.v_reset, dtype) if v is None else v, y, k,
                              s.v_reset)  # fmt: skip
@@ -96,7 +96,8 @@ def _backward_kernel(
             gy = (gh * k).astype(gy_ref.dtype)
             gy_ref[t, at, :] = gy
             gy = gy.astype(acc)
-            xhat = (x_ref[t, at, :] - mean_ref[t : t + 1, :]) * rstd_ref[t : t + 1, :]
+            x = x_ref[t, at, :].astype(acc)
+            xhat = (x - mean_ref[t : t + 1, :]) * rstd_ref[t : t + 1, :]
             sums_gy[t] = sums_gy[t] + jnp.sum(gy, axis=0, keepdims=True)
             sums_gy_xhat[t] = sums_gy_xhat[t] + jnp.sum(gy * xhat, axis=0, keepdims=True)
             gh_next = gh
@@ -119,7 +120,8 @@ def _input_gradient_kernel(x_ref, gy_ref, *refs):
     *term_refs, gx_ref = refs
     for t in range(x_ref.shape[0]):
         terms = [r[t : t + 1, :] for r in term_refs]
-        gx_ref[t] = batch_norm.input_gradient(x_ref[t], gy_ref[t], *terms).astype(gx_ref.dtype)
+        x, gy = (v.astype(terms[0].dtype) for v in (x_ref[t], gy_ref[t]))
+        gx_ref[t] = batch_norm.input_gradient(x, gy, *terms).astype(gx_ref.dtype)
 
 
 def _out(shape, dtype, like):
@@ -155,7 +157,7 @@ def _row(v, c, dtype):
 
 
 def _stats(xs, s: Settings):
-    mean, var = batch_norm.stats_one_pass(xs, s.axes, s.keep, s.axis_name)
+    mean, var = batch_norm.stats_one_pass(xs.astype(stat_dtype(xs)), s.axes, s.keep, s.axis_name)
     return mean, var, jax.lax.rsqrt(var + s.epsilon)
 
 
@@ -179,7 +181,7 @@ def _fused_fwd(xs, scale, bias, decay, alpha, s: Settings):
         out_specs=block,
         compiler_params=_COMPILER,
         interpret=s.interpret,
-    )(x3, mean_tc, coef_tc, _row(bias, c, xs.dtype), _row(decay, c, s.out_dtype))
+    )(x3, mean_tc, coef_tc, _row(bias, c, mean.dtype), _row(decay, c, s.out_dtype))
     out = (spikes.astype(s.out_dtype).reshape(xs.shape), mean, var)
     return out, (xs, scale, bias, mean, rstd, decay, alpha)
 
@@ -198,7 +200,7 @@ def _fused_bwd(s: Settings, res, cotangents):
     per_instance = pl.BlockSpec((1, c), lambda i: (i, 0))
     per_instance_step = pl.BlockSpec((1, steps, c), lambda i: (i, 0, 0))
     gs = g_spikes.astype(s.out_dtype).reshape(x3.shape)
-    acc = jnp.promote_types(xs.dtype, jnp.float32)  # the sums' dtype
+    acc = stat_dtype(xs)  # the sums' dtype
     gy, acc_k, acc_alpha, sum_gy, sum_gy_xhat = pl.pallas_call(
         functools.partial(_backward_kernel, s=s, rows=rows),
         out_shape=(
@@ -215,7 +217,7 @@ def _fused_bwd(s: Settings, res, cotangents):
         compiler_params=_COMPILER,
         interpret=s.interpret,
     )(
-        x3, mean_tc, rstd_tc, coef_tc, _row(bias, c, xs.dtype), _row(decay, c, s.out_dtype),
+        x3, mean_tc, rstd_tc, coef_tc, _row(bias, c, acc), _row(decay, c, s.out_dtype),
         _row(alpha, c, s.out_dtype), gs,
     )  # fmt: skip
     # BatchNorm's sums over its axes: per step [T, C], or [C] for folded statistics.
@@ -223,21 +225,21 @@ def _fused_bwd(s: Settings, res, cotangents):
     sums = tuple(jnp.sum(v, axis=over) for v in (sum_gy, sum_gy_xhat))
     _, fold_block = _specs(steps, rows, c)
 
-    def input_gradient(x, gy, *terms):  # in place over dL/dY (a fusion with sums would not be)
+    def input_gradient(x, gy, *terms):  # over dL/dY (a fusion with sums would not write there)
         return pl.pallas_call(
             _input_gradient_kernel,
-            out_shape=_out(x3.shape, gy.dtype, x3),
+            out_shape=_out(x3.shape, x3.dtype, x3),
             grid=(blocks,),
             in_specs=[fold_block, fold_block] + [whole((steps, c))] * len(terms),
             out_specs=fold_block,
-            input_output_aliases={1: 0},
+            input_output_aliases={1: 0} if gy.dtype == x3.dtype else {},
             compiler_params=_COMPILER,
             interpret=s.interpret,
         )(x3, gy.reshape(x3.shape), *(_per_step(v, s.keep, steps) for v in terms)).reshape(x.shape)
 
     gx, g_scale, g_bias = batch_norm.textbook_backward(
         s.axes, s.keep, s.axis_name, (xs, scale, mean, rstd),
-        (gy.reshape(xs.shape).astype(xs.dtype), g_mean, g_var), dx=input_gradient, sums=sums,
+        (gy.reshape(xs.shape), g_mean, g_var), dx=input_gradient, sums=sums,
     )  # fmt: skip
     g_k = jnp.sum(acc_k) / decay.astype(acc)
     return gx, g_scale, g_bias, g_k.astype(decay.dtype), jnp.sum(acc_alpha).astype(alpha.dtype)

@@ -45,6 +45,7 @@ def _run(name, s, x, coef):
         (True, "atan", True, 0.0, jnp.float32, SIZE),  # the paper's setting
         (False, "sigmoid", False, -0.2, jnp.float32, SIZE),
         (True, "atan", False, 0.0, jnp.bfloat16, SIZE),  # BatchNorm in float32, bf16 neuron
+        (True, "atan", True, 0.0, "bfloat16 net", SIZE),  # the conv output in bfloat16 too
         # 4 blocks of 64 rows, which one backward instance runs in turn (summing over them)
         (True, "atan", True, 0.0, jnp.float32, 2 * SIZE),
         (False, "atan", True, 0.0, jnp.float32, 2 * SIZE),
@@ -53,10 +54,12 @@ def _run(name, s, x, coef):
 def test_kernels_give_the_spikes_and_gradients_of_the_separate_ops(
     per_step, kind, detach_reset, v_reset, dtype, size
 ):
+    x_dtype = jnp.bfloat16 if dtype == "bfloat16 net" else jnp.float32
+    dtype = jnp.bfloat16 if dtype == "bfloat16 net" else dtype
     s = _settings(per_step, surrogate=surrogate.get(kind), detach_reset=detach_reset,
                   v_reset=v_reset, out_dtype=jnp.dtype(dtype))  # fmt: skip
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(0.3, 2.0, (T, B, size, size, C)), jnp.float32)
+    x = jnp.asarray(rng.normal(0.3, 2.0, (T, B, size, size, C)), x_dtype)
     coef = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
     grads_acc, (s_acc, m_acc, v_acc) = _run("accelerator", s, x, coef)
     grads_gpu, (s_gpu, m_gpu, v_gpu) = _run("gpu", s, x, coef)
