@@ -26,8 +26,9 @@ writes 48.4 GB (9.35 GiB and 54.4 GB with the separate ops; docs/explanation/per
 
 On CPU and TPU, and for shapes the kernels do not take (:func:`kernel_rows`), the op is
 BatchNorm then :func:`plif_jax.ops.lif_loop.lif_loop` (the CPU program of every recorded output,
-unchanged). The choice is made when the step is lowered (:func:`plif_jax.ops.platform.
-by_platform`'s ``gpu``; the kernels are traced only where jax's CUDA plugin is installed);
+unchanged). The choice is made when the step is lowered
+(:func:`plif_jax.ops.platform.by_platform`'s ``gpu``; the kernels are traced only where jax's
+CUDA plugin is installed);
 ``platform.formulation("gpu")`` runs them in Pallas's interpreter on CPU (tests): the same
 spikes as the separate ops, gradients equal up to float reassociation
 (``tests/core/test_bn_lif.py``, ``tests/training/test_sharded.py``).
