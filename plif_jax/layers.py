@@ -250,10 +250,9 @@ class BatchNorm(nnx.Module):
           time_steps: T (1 outside the time loop).
           running: ``(mean, var)`` to read (eval) and update (training) in place of the
             module's own statistics; the updated ones keep their dtype.
-          fire: training only: a neuron's
-            :meth:`~plif_jax.neurons.PLIF.fire_after_batch_norm`, which returns the spikes of
-            the neuron on the normalised ``x`` in place of it (one op on NVIDIA GPUs); it gets
-            ``x`` unfolded in time and in its own dtype.
+          fire: training only: :func:`plif_jax.models.blocks.fire_after_batch_norm` of a
+            neuron, which returns the neuron's spikes on the normalised ``x`` in place of it
+            (one op on NVIDIA GPUs); it gets ``x`` unfolded in time and in its own dtype.
 
         Returns:
           ``(y, (new_mean, new_var))`` in training (gradient-stopped), ``(y, None)`` in eval.

@@ -17,14 +17,14 @@ PLIF learns one scalar ``w`` per layer with ``k = sigmoid(w)``, i.e. ``tau = 1 +
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from plif_jax import surrogate as surrogate_lib
-from plif_jax.ops import bn_lif, lif_loop
+from plif_jax.ops import lif_loop
 
 Array = jax.Array
 
@@ -113,8 +113,8 @@ def lif_multistep(
         )
     # Inside jax.shard_map the loop's inputs vary per device like X (its custom VJP returns
     # per-device gradients for them, of their inputs' type); no-ops everywhere else.
-    decay = _varying_as(jnp.asarray(decay, dtype=x_seq.dtype), x_seq)
-    v0 = _varying_as(
+    decay = varying_as(jnp.asarray(decay, dtype=x_seq.dtype), x_seq)
+    v0 = varying_as(
         jnp.full(x_seq.shape[1:], v_reset, dtype=x_seq.dtype)
         if v_init is None
         else jnp.asarray(v_init, x_seq.dtype),
@@ -127,7 +127,7 @@ def lif_multistep(
             x_seq,
             v0,
             decay,
-            _varying_as(jnp.asarray(a, dtype=x_seq.dtype), x_seq),
+            varying_as(jnp.asarray(a, dtype=x_seq.dtype), x_seq),
             float(v_threshold),
             float(v_reset),
             bool(detach_reset),
@@ -154,7 +154,7 @@ def lif_multistep(
     return (s, trace, v_final) if return_final else (s, trace)
 
 
-def _varying_as(v: Array, x: Array) -> Array:
+def varying_as(v: Array, x: Array) -> Array:
     """``v`` typed as varying over every mesh axis ``x`` varies over (inside ``jax.shard_map``:
     a membrane carried through the time loop updates per device); ``v`` itself elsewhere."""
     missing = tuple(sorted(_varying_axes(x) - _varying_axes(v)))
@@ -269,31 +269,6 @@ class _SpikingNeuron(nnx.Module):
             alpha=None if self.alpha is None else self.alpha[...],
             unroll=self.unroll,
             **options,
-        )
-
-    def fire_after_batch_norm(
-        self, xs: Array, scale: Array, bias: Array, *, axes: tuple[int, ...],
-        keep: tuple[int, ...], epsilon: float, axis_name: Any, out_dtype: Any,
-    ) -> tuple[Array, Array, Array]:  # fmt: skip
-        """``(spikes [T, B, ..., C], mean, var)``: this neuron on BatchNorm's training output of
-        ``xs`` (its batch statistics over ``axes``, shaped ``keep``, cast to ``out_dtype``), from
-        ``V_reset``: :func:`plif_jax.ops.bn_lif.bn_lif`, one op with two kernels on NVIDIA GPUs
-        (BatchNorm then :meth:`dynamics` elsewhere). The form
-        :meth:`plif_jax.layers.BatchNorm.normalize` takes as ``fire``."""
-        a = self.surrogate.alpha if self.alpha is None else self.alpha[...]
-        settings = bn_lif.Settings(
-            axes=tuple(axes), keep=tuple(keep), epsilon=float(epsilon), axis_name=axis_name,
-            v_threshold=self.v_threshold, v_reset=self.v_reset, detach_reset=self.detach_reset,
-            surrogate=self.surrogate, out_dtype=jnp.dtype(out_dtype), unroll=int(self.unroll),
-        )  # fmt: skip
-        return bn_lif.bn_lif(
-            xs,
-            scale,
-            bias,
-            _varying_as(jnp.asarray(self.decay(), out_dtype), xs),
-            _varying_as(jnp.asarray(a, out_dtype), xs),
-            _varying_as(jnp.full(xs.shape[1:], self.v_reset, out_dtype), xs),
-            settings,
         )
 
     def __call__(

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from plif_jax import layers, neurons
-from plif_jax.ops import xla_cpu
+from plif_jax.ops import bn_lif, xla_cpu
 
 Array = jax.Array
 Carry = dict[str, Any]
@@ -61,6 +61,32 @@ def fire(
     return spikes.reshape(x.shape), v_final, tap
 
 
+def fire_after_batch_norm(neuron: nnx.Module):
+    """The ``fire`` of :meth:`plif_jax.layers.BatchNorm.normalize` for ``neuron``:
+    ``(xs, scale, bias, *, out_dtype, axes, keep, epsilon, axis_name) -> (spikes, mean, var)``,
+    the neuron on BatchNorm's training output of ``xs`` from ``V_reset``
+    (:func:`plif_jax.ops.bn_lif.bn_lif`: one op with Pallas kernels on NVIDIA GPUs)."""
+
+    def fire_bn(xs, scale, bias, *, out_dtype, **spec):
+        a = neuron.surrogate.alpha if neuron.alpha is None else neuron.alpha[...]
+        settings = bn_lif.Settings(
+            **spec, v_threshold=neuron.v_threshold, v_reset=neuron.v_reset,
+            detach_reset=neuron.detach_reset, surrogate=neuron.surrogate,
+            out_dtype=jnp.dtype(out_dtype), unroll=int(neuron.unroll),
+        )  # fmt: skip
+        decay, alpha, v0 = (
+            neurons.varying_as(v, xs)
+            for v in (
+                jnp.asarray(neuron.decay(), out_dtype),
+                jnp.asarray(a, out_dtype),
+                jnp.full(xs.shape[1:], neuron.v_reset, out_dtype),
+            )
+        )
+        return bn_lif.bn_lif(xs, scale, bias, decay, alpha, v0, settings)
+
+    return fire_bn
+
+
 class ConvBN(nnx.Module):
     """``Conv2d(c_in, c_out, 3, padding=1, bias=False)`` then ``BatchNorm2d(c_out)``."""
 
@@ -87,7 +113,7 @@ class ConvBN(nnx.Module):
         self, x: Array, t: int, stats: tuple[Array, Array], fire: Any = None
     ) -> tuple[Array, tuple[Array, Array]]:
         """``(BN(conv(x)), new running statistics)``; ``stats`` = the running (mean, var);
-        ``fire``: a neuron's ``fire_after_batch_norm`` (training): its spikes in place of BN's
+        ``fire``: :func:`fire_after_batch_norm` of a neuron (training): its spikes in place of BN's
         output (:meth:`plif_jax.layers.BatchNorm.normalize`)."""
         x = xla_cpu.apply_conv3x3_in_loop(self.conv, x) if self.in_scan else self.conv(x)
         y, new = self.bn.normalize(x, time_steps=t, running=stats, fire=fire)
@@ -144,7 +170,7 @@ class SpikingBlock(_Tapped):
         stats = carry["stats"]
         if self._fires_in_synapse(carry):
             # BatchNorm and the neuron as one op (plif_jax.ops.bn_lif: kernels on NVIDIA GPUs).
-            x, stats = self.synapse(x, t, stats, fire=self.neuron.fire_after_batch_norm)
+            x, stats = self.synapse(x, t, stats, fire=fire_after_batch_norm(self.neuron))
             v, fired = None, {"spikes": _unfold(x, t)}
         else:
             if self.synapse is not None:

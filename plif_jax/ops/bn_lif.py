@@ -64,6 +64,7 @@ class Settings:
     out_dtype: Any
     unroll: int = 1
     interpret: bool = False
+    rows: int = 0  # set for the kernels: kernel_rows of the input
 
 
 def kernel_rows(shape: tuple[int, ...]) -> int | None:
@@ -81,7 +82,7 @@ def kernel_rows(shape: tuple[int, ...]) -> int | None:
 
 
 def stat_dtype(x):
-    """BatchNorm's arithmetic dtype for ``x``: at least float32."""
+    """BatchNorm's arithmetic dtype for ``x``: at least float32 (as ``bn_lif_kernels``')."""
     return jnp.promote_types(x.dtype, jnp.float32)
 
 
@@ -112,6 +113,7 @@ def bn_lif(xs, scale, bias, decay, alpha, v0, s: Settings):
         from plif_jax.ops import bn_lif_kernels  # Pallas: imported only then
 
         interpret = platform.forced() == "gpu"  # the kernels in Pallas's interpreter (tests)
-        return bn_lif_kernels.fused(*args, dataclasses.replace(s, interpret=interpret))
+        rows = kernel_rows(xs.shape)
+        return bn_lif_kernels.fused(*args, dataclasses.replace(s, interpret=interpret, rows=rows))
 
     return platform.by_platform(separate, separate, *args, gpu=kernels)

@@ -4,6 +4,7 @@ spikes as int8), a backward kernel (the reverse recurrence on recomputed ``H``, 
 per-step sums of ``dL/dY`` and ``dL/dY * xhat``) and an input-gradient kernel (BatchNorm's
 ``dL/dx``, in place). Imported only where a step can be lowered for an NVIDIA GPU (or a test
 runs the kernels in Pallas's interpreter): Pallas costs every process ~0.2 s to import.
+``s`` is the op's :class:`plif_jax.ops.bn_lif.Settings` (with ``rows`` set).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
 from plif_jax.ops import batch_norm, lif_loop
-from plif_jax.ops.bn_lif import Settings, kernel_rows, stat_dtype
 
 # Blocks one backward instance runs in turn (summing BatchNorm's per-step sums over them; a
 # power of two).
@@ -25,7 +25,7 @@ _BLOCKS_PER_INSTANCE = 64
 _COMPILER = pl_triton.CompilerParams(num_warps=4, num_stages=1)
 
 
-def _membranes(x_at, mean_ref, coef_ref, bias, k, s: Settings, steps: int) -> list:
+def _membranes(x_at, mean_ref, coef_ref, bias, k, s, steps: int) -> list:
     """``H[0..T-1]`` of one block (a Python list: registers), BatchNorm's output as the input;
     ``x_at(t)``: the block's conv output at step ``t``."""
     dtype = jnp.dtype(s.out_dtype)
@@ -51,7 +51,7 @@ def _partials(surrogate, z, alpha):
     return d_x.astype(z.dtype), d_alpha.astype(z.dtype)
 
 
-def _forward_kernel(x_ref, mean_ref, coef_ref, bias_ref, k_ref, s_ref, *, s: Settings):
+def _forward_kernel(x_ref, mean_ref, coef_ref, bias_ref, k_ref, s_ref, *, s):
     steps = x_ref.shape[0]
     hs = _membranes(lambda t: x_ref[t], mean_ref, coef_ref, bias_ref[...], k_ref[...], s, steps)
     for t, h in enumerate(hs):
@@ -60,7 +60,7 @@ def _forward_kernel(x_ref, mean_ref, coef_ref, bias_ref, k_ref, s_ref, *, s: Set
 
 def _backward_kernel(
     x_ref, mean_ref, rstd_ref, coef_ref, bias_ref, k_ref, alpha_ref, gs_ref, gy_ref,
-    acc_k_ref, acc_alpha_ref, sum_gy_ref, sum_gy_xhat_ref, *, s: Settings, rows: int,
+    acc_k_ref, acc_alpha_ref, sum_gy_ref, sum_gy_xhat_ref, *, s, rows: int,
 ):  # fmt: skip
     """:func:`plif_jax.ops.lif_loop.lif_loop`'s reverse recurrence on recomputed ``H``, block
     by block of ``rows`` rows: writes ``dL/dY[t] = k gH[t]``, and this instance's per-channel
@@ -124,6 +124,11 @@ def _input_gradient_kernel(x_ref, gy_ref, *refs):
         gx_ref[t] = batch_norm.input_gradient(x, gy, *terms).astype(gx_ref.dtype)
 
 
+def stat_dtype(x):
+    """BatchNorm's arithmetic dtype for ``x``: at least float32 (``bn_lif.stat_dtype``)."""
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
 def _out(shape, dtype, like):
     """A kernel output's type: varying over the mesh axes ``like`` varies over (inside
     ``jax.shard_map``, whose type check asks for it; nothing elsewhere)."""
@@ -145,7 +150,7 @@ def _per_step(v, keep, steps):
     return jnp.broadcast_to(v.reshape(keep[0], keep[-1]), (steps, keep[-1]))
 
 
-def _affine(xs, scale, mean, rstd, s: Settings):
+def _affine(xs, scale, mean, rstd, s):
     steps, c = xs.shape[0], xs.shape[-1]
     mean_tc = _per_step(mean, s.keep, steps)
     coef_tc = _per_step(rstd.reshape(s.keep) * scale, s.keep, steps)
@@ -156,22 +161,22 @@ def _row(v, c, dtype):
     return jnp.broadcast_to(jnp.asarray(v, dtype).reshape(1, -1), (1, c))
 
 
-def _stats(xs, s: Settings):
+def _stats(xs, s):
     mean, var = batch_norm.stats_one_pass(xs.astype(stat_dtype(xs)), s.axes, s.keep, s.axis_name)
     return mean, var, jax.lax.rsqrt(var + s.epsilon)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def fused(xs, scale, bias, decay, alpha, s: Settings):
+def fused(xs, scale, bias, decay, alpha, s):
     """``(spikes, mean, var)`` of :func:`plif_jax.ops.bn_lif.bn_lif` from the kernels."""
     return _fused_fwd(xs, scale, bias, decay, alpha, s)[0]
 
 
-def _fused_fwd(xs, scale, bias, decay, alpha, s: Settings):
+def _fused_fwd(xs, scale, bias, decay, alpha, s):
     mean, var, rstd = _stats(xs, s)
     x3, mean_tc, coef_tc = _affine(xs, scale, mean, rstd, s)
     steps, rows_total, c = x3.shape
-    rows = kernel_rows(xs.shape)
+    rows = s.rows
     whole, block = _specs(steps, rows, c)
     spikes = pl.pallas_call(
         functools.partial(_forward_kernel, s=s),
@@ -186,13 +191,13 @@ def _fused_fwd(xs, scale, bias, decay, alpha, s: Settings):
     return out, (xs, scale, bias, mean, rstd, decay, alpha)
 
 
-def _fused_bwd(s: Settings, res, cotangents):
+def _fused_bwd(s, res, cotangents):
     xs, scale, bias, mean, rstd, decay, alpha = res
     g_spikes, g_mean, g_var = cotangents
     x3, mean_tc, coef_tc = _affine(xs, scale, mean, rstd, s)
     rstd_tc = _per_step(rstd, s.keep, x3.shape[0])
     steps, rows_total, c = x3.shape
-    rows = kernel_rows(xs.shape)
+    rows = s.rows
     blocks = rows_total // rows
     inner = math.gcd(blocks, _BLOCKS_PER_INSTANCE)  # a power of two dividing the blocks
     grid = blocks // inner
