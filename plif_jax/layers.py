@@ -265,8 +265,9 @@ class BatchNorm(nnx.Module):
         if running is None:
             running = (self.mean[...], self.var[...])
         out_dtype = x.dtype if self.dtype is None else self.dtype
-        stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
-        xs = _unfold_time(x, time_steps, "BatchNorm").astype(stat_dtype)  # [T, B, ..., C]
+        stat_dtype = batch_norm.stat_dtype(x)
+        raw = _unfold_time(x, time_steps, "BatchNorm")  # [T, B, ..., C]
+        xs = raw.astype(stat_dtype)
         scale = self.scale[...].astype(stat_dtype)
         bias = self.bias[...].astype(stat_dtype)
         if self.use_running_average:
@@ -300,7 +301,6 @@ class BatchNorm(nnx.Module):
         else:
             # The unconverted x: the op converts it where it reads it (its residual stays in
             # x's dtype, half the bytes for bfloat16).
-            raw = _unfold_time(x, time_steps, "BatchNorm")
             y, mean, var = fire(raw, scale, bias, out_dtype=out_dtype, **spec)
         new_mean, new_var = self._update_running(*running, mean, var * (n / (n - 1)))
         return y.reshape(x.shape).astype(out_dtype), (new_mean, new_var)

@@ -31,6 +31,12 @@ import jax.numpy as jnp
 from plif_jax.ops.platform import by_platform
 
 
+def stat_dtype(x):
+    """BatchNorm's arithmetic dtype for ``x`` (and its scale, bias and statistics): at least
+    float32."""
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
 def _pmean(x, axis_name):
     return x if axis_name is None else jax.lax.pmean(x, axis_name)
 

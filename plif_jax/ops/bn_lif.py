@@ -39,8 +39,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax.numpy as jnp
-
 from plif_jax.ops import batch_norm, lif_loop, platform
 
 # Longest sequence kept in registers (the backward holds H[0..T-1] of its block).
@@ -81,22 +79,17 @@ def kernel_rows(shape: tuple[int, ...]) -> int | None:
     return rows if rows_total % rows == 0 else None
 
 
-def stat_dtype(x):
-    """BatchNorm's arithmetic dtype for ``x``: at least float32 (as ``bn_lif_kernels``')."""
-    return jnp.promote_types(x.dtype, jnp.float32)
-
-
 def bn_lif(xs, scale, bias, decay, alpha, v0, s: Settings):
     """``(spikes, mean, var)``: BatchNorm's training output of ``xs`` ``[T, B, ..., C]``
-    (computed in :func:`stat_dtype`, as ``scale`` and ``bias`` are; statistics over
-    ``s.axes``, shaped ``s.keep``) cast to ``s.out_dtype``, then the LIF
+    (computed in :func:`plif_jax.ops.batch_norm.stat_dtype`, as ``scale`` and ``bias`` are;
+    statistics over ``s.axes``, shaped ``s.keep``) cast to ``s.out_dtype``, then the LIF
     neuron (``decay`` = 1/tau and ``alpha``: ``out_dtype`` scalars) from ``v0``, which must be
     ``V_reset`` everywhere (the kernels start there; ``[B, ..., C]``, typed as the caller's
     membrane). ``mean``, ``var``: the batch statistics (for the running averages)."""
 
     def separate(xs, scale, bias, decay, alpha):
         y, mean, var = batch_norm.normalize(
-            xs.astype(stat_dtype(xs)), scale, bias, axes=s.axes, keep=s.keep,
+            xs.astype(batch_norm.stat_dtype(xs)), scale, bias, axes=s.axes, keep=s.keep,
             epsilon=s.epsilon, axis_name=s.axis_name,
         )  # fmt: skip
         spikes, _ = lif_loop.lif_loop(

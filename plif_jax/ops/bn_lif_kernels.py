@@ -124,11 +124,6 @@ def _input_gradient_kernel(x_ref, gy_ref, *refs):
         gx_ref[t] = batch_norm.input_gradient(x, gy, *terms).astype(gx_ref.dtype)
 
 
-def stat_dtype(x):
-    """BatchNorm's arithmetic dtype for ``x``: at least float32 (``bn_lif.stat_dtype``)."""
-    return jnp.promote_types(x.dtype, jnp.float32)
-
-
 def _out(shape, dtype, like):
     """A kernel output's type: varying over the mesh axes ``like`` varies over (inside
     ``jax.shard_map``, whose type check asks for it; nothing elsewhere)."""
@@ -162,7 +157,8 @@ def _row(v, c, dtype):
 
 
 def _stats(xs, s):
-    mean, var = batch_norm.stats_one_pass(xs.astype(stat_dtype(xs)), s.axes, s.keep, s.axis_name)
+    x = xs.astype(batch_norm.stat_dtype(xs))
+    mean, var = batch_norm.stats_one_pass(x, s.axes, s.keep, s.axis_name)
     return mean, var, jax.lax.rsqrt(var + s.epsilon)
 
 
@@ -205,7 +201,7 @@ def _fused_bwd(s, res, cotangents):
     per_instance = pl.BlockSpec((1, c), lambda i: (i, 0))
     per_instance_step = pl.BlockSpec((1, steps, c), lambda i: (i, 0, 0))
     gs = g_spikes.astype(s.out_dtype).reshape(x3.shape)
-    acc = stat_dtype(xs)  # the sums' dtype
+    acc = batch_norm.stat_dtype(xs)  # the sums' dtype
     gy, acc_k, acc_alpha, sum_gy, sum_gy_xhat = pl.pallas_call(
         functools.partial(_backward_kernel, s=s, rows=rows),
         out_shape=(
