@@ -133,6 +133,7 @@ def lif_multistep(
             bool(detach_reset),
             surrogate,
             int(unroll),
+            alpha is not None,
         )
         return (spikes, v_final) if return_final else spikes
 

@@ -73,6 +73,7 @@ def fire_after_batch_norm(neuron: nnx.Module):
             **spec, v_threshold=neuron.v_threshold, v_reset=neuron.v_reset,
             detach_reset=neuron.detach_reset, surrogate=neuron.surrogate,
             out_dtype=jnp.dtype(out_dtype), unroll=int(neuron.unroll),
+            learn_alpha=neuron.alpha is not None,
         )  # fmt: skip
         decay, alpha, v0 = (
             neurons.varying_as(v, xs)

@@ -61,6 +61,7 @@ class Settings:
     surrogate: Any  # plif_jax.surrogate.Surrogate (its partials)
     out_dtype: Any
     unroll: int = 1
+    learn_alpha: bool = False  # alpha's gradient is used (lif_loop.lif_loop's learn_alpha)
     interpret: bool = False
     rows: int = 0  # set for the kernels: kernel_rows of the input
 
@@ -94,7 +95,7 @@ def bn_lif(xs, scale, bias, decay, alpha, v0, s: Settings):
         )  # fmt: skip
         spikes, _ = lif_loop.lif_loop(
             y.astype(s.out_dtype), v0, decay, alpha, s.v_threshold, s.v_reset, s.detach_reset,
-            s.surrogate, s.unroll,
+            s.surrogate, s.unroll, s.learn_alpha,
         )  # fmt: skip
         return spikes, mean, var
 

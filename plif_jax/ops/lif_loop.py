@@ -66,20 +66,26 @@ def _lif_forward_loop(x_seq, v0, decay, v_threshold, v_reset, unroll):
     return jax.lax.fori_loop(0, x_seq.shape[0], body, x_seq, unroll=unroll)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
-def lif_loop(x_seq, v0, decay, alpha, v_threshold, v_reset, detach_reset, surrogate, unroll):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8, 9))
+def lif_loop(
+    x_seq, v0, decay, alpha, v_threshold, v_reset, detach_reset, surrogate, unroll, learn_alpha
+):
     """``(spikes, v_final)`` of the LIF dynamics (``decay``, ``alpha``: x_seq-dtype scalars).
 
     ``surrogate``: the :class:`plif_jax.surrogate.Surrogate` (frozen, hashable) whose
     :meth:`~plif_jax.surrogate.Surrogate.partials` the backward uses; its own ``alpha`` is not
-    read (the ``alpha`` argument is).
+    read (the ``alpha`` argument is). ``learn_alpha``: whether ``alpha``'s gradient is used (a
+    learnable surrogate alpha); it selects the CPU backward loop's buffers, the gradient is
+    computed either way.
     """
     args = (x_seq, v0, decay, alpha, v_threshold, v_reset, detach_reset, surrogate, unroll)
-    return _lif_loop_fwd(*args)[0]
+    return _lif_loop_fwd(*args, learn_alpha)[0]
 
 
-def _lif_loop_fwd(x_seq, v0, decay, alpha, v_threshold, v_reset, detach_reset, surrogate, unroll):
-    del detach_reset, surrogate  # the forward only needs the dynamics
+def _lif_loop_fwd(
+    x_seq, v0, decay, alpha, v_threshold, v_reset, detach_reset, surrogate, unroll, learn_alpha
+):
+    del detach_reset, surrogate, learn_alpha  # the forward only needs the dynamics
     h = by_platform(
         lambda x, v: _lif_forward_loop(x, v, decay, v_threshold, v_reset, unroll),
         lambda x, v: lif_scan.forward_h(
@@ -96,7 +102,9 @@ def _lif_loop_fwd(x_seq, v0, decay, alpha, v_threshold, v_reset, detach_reset, s
     return out, (v0, h, decay, alpha)
 
 
-def _lif_loop_bwd(v_threshold, v_reset, detach_reset, surrogate, unroll, res, cotangents):
+def _lif_loop_bwd(
+    v_threshold, v_reset, detach_reset, surrogate, unroll, learn_alpha, res, cotangents
+):
     v0, h_seq, decay, alpha = res
     gs_seq, gv_final = cotangents
     partials = surrogate.partials
@@ -127,7 +135,8 @@ def _lif_loop_bwd(v_threshold, v_reset, detach_reset, surrogate, unroll, res, co
         # (the Linear + PLIF workload 2.8x slower, 2026-12-03).
         gx_buf, gh_next, acc_k, acc_alpha = carry
         t = T - 1 - i  # t = T-1 .. 0
-        gs = jax.lax.dynamic_index_in_dim(gx_buf, t, keepdims=False)  # still dL/dS[t]
+        # dL/dS[t]: still in the buffer, or in its own (read-only) one with a learnable alpha.
+        gs = jax.lax.dynamic_index_in_dim(gs_seq if learn_alpha else gx_buf, t, keepdims=False)
         h = jax.lax.dynamic_index_in_dim(h_seq, t, keepdims=False)
         h_prev = jax.lax.dynamic_index_in_dim(h_seq, jnp.maximum(t - 1, 0), keepdims=False)
         v_prev = jnp.where(t == 0, v0, _reset(h_prev, v_threshold, v_reset))
@@ -141,8 +150,12 @@ def _lif_loop_bwd(v_threshold, v_reset, detach_reset, surrogate, unroll, res, co
         # reads dL/dS[t] before overwriting it with dL/dX[t]; the last step is in the loop, as
         # in the forward. An unused dL/dalpha sum is dropped from the loop by XLA. Not
         # unrolled: unrolling this loop made XLA:CPU copy the buffer, 10-15x slower (unroll
-        # 2-10, n=1024, T=100, 2026-12-03).
-        return jax.lax.fori_loop(0, T, body, (gs_seq, jnp.zeros_like(v0), zeros, zeros))
+        # 2-10, n=1024, T=100, 2026-12-03). With a learnable alpha, dL/dalpha's term reads
+        # dL/dS[t] in a fusion of its own, which made XLA copy the buffer twice per step (the
+        # neuron's backward 30-50x slower); then dL/dX gets a buffer of its own (one more write
+        # of [T, ...], no copies; `tests/core/test_lif_formulations.py`).
+        gx_init = jnp.zeros_like(gs_seq) if learn_alpha else gs_seq
+        return jax.lax.fori_loop(0, T, body, (gx_init, jnp.zeros_like(v0), zeros, zeros))
 
     def scan(gs_seq, h_seq):
         def scan_step(gs, h, v_prev, gv, acc_k, acc_alpha):

@@ -171,19 +171,24 @@ def test_batch_norm_statistics_over_devices_equal_the_whole_batch():
             np.testing.assert_allclose(np.asarray(a), np.broadcast_to(b, a.shape), rtol=1e-5)
 
 
-def test_cpu_loops_update_their_buffer_in_place():
+@pytest.mark.parametrize("learn_alpha", [False, True], ids=["alpha_fixed", "alpha_learned"])
+def test_cpu_loops_update_their_buffer_in_place(learn_alpha):
     # The CPU formulation's point: each time loop reads and writes one [T, ...] buffer in place.
     # A loop body that copies it costs a whole-buffer copy per time step (a carry computed from
-    # the buffer in another fusion did that: Linear + LIF 2.8-14x slower, 2026-12-03).
+    # the buffer in another fusion did that: Linear + LIF 2.8-14x slower, 2026-12-03; so did
+    # dL/dalpha's term with a learnable alpha: the neuron's backward 30-50x slower, 2026-12-04).
     T, B, n = 6, 4, 32
     x = jnp.asarray(np.random.default_rng(0).normal(size=(T, B, n)), jnp.float32)
     kernel = jnp.asarray(np.random.default_rng(1).normal(size=(n, n)) / np.sqrt(n), jnp.float32)
 
-    def loss(kernel, w):
-        return jnp.sum(neurons.lif_multistep(x @ kernel, jax.nn.sigmoid(w)))
+    def loss(kernel, w, alpha):
+        alpha = alpha if learn_alpha else None
+        return jnp.sum(neurons.lif_multistep(x @ kernel, jax.nn.sigmoid(w), alpha=alpha))
 
+    argnums = (0, 1, 2) if learn_alpha else (0, 1)
     with platform.formulation("cpu"):
-        text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(kernel, 0.3).compile().as_text()
+        step = jax.jit(jax.grad(loss, argnums=argnums))
+        text = step.lower(kernel, 0.3, jnp.float32(2.0)).compile().as_text()
     buffer = f"f32[{T},{B},{n}]"
     bodies = set(re.findall(r"while\(.*?body=%?([\w.\-]+)", text))
     assert len(bodies) == 2, bodies  # the forward and the backward loop

@@ -43,7 +43,7 @@ def _formulations():
         y, _, _ = batch_norm.normalize(x, scale, bias, axes=AXES, keep=KEEP, epsilon=EPS)
         v0 = jnp.zeros(x.shape[1:], x.dtype)
         k, alpha = jax.nn.sigmoid(w), jnp.float32(2.0)
-        spikes, _ = lif_loop.lif_loop(y, v0, k, alpha, V_TH, 0.0, True, surrogate.ATAN, 1)
+        spikes, _ = lif_loop.lif_loop(y, v0, k, alpha, V_TH, 0.0, True, surrogate.ATAN, 1, False)
         return tail(spikes, g)
 
     def affine(x, mean, rstd, scale, bias):
