@@ -10,16 +10,21 @@ Every peer is optional: a missing package is skipped with the reason printed. Be
 each library's spikes and gradient are checked on a small input (:mod:`benchmarks.peer_check`).
 Each measurement runs in a fresh process (:mod:`benchmarks.peer_worker`), one library after the
 other at each grid point, every timed call guarded against other processes' CPU use
-(:mod:`benchmarks.quiet`). The floor is the layer's matmuls alone (forward and dW; dx too with
-``--peers-input-grad``), timed in XLA and in torch in the same run; a library's overhead is its
-time minus its framework's floor. Memory: XLA's plan for the JAX libraries, the fresh process's
-peak RSS above its baseline (imports + input data) for all.
+(:mod:`benchmarks.quiet`). ``--peers-rounds R`` repeats that sequence R times at each point
+(the library order reversed every other round): a library's time is the median of its rounds'
+medians, and plif_jax's speed-up the median of the rounds' paired ratios, with their range (on
+a machine whose speed drifts between processes one round can move a ratio by 2x). The floor is
+the layer's matmuls alone (forward and dW; dx too with ``--peers-input-grad``), timed in XLA and
+in torch in the same run; a library's overhead is its time minus its framework's floor. Memory:
+XLA's plan for the JAX libraries, the fresh process's peak RSS above its baseline (imports +
+input data) for all.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from typing import Any
@@ -53,6 +58,13 @@ def add_arguments(p) -> None:
         type=int,
         default=20,
         help="peers suite: tries per timed call before one made under load is kept (and counted)",
+    )
+    p.add_argument(
+        "--peers-rounds",
+        type=int,
+        default=1,
+        help="peers suite: measure every library this many times at each point, alternating the "
+        "order (the speed-up is then the median of the rounds' paired ratios)",
     )
     p.add_argument(
         "--peers-inprocess",
@@ -146,7 +158,20 @@ def _point(args, names, n: int, T: int, with_linear: bool) -> dict[str, Any]:
         allocator=args.allocator,
         max_redo=1 if args.quick else args.peers_max_redo,
     )
-    row: dict[str, Any] = {"n": n, "T": T, "batch": BATCH, "results": {}, "floor": {}}
+    rounds = [
+        _round(args, common, names if i % 2 == 0 else names[::-1], with_linear)
+        for i in range(args.peers_rounds)
+    ]
+    row: dict[str, Any] = {"n": n, "T": T, "batch": BATCH, **_merge(rounds, names)}
+    if len(rounds) > 1:
+        row["rounds"] = rounds
+    row["verdict"] = verdict(row, with_linear)
+    return row
+
+
+def _round(args, common, names, with_linear: bool) -> dict[str, Any]:
+    """Every library (and, for the Linear, each framework's floor) once, in ``names``' order."""
+    out: dict[str, Any] = {"results": {}, "floor": {}}
     if with_linear:
         for fw in ("jax", "torch"):
             if fw == "torch" and not any(peer_libs.PEERS[m].framework == fw for m in names):
@@ -154,18 +179,60 @@ def _point(args, names, n: int, T: int, with_linear: bool) -> dict[str, Any]:
             r = _worker(dict(common, peer="floor", framework=fw), args.peers_inprocess)
             if "parts" in r:
                 r["floor_s"] = _floor_s(r["parts"], args.peers_input_grad)
-            row["floor"][fw] = r
+            out["floor"][fw] = r
     for name in names:
         spec = dict(common, peer=name, with_linear=with_linear, input_grad=args.peers_input_grad)
         r = _worker(spec, args.peers_inprocess)
         fw = peer_libs.PEERS[name].framework
-        floor = row["floor"].get(fw, {}).get("floor_s", 0.0) if with_linear else 0.0
+        floor = out["floor"].get(fw, {}).get("floor_s", 0.0) if with_linear else 0.0
         if "timing" in r:
             r["overhead_s"] = r["timing"]["median_s"] - floor
             r["rss_above_base_mib"] = r["rss_peak_mib"] - r["rss_base_mib"]
-        row["results"][name] = r
-    row["verdict"] = verdict(row, with_linear)
-    return row
+        out["results"][name] = r
+    return out
+
+
+def _merge(rounds: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """One round as it is; several: medians of the rounds' medians (times, floors, overheads),
+    the largest RSS, the load guards' counts summed."""
+    if len(rounds) == 1:
+        return {"results": rounds[0]["results"], "floor": rounds[0]["floor"]}
+    results: dict[str, Any] = {}
+    for name in names:
+        got = [r["results"][name] for r in rounds if "timing" in r["results"][name]]
+        if len(got) < len(rounds):  # a failed round: the first failure stands for the library
+            results[name] = next(
+                r["results"][name] for r in rounds if "timing" not in r["results"][name]
+            )
+            continue
+        medians = [g["timing"]["median_s"] for g in got]
+        results[name] = {
+            **got[0],
+            "timing": {"median_s": statistics.median(medians), "round_medians_s": medians},
+            "overhead_s": statistics.median(g["overhead_s"] for g in got),
+            "rss_above_base_mib": max(g["rss_above_base_mib"] for g in got),
+            "guard": {
+                k: sum(g["guard"][k] for g in got) for k in ("calls", "redone", "accepted_loaded")
+            },
+        }
+    floor: dict[str, Any] = {}
+    for fw in rounds[0]["floor"]:
+        got = [r["floor"][fw] for r in rounds if "parts" in r["floor"].get(fw, {})]
+        if len(got) < len(rounds):
+            floor[fw] = next(
+                r["floor"][fw] for r in rounds if "parts" not in r["floor"].get(fw, {})
+            )
+            continue
+        parts = {
+            k: {"median_s": statistics.median(g["parts"][k]["median_s"] for g in got)}
+            for k in got[0]["parts"]
+        }
+        floor[fw] = {
+            "parts": parts,
+            "floor_s": statistics.median(g["floor_s"] for g in got),
+            "round_floor_s": [g["floor_s"] for g in got],
+        }
+    return {"results": results, "floor": floor}
 
 
 def verdict(row: dict[str, Any], with_linear: bool) -> dict[str, Any]:
@@ -179,6 +246,14 @@ def verdict(row: dict[str, Any], with_linear: bool) -> dict[str, Any]:
         "best_peer": best,
         "speedup_vs_best_peer": res[best]["timing"]["median_s"] / ours["timing"]["median_s"],
     }
+    paired = [
+        r["results"][best]["timing"]["median_s"] / r["results"]["plif_jax"]["timing"]["median_s"]
+        for r in row.get("rounds", [])
+        if all("timing" in r["results"][m] for m in (best, "plif_jax"))
+    ]
+    if len(paired) > 1:  # several rounds: the median of the paired ratios, and their range
+        out["speedup_rounds"] = paired
+        out["speedup_vs_best_peer"] = statistics.median(paired)
     out["fastest"] = out["speedup_vs_best_peer"] > 1.0
     if with_linear:
         best_oh = min(res, key=lambda k: res[k]["overhead_s"])
@@ -191,6 +266,14 @@ def verdict(row: dict[str, Any], with_linear: bool) -> dict[str, Any]:
     else:
         out["target_met"] = out["speedup_vs_best_peer"] >= 2.0
     return out
+
+
+def _speedup(v: dict[str, Any]) -> str:
+    """``2.10x``, or with several rounds ``2.10x (1.82-2.43)``: the paired ratios' range."""
+    text = f"{v['speedup_vs_best_peer']:.2f}x"
+    if "speedup_rounds" in v:
+        text += f" ({min(v['speedup_rounds']):.2f}-{max(v['speedup_rounds']):.2f})"
+    return text
 
 
 def _fmt(s: float | None) -> str:
@@ -222,7 +305,7 @@ def format_row(variant: str, row: dict[str, Any]) -> list[str]:
         if v.get("overhead_ratio") is not None:
             oh = f", overhead ratio {v['overhead_ratio']:.2f} vs {v['best_overhead_peer']}"
         lines.append(
-            f"[peers] {variant} n={row['n']} T={row['T']} plif_jax {v['speedup_vs_best_peer']:.2f}x"
+            f"[peers] {variant} n={row['n']} T={row['T']} plif_jax {_speedup(v)}"
             f" the best peer ({v['best_peer']}){oh}; "
             f"target {'met' if v['target_met'] else 'NOT met'}"
         )
@@ -237,6 +320,10 @@ def run_peers(args) -> dict[str, Any]:
         from plif_jax.errors import ConfigError
 
         raise ConfigError(f"unknown peer(s) {bad}; choose from {list(peer_libs.PEERS)}")
+    if args.peers_rounds < 1:
+        from plif_jax.errors import ConfigError
+
+        raise ConfigError(f"--peers-rounds must be at least 1, got {args.peers_rounds}")
     variants = [s.strip() for s in args.peers_variants.split(",") if s.strip()]
     record: dict[str, Any] = {"libraries": availability(names), "input_grad": args.peers_input_grad}
     names = [m for m in names if not record["libraries"][m]["skipped"]]
@@ -277,7 +364,7 @@ def markdown(record: dict[str, Any]) -> list[str]:
             for fw in ("jax", "torch")[: len(floors)]:
                 cells.append(_fmt(row["floor"].get(fw, {}).get("floor_s")))
             v = row["verdict"]
-            speed = f"{v['speedup_vs_best_peer']:.2f}x" if "best_peer" in v else "-"
+            speed = _speedup(v) if "best_peer" in v else "-"
             met = "met" if v.get("target_met") else "not met"
             lines.append(
                 f"| {row['n']}, {row['T']} | " + " | ".join(cells) + f" | {speed} | {met} |"

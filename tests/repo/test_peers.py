@@ -7,6 +7,7 @@ library is skipped with its reason; and that the load guard redoes a call made u
 
 import json
 import math
+import statistics
 
 import pytest
 
@@ -52,6 +53,36 @@ def test_peers_suite_runs_every_installed_library_and_checks_it(tmp_path):
         assert v["fastest"] == (v["speedup_vs_best_peer"] > 1)
 
 
+def test_rounds_give_medians_and_the_paired_speedup(tmp_path, capsys):
+    from benchmarks import cli
+
+    out = tmp_path / "peers.json"
+    argv = ["--suite", "peers", "--quick", "--peers-inprocess", "--peers-variants", "neuron"]
+    cli.main([*argv, "--peers-rounds", "3", "--repeats", "1", "--out", str(out)])
+    (row,) = json.loads(out.read_text())["peers"]["rows"]["neuron"]
+    assert len(row["rounds"]) == 3
+    # The order alternates: plif_jax first in rounds 0 and 2, last in round 1.
+    assert [list(r["results"])[0] for r in row["rounds"]][::2] == ["plif_jax", "plif_jax"]
+    for name, r in row["results"].items():
+        rounds = [rd["results"][name]["timing"]["median_s"] for rd in row["rounds"]]
+        assert r["timing"]["round_medians_s"] == rounds
+        assert r["timing"]["median_s"] == statistics.median(rounds)
+        assert r["guard"]["calls"] == 3
+    v = row["verdict"]
+    if "best_peer" in v:
+        assert len(v["speedup_rounds"]) == 3
+        assert v["speedup_vs_best_peer"] == statistics.median(v["speedup_rounds"])
+        assert f"{v['speedup_vs_best_peer']:.2f}x (" in capsys.readouterr().out
+
+
+def test_rounds_below_one_are_refused_in_one_line():
+    from benchmarks import cli
+    from plif_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--peers-rounds must be at least 1, got 0"):
+        cli.main(["--suite", "peers", "--quick", "--peers-inprocess", "--peers-rounds", "0"])
+
+
 def test_a_missing_library_is_skipped_with_its_reason(monkeypatch, capsys):
     ghost = peer_libs.Peer(
         "Ghost", "ghost-snn", ("ghost_snn_not_installed",), "torch", "none", (), None
@@ -87,3 +118,9 @@ def test_verdict_needs_half_the_best_overhead_and_2x_for_the_neuron():
     assert negative["overhead_ratio"] is None and not negative["target_met"]
     assert peers.verdict(row(1.0, 2.0, 1.0, 2.0), with_linear=False)["target_met"]
     assert not peers.verdict(row(1.0, 1.9, 1.0, 1.9), with_linear=False)["target_met"]
+    # Several rounds: the median of the rounds' paired ratios decides, not the ratio of medians.
+    rounds = [row(1.0, 2.5, 1.0, 2.5), row(2.0, 3.0, 2.0, 3.0), row(1.0, 2.2, 1.0, 2.2)]
+    several = {**row(1.0, 2.5, 1.0, 2.5), "rounds": rounds}
+    v = peers.verdict(several, with_linear=False)
+    assert v["speedup_rounds"] == [2.5, 1.5, 2.2] and v["speedup_vs_best_peer"] == 2.2
+    assert v["target_met"]
