@@ -117,13 +117,13 @@ def linear(
     """Linear layer without bias, kernel ``[in, out]``, PyTorch-default init.
 
     Its matmul is :func:`plif_jax.ops.xla_cpu.dense` (same values; a weight gradient that XLA:CPU
-    computes without first transposing the output gradient).
+    computes without transposing the output gradient, on its fast dot).
     """
     return nnx.Linear(
         in_features,
         out_features,
         use_bias=False,
-        dot_general=xla_cpu.dense_dot_general,  # the weight gradient without a transposed copy
+        dot_general=xla_cpu.dense_dot_general,  # the weight gradient on XLA:CPU's fast dot
         kernel_init=torch_default_init,
         dtype=dtype,
         param_dtype=param_dtype,
