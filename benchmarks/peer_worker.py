@@ -8,7 +8,9 @@ one library's threads and allocations away from the next.
 
 Spec keys: ``peer`` (a :data:`benchmarks.peer_libs.PEERS` name, or ``"floor"`` for the layer's
 matmuls alone), ``framework`` (floor only: ``"torch"`` or ``"jax"``), ``n``, ``T``, ``batch``,
-``with_linear``, ``input_grad``, ``repeats``, ``warmup``, ``max_share``.
+``with_linear``, ``input_grad``, ``repeats``, ``warmup``, ``max_share``, ``paired_floor`` (a
+library with the Linear: after the RSS is read, its step and its framework's floor matmuls timed
+alternately in this same process, :func:`paired_overhead`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import importlib
 import json
 import resource
+import statistics
 import sys
 from typing import Any
 
@@ -56,6 +59,37 @@ def floor_calls(framework: str, data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def floor_keys(input_grad: bool) -> tuple[str, ...]:
+    """The floor's matmuls the workload needs: forward and dW, and dx when the input's gradient
+    is taken."""
+    return ("fwd", "dW", "dx") if input_grad else ("fwd", "dW")
+
+
+def paired_overhead(
+    step: Any, parts: dict[str, Any], keys: tuple[str, ...], *, guard: quiet.Guard, repeats: int
+) -> dict[str, Any]:
+    """The step and the floor's matmuls ``keys`` timed alternately in this process.
+
+    ``repeats`` rounds of one step call then one call of each matmul; the overhead is the median
+    of the rounds' differences. Process-level speed (which moves by up to 1.8x between processes
+    a minute apart on some machines) then cancels, where step and floor timed in two processes
+    carry both processes' drift into their difference.
+    """
+    for call in (step, *(parts[k] for k in keys)):
+        call()  # warm-up
+    steps, floors = [], []
+    for _ in range(repeats):
+        steps.append(guard.time(step))
+        floors.append(sum(guard.time(parts[k]) for k in keys))
+    return {
+        "overhead_s": statistics.median(s - f for s, f in zip(steps, floors, strict=True)),
+        "step_s": statistics.median(steps),
+        "floor_s": statistics.median(floors),
+        "repeats": repeats,
+        "guard": guard.record(),
+    }
+
+
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Times what ``spec`` names in this process; see the module doc."""
     guard = quiet.Guard(max_share=spec.get("max_share", 0.10), max_redo=spec.get("max_redo", 20))
@@ -77,6 +111,14 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             out["xla_memory"] = timing.compiled_memory(run.compiled)
     out["rss_peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     out["guard"] = guard.record()
+    if spec.get("paired_floor") and spec["peer"] != "floor":
+        out["paired"] = paired_overhead(
+            run.step,
+            floor_calls(peer.framework, data),
+            floor_keys(spec["input_grad"]),
+            guard=quiet.Guard(max_share=guard.max_share, max_redo=guard.max_redo),
+            repeats=spec["repeats"],
+        )
     return out
 
 

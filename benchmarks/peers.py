@@ -15,7 +15,11 @@ other at each grid point, every timed call guarded against other processes' CPU 
 medians, and plif_jax's speed-up the median of the rounds' paired ratios, with their range (on
 a machine whose speed drifts between processes one round can move a ratio by 2x). The floor is
 the layer's matmuls alone (forward and dW; dx too with ``--peers-input-grad``), timed in XLA and
-in torch in the same run; a library's overhead is its time minus its framework's floor. Memory:
+in torch in the same run. A library's overhead is its time minus its framework's floor, measured
+in the library's own process (its step and the floor's matmuls called alternately after its
+timing and RSS: :func:`benchmarks.peer_worker.paired_overhead`), so that one process's speed
+does not enter the difference; the difference of the two processes' medians is kept beside it
+(``overhead_unpaired_s``). Memory:
 XLA's plan for the JAX libraries, the fresh process's peak RSS above its baseline (imports +
 input data) for all.
 """
@@ -143,8 +147,7 @@ def cross_check(names: list[str], variants: list[str]) -> dict[str, Any]:
 
 
 def _floor_s(parts: dict[str, Any], input_grad: bool) -> float:
-    keys = ("fwd", "dW", "dx") if input_grad else ("fwd", "dW")
-    return sum(parts[k]["median_s"] for k in keys)
+    return sum(parts[k]["median_s"] for k in peer_worker.floor_keys(input_grad))
 
 
 def _point(args, names, n: int, T: int, with_linear: bool) -> dict[str, Any]:
@@ -181,13 +184,22 @@ def _round(args, common, names, with_linear: bool) -> dict[str, Any]:
                 r["floor_s"] = _floor_s(r["parts"], args.peers_input_grad)
             out["floor"][fw] = r
     for name in names:
-        spec = dict(common, peer=name, with_linear=with_linear, input_grad=args.peers_input_grad)
+        spec = dict(
+            common,
+            peer=name,
+            with_linear=with_linear,
+            input_grad=args.peers_input_grad,
+            paired_floor=with_linear,
+        )
         r = _worker(spec, args.peers_inprocess)
         fw = peer_libs.PEERS[name].framework
         floor = out["floor"].get(fw, {}).get("floor_s", 0.0) if with_linear else 0.0
         if "timing" in r:
             r["overhead_s"] = r["timing"]["median_s"] - floor
             r["rss_above_base_mib"] = r["rss_peak_mib"] - r["rss_base_mib"]
+        if "paired" in r:  # the overhead measured against the floor in the library's own process
+            r["overhead_unpaired_s"] = r["overhead_s"]
+            r["overhead_s"] = r["paired"]["overhead_s"]
         out["results"][name] = r
     return out
 
@@ -211,10 +223,17 @@ def _merge(rounds: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
             "timing": {"median_s": statistics.median(medians), "round_medians_s": medians},
             "overhead_s": statistics.median(g["overhead_s"] for g in got),
             "rss_above_base_mib": max(g["rss_above_base_mib"] for g in got),
-            "guard": {
-                k: sum(g["guard"][k] for g in got) for k in ("calls", "redone", "accepted_loaded")
-            },
+            "guard": _guards_summed(g["guard"] for g in got),
         }
+        if all("paired" in g for g in got):
+            results[name]["overhead_unpaired_s"] = statistics.median(
+                g["overhead_unpaired_s"] for g in got
+            )
+            results[name]["paired"] = {
+                "overhead_s": results[name]["overhead_s"],
+                "round_overheads_s": [g["paired"]["overhead_s"] for g in got],
+                "guard": _guards_summed(g["paired"]["guard"] for g in got),
+            }
     floor: dict[str, Any] = {}
     for fw in rounds[0]["floor"]:
         got = [r["floor"][fw] for r in rounds if "parts" in r["floor"].get(fw, {})]
@@ -233,6 +252,11 @@ def _merge(rounds: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
             "round_floor_s": [g["floor_s"] for g in got],
         }
     return {"results": results, "floor": floor}
+
+
+def _guards_summed(guards) -> dict[str, int]:
+    guards = list(guards)
+    return {k: sum(g[k] for g in guards) for k in ("calls", "redone", "accepted_loaded")}
 
 
 def verdict(row: dict[str, Any], with_linear: bool) -> dict[str, Any]:
@@ -292,11 +316,16 @@ def format_row(variant: str, row: dict[str, Any]) -> list[str]:
             continue
         mem = r.get("xla_memory") or {}
         xla = f", XLA plan {mem['peak_mib']:.0f} MiB" if mem else ""
-        g = r["guard"]
+        g = dict(r["guard"])
+        unpaired = ""
+        if "paired" in r:
+            g = _guards_summed([g, r["paired"]["guard"]])
+            unpaired = f" (two processes: {_fmt(r['overhead_unpaired_s'])})"
         lines.append(
             f"[peers] {variant} n={row['n']} T={row['T']} {name:<12} "
             f"{_fmt(r['timing']['median_s']):>9}"
-            f" overhead {_fmt(r['overhead_s']):>9} | RSS +{r['rss_above_base_mib']:.0f} MiB{xla}"
+            f" overhead {_fmt(r['overhead_s']):>9}{unpaired}"
+            f" | RSS +{r['rss_above_base_mib']:.0f} MiB{xla}"
             f" | redone {g['redone']}, loaded {g['accepted_loaded']}"
         )
     v = row["verdict"]
@@ -356,7 +385,8 @@ def markdown(record: dict[str, Any]) -> list[str]:
         with_linear = variant == "linear"
         names = list(rows[0]["results"]) if rows else []
         floors = ["XLA floor", "torch floor"] if with_linear else []
-        lines += ["", f"{variant}: " + ("time (overhead above floor)" if with_linear else "time")]
+        head = "time (overhead above the floor, in-process)" if with_linear else "time"
+        lines += ["", f"{variant}: {head}"]
         lines.append("| n, T | " + " | ".join(names + floors) + " | plif_jax vs best | target |")
         lines.append("|---" * (len(names) + len(floors) + 3) + "|")
         for row in rows:

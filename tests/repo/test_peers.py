@@ -44,8 +44,14 @@ def test_peers_suite_runs_every_installed_library_and_checks_it(tmp_path):
         parts = floor["parts"]
         assert set(parts) == {"fwd", "dx", "dW"}
         assert math.isclose(floor["floor_s"], parts["fwd"]["median_s"] + parts["dW"]["median_s"])
-        assert math.isclose(r["overhead_s"], r["timing"]["median_s"] - floor["floor_s"])
-        assert r["guard"]["calls"] == 1
+        # Two overheads: the two processes' medians apart, and the one measured in the
+        # library's own process (its step and the floor's fwd and dW called alternately).
+        unpaired = r["timing"]["median_s"] - floor["floor_s"]
+        assert math.isclose(r["overhead_unpaired_s"], unpaired)
+        paired = r["paired"]
+        assert paired["floor_s"] > 0 and paired["step_s"] > 0 and paired["repeats"] == 1
+        assert math.isclose(r["overhead_s"], paired["step_s"] - paired["floor_s"])
+        assert r["guard"]["calls"] == 1 and paired["guard"]["calls"] == 3
     assert row["results"]["plif_jax"]["xla_memory"]["peak_mib"] > 0
     if len(present) > 1:
         v = row["verdict"]
@@ -73,6 +79,32 @@ def test_rounds_give_medians_and_the_paired_speedup(tmp_path, capsys):
         assert len(v["speedup_rounds"]) == 3
         assert v["speedup_vs_best_peer"] == statistics.median(v["speedup_rounds"])
         assert f"{v['speedup_vs_best_peer']:.2f}x (" in capsys.readouterr().out
+
+
+def test_paired_overhead_is_the_median_of_the_rounds_differences():
+    # A fake guard hands out the call times in order: step, fwd, dW per round. Pairing takes the
+    # median of the per-round differences (1 ms here), not the difference of the medians
+    # (20 - 12 = 8 ms), which a drift between rounds would inflate.
+    from benchmarks import peer_worker
+
+    times = iter([0.010, 0.004, 0.005, 0.020, 0.006, 0.006, 0.030, 0.014, 0.015])
+    calls = []
+
+    class FakeGuard:
+        def time(self, call):
+            call()
+            return next(times)
+
+        def record(self):
+            return {"calls": 9, "redone": 0, "accepted_loaded": 0}
+
+    parts = {k: (lambda k=k: calls.append(k)) for k in ("fwd", "dx", "dW")}
+    out = peer_worker.paired_overhead(
+        lambda: calls.append("step"), parts, ("fwd", "dW"), guard=FakeGuard(), repeats=3
+    )
+    assert calls == ["step", "fwd", "dW"] * 4  # one warm-up round, then three timed
+    assert math.isclose(out["overhead_s"], 0.001)
+    assert math.isclose(out["step_s"], 0.020) and math.isclose(out["floor_s"], 0.012)
 
 
 def test_rounds_below_one_are_refused_in_one_line():
