@@ -33,7 +33,7 @@ import subprocess
 import sys
 from typing import Any
 
-from benchmarks import peer_check, peer_libs, peer_worker, peers_report
+from benchmarks import peer_check, peer_libs, peer_worker, peers_report, quiet
 
 CPU_GRID = [(n, t) for n in (1024, 4096) for t in (100, 500)]
 QUICK_GRID = [(64, 8)]
@@ -223,7 +223,7 @@ def _merge(rounds: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
             "timing": {"median_s": statistics.median(medians), "round_medians_s": medians},
             "overhead_s": statistics.median(g["overhead_s"] for g in got),
             "rss_above_base_mib": max(g["rss_above_base_mib"] for g in got),
-            "guard": peers_report.guards_summed(g["guard"] for g in got),
+            "guard": quiet.records_summed(g["guard"] for g in got),
         }
         if all("paired" in g for g in got):
             results[name]["overhead_unpaired_s"] = statistics.median(
@@ -232,7 +232,7 @@ def _merge(rounds: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
             results[name]["paired"] = {
                 "overhead_s": results[name]["overhead_s"],
                 "round_overheads_s": [g["paired"]["overhead_s"] for g in got],
-                "guard": peers_report.guards_summed(g["paired"]["guard"] for g in got),
+                "guard": quiet.records_summed(g["paired"]["guard"] for g in got),
             }
     floor: dict[str, Any] = {}
     for fw in rounds[0]["floor"]:

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-
-def guards_summed(guards) -> dict[str, int]:
-    guards = list(guards)
-    return {k: sum(g[k] for g in guards) for k in ("calls", "redone", "accepted_loaded")}
+from benchmarks import quiet
 
 
 def _speedup(v: dict[str, Any]) -> str:
@@ -34,10 +31,10 @@ def format_row(variant: str, row: dict[str, Any]) -> list[str]:
             continue
         mem = r.get("xla_memory") or {}
         xla = f", XLA plan {mem['peak_mib']:.0f} MiB" if mem else ""
-        g = dict(r["guard"])
+        g = r["guard"]
         unpaired = ""
         if "paired" in r:
-            g = guards_summed([g, r["paired"]["guard"]])
+            g = quiet.records_summed([g, r["paired"]["guard"]])
             unpaired = f" (two processes: {_fmt(r['overhead_unpaired_s'])})"
         lines.append(
             f"[peers] {variant} n={row['n']} T={row['T']} {name:<12} "

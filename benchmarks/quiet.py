@@ -102,6 +102,12 @@ class Guard:
         }
 
 
+def records_summed(records) -> dict[str, int]:
+    """The counts of several :meth:`Guard.record` s summed (calls, redone, accepted loaded)."""
+    records = list(records)
+    return {k: sum(r[k] for r in records) for k in ("calls", "redone", "accepted_loaded")}
+
+
 def time_calls(
     call: Callable[[], Any], *, guard: Guard, warmup: int = 1, repeats: int = 5
 ) -> dict[str, Any]:
