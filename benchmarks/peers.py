@@ -119,6 +119,11 @@ def availability(names: list[str]) -> dict[str, dict[str, Any]]:
             _log(f"[peers] {name}: skipped: {reason}")
         else:
             _log(f"[peers] {name} {out[name]['version']}: {peer.neuron}")
+            if name == "plif_jax":  # which CPU time loops its workers trace
+                from plif_jax.ops import lif_native
+
+                out[name]["cpu_loops"] = lif_native.status()
+                _log(f"[peers]     CPU loops: {out[name]['cpu_loops']}")
             for diff in peer.differences:
                 _log(f"[peers]     differs from PLIF: {diff}")
     return out

@@ -25,6 +25,11 @@ On GPUs and TPUs the two time loops are :mod:`plif_jax.ops.lif_scan`'s unrolled 
 (same residuals, same formulas; chosen when the step is lowered for its platform): the in-place
 loop above is what XLA:CPU runs best, and costs XLA:GPU 3-4 kernels per step with copies.
 
+Where :mod:`plif_jax.ops.lif_native` can build its kernel (a C++ compiler on Linux; float32,
+scalar decay and alpha; the ATan surrogate for the backward), XLA:CPU runs that kernel instead of
+the two loops below: same spikes, gradients equal up to float rounding, the neuron alone
+1.4-1.7x faster (docs/explanation/performance.md, "A native kernel for the CPU loops").
+
 :func:`plif_jax.neurons.lif_multistep` calls it when no membrane trace is asked for.
 """
 
@@ -35,7 +40,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from plif_jax.ops import lif_scan
+from plif_jax.ops import lif_native, lif_scan
 from plif_jax.ops.platform import by_platform
 
 
@@ -85,19 +90,25 @@ def lif_loop(
 def _lif_loop_fwd(
     x_seq, v0, decay, alpha, v_threshold, v_reset, detach_reset, surrogate, unroll, learn_alpha
 ):
-    del detach_reset, surrogate, learn_alpha  # the forward only needs the dynamics
-    h = by_platform(
-        lambda x, v: _lif_forward_loop(x, v, decay, v_threshold, v_reset, unroll),
-        lambda x, v: lif_scan.forward_h(
-            x,
-            v,
-            functools.partial(_charge, decay=decay, v_reset=v_reset),
-            lambda h_t: _reset(h_t, v_threshold, v_reset),
-        ),
-        x_seq,
-        v0,
-    )
-    out = ((h - v_threshold >= 0).astype(x_seq.dtype), _reset(h[-1], v_threshold, v_reset))
+    del detach_reset, learn_alpha  # the forward only needs the dynamics
+
+    def spikes(h):
+        return (h - v_threshold >= 0).astype(x_seq.dtype)
+
+    def cpu(x, v):
+        if lif_native.usable(x.dtype, None, decay):  # H and S in one native pass
+            return lif_native.forward(x, v, decay, v_threshold, v_reset)
+        h = _lif_forward_loop(x, v, decay, v_threshold, v_reset, unroll)
+        return h, spikes(h)
+
+    def accelerator(x, v):
+        charge = functools.partial(_charge, decay=decay, v_reset=v_reset)
+        h = lif_scan.forward_h(x, v, charge, lambda h_t: _reset(h_t, v_threshold, v_reset))
+        return h, spikes(h)
+
+    del surrogate
+    h, s = by_platform(cpu, accelerator, x_seq, v0)
+    out = (s, _reset(h[-1], v_threshold, v_reset))
     # X is not kept: the backward needs X[t] - V[t-1] + V_reset only, which is (H[t] - V[t-1]) / k.
     return out, (v0, h, decay, alpha)
 
@@ -145,7 +156,19 @@ def _lif_loop_bwd(
         return jax.lax.dynamic_update_index_in_dim(gx_buf, gh * decay, t, 0), gh, acc_k, acc_alpha
 
     def cpu_loop(gs_seq, h_seq):
-        del h_seq  # the body reads it from the enclosing scope
+        if lif_native.usable(h_seq.dtype, surrogate.kind, decay, alpha):
+            return lif_native.backward(
+                gs_seq,
+                h_seq,
+                v0,
+                decay,
+                alpha,
+                gv_last,
+                v_threshold=v_threshold,
+                v_reset=v_reset,
+                detach_reset=detach_reset,
+            )
+        # The body reads h_seq from the enclosing scope.
         # The buffer is dL/dS itself (in place when the cotangent is dead afterwards): step t
         # reads dL/dS[t] before overwriting it with dL/dX[t]; the last step is in the loop, as
         # in the forward. An unused dL/dalpha sum is dropped from the loop by XLA. Not

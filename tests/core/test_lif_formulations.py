@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 
 from plif_jax import models, neurons, surrogate
-from plif_jax.ops import batch_norm, lif_scan, platform
+from plif_jax.ops import batch_norm, lif_native, lif_scan, platform
 
 pytestmark = pytest.mark.usefixtures("optimized_compile")  # as users compile it
 
@@ -59,8 +59,14 @@ def test_accelerator_formulation_equals_the_cpu_loop(
 def test_the_backend_chooses_at_lowering_and_the_formulations_differ_in_program():
     x = jnp.ones((8, 2, 3), jnp.float32)
     f = lambda x: jnp.sum(neurons.lif_multistep(x, 0.5))  # noqa: E731
-    cpu_default = jax.jit(jax.grad(f)).lower(x).compile().as_text()
+    with lif_native.enabled(False):  # XLA's loops
+        cpu_default = jax.jit(jax.grad(f)).lower(x).compile().as_text()
     assert " while(" in cpu_default and " conditional(" not in cpu_default
+    if lif_native.usable(jnp.float32, "atan"):  # the native kernel's two calls, no loop
+        cpu_native = jax.jit(jax.grad(f)).lower(x).compile().as_text()
+        assert " while(" not in cpu_native and " conditional(" not in cpu_native
+        for target in lif_native.TARGETS.values():
+            assert f'custom_call_target="{target}"' in cpu_native
     with platform.formulation("accelerator"):
         unrolled = jax.jit(jax.grad(f)).lower(x).compile().as_text()
     assert " while(" not in unrolled  # T = 8 <= MAX_UNROLL: no loop left
@@ -186,7 +192,7 @@ def test_cpu_loops_update_their_buffer_in_place(learn_alpha):
         return jnp.sum(neurons.lif_multistep(x @ kernel, jax.nn.sigmoid(w), alpha=alpha))
 
     argnums = (0, 1, 2) if learn_alpha else (0, 1)
-    with platform.formulation("cpu"):
+    with platform.formulation("cpu"), lif_native.enabled(False):  # XLA's loops
         step = jax.jit(jax.grad(loss, argnums=argnums))
         text = step.lower(kernel, 0.3, jnp.float32(2.0)).compile().as_text()
     buffer = f"f32[{T},{B},{n}]"
