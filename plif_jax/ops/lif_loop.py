@@ -96,19 +96,19 @@ def _lif_loop_fwd(
         return (h - v_threshold >= 0).astype(x_seq.dtype)
 
     def cpu(x, v):
-        if lif_native.usable(x.dtype, None, decay):  # H and S in one native pass
+        if lif_native.usable(x.dtype, None, decay):
             return lif_native.forward(x, v, decay, v_threshold, v_reset)
-        h = _lif_forward_loop(x, v, decay, v_threshold, v_reset, unroll)
-        return h, spikes(h)
+        return _lif_forward_loop(x, v, decay, v_threshold, v_reset, unroll)
 
     def accelerator(x, v):
         charge = functools.partial(_charge, decay=decay, v_reset=v_reset)
-        h = lif_scan.forward_h(x, v, charge, lambda h_t: _reset(h_t, v_threshold, v_reset))
-        return h, spikes(h)
+        return lif_scan.forward_h(x, v, charge, lambda h_t: _reset(h_t, v_threshold, v_reset))
 
     del surrogate
-    h, s = by_platform(cpu, accelerator, x_seq, v0)
-    out = (s, _reset(h[-1], v_threshold, v_reset))
+    h = by_platform(cpu, accelerator, x_seq, v0)
+    # The spikes outside the loops: XLA fuses the comparison into their consumer (a pooling,
+    # the next layer's input), so a [T, ...] spike tensor is often never written.
+    out = (spikes(h), _reset(h[-1], v_threshold, v_reset))
     # X is not kept: the backward needs X[t] - V[t-1] + V_reset only, which is (H[t] - V[t-1]) / k.
     return out, (v0, h, decay, alpha)
 

@@ -168,14 +168,17 @@ def _varying(*args):
 
 
 def forward(x_seq, v0, decay, v_threshold: float, v_reset: float):
-    """``(H, S)``, each ``[T, ...]``, of the LIF forward (see lif_cpu.cc)."""
+    """``H``, ``[T, ...]``, of the LIF forward (see lif_cpu.cc), written over ``x_seq``'s buffer
+    where XLA can give it (a dead input, as a layer's output is; else XLA copies it first)."""
     args, result = _varying(
         x_seq.astype(jnp.float32),
         jnp.broadcast_to(v0, x_seq.shape[1:]).astype(jnp.float32),
         _scalar(decay),
     )
     out = result(x_seq.shape)
-    call = jax.ffi.ffi_call(TARGETS["forward"], (out, out), vmap_method="sequential")
+    call = jax.ffi.ffi_call(
+        TARGETS["forward"], out, vmap_method="sequential", input_output_aliases={0: 0}
+    )
     return call(
         *args,
         v_threshold=np.float32(v_threshold),
@@ -197,7 +200,12 @@ def backward(gs_seq, h_seq, v0, decay, alpha, gv_final, *, v_threshold, v_reset,
         jnp.broadcast_to(gv_final, row).astype(jnp.float32),
     )
     seq, one = result(h_seq.shape), result(row)
-    call = jax.ffi.ffi_call(TARGETS["backward"], (seq, one, one, one), vmap_method="sequential")
+    call = jax.ffi.ffi_call(
+        TARGETS["backward"],
+        (seq, one, one, one),
+        vmap_method="sequential",
+        input_output_aliases={0: 0},
+    )
     return call(
         *args,
         v_threshold=np.float32(v_threshold),

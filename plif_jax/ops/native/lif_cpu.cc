@@ -8,8 +8,8 @@
 // one core and copies H[t-1] and X[t] to temporaries first (docs/explanation/performance.md).
 //
 // Forward (t = 0 .. T-1; V[-1] = v0):
-//   H[t] = V[t-1] + (X[t] - (V[t-1] - V_reset)) * k;  S[t] = H[t] - V_th >= 0
-//   V[t] = S[t] ? V_reset : H[t]
+//   H[t] = V[t-1] + (X[t] - (V[t-1] - V_reset)) * k;  V[t] = H[t] - V_th >= 0 ? V_reset : H[t]
+// (the spikes S[t] = H[t] - V_th >= 0 are left to XLA, which fuses them into their consumer)
 // Backward (t = T-1 .. 0; ATan surrogate, dS/dz = alpha / (2 (1 + (pi/2 alpha z)^2)), z = H - V_th):
 //   dL/dV[t] = dL/dv_final (t = T-1), else (1 - k) gH[t+1]
 //   dL/dS[t] += dL/dV[t] (V_reset - H[t])                 (without detach_reset)
@@ -54,23 +54,20 @@ void ForChunks(int64_t T, int64_t n, F f) {
   for (auto& t : pool) t.join();
 }
 
-void ForwardChunk(int64_t T, int64_t n, int64_t lo, int64_t hi, const float* __restrict x,
-                  const float* __restrict v0, float* __restrict h, float* __restrict s,
-                  const float k, const float v_th, const float v_reset) {
+// xh: X on entry, H on return (XLA aliases the two): step t reads X[t] and writes H[t].
+void ForwardChunk(int64_t T, int64_t n, int64_t lo, int64_t hi, float* __restrict xh,
+                  const float* __restrict v0, const float k, const float v_th,
+                  const float v_reset) {
   float v[kChunk];
   const int64_t m = hi - lo;
   for (int64_t i = 0; i < m; ++i) v[i] = v0[lo + i];
   for (int64_t t = 0; t < T; ++t) {
-    const float* __restrict xt = x + t * n + lo;
-    float* __restrict ht = h + t * n + lo;
-    float* __restrict st = s + t * n + lo;
+    float* __restrict ht = xh + t * n + lo;
     for (int64_t i = 0; i < m; ++i) {
       const float vi = v[i];
-      const float hv = vi + (xt[i] - (vi - v_reset)) * k;
-      const bool fire = hv - v_th >= 0.0f;
+      const float hv = vi + (ht[i] - (vi - v_reset)) * k;
       ht[i] = hv;
-      st[i] = fire ? 1.0f : 0.0f;
-      v[i] = fire ? v_reset : hv;
+      v[i] = hv - v_th >= 0.0f ? v_reset : hv;
     }
   }
 }
@@ -80,10 +77,11 @@ struct BackwardConsts {
 };
 
 // One step back in time over a chunk's m neurons (kFirst: t = 0; kLast: t = T-1).
+// g: dL/dS[t] on entry, dL/dX[t] on return (XLA aliases the two).
 template <bool kFirst, bool kLast, bool kDetach>
 void BackwardRow(int64_t m, const float* __restrict ht, const float* __restrict hp,
                  const float* __restrict v0, const float* __restrict gv_final,
-                 const float* __restrict gst, float* __restrict gxt, float* __restrict gh,
+                 float* __restrict g_t, float* __restrict gh,
                  float* __restrict acc_k, float* __restrict acc_alpha, const BackwardConsts c) {
   for (int64_t i = 0; i < m; ++i) {
     const float h = ht[i];
@@ -91,22 +89,22 @@ void BackwardRow(int64_t m, const float* __restrict ht, const float* __restrict 
     const float v_prev = kFirst ? v0[i] : (q - c.v_th >= 0.0f ? c.v_reset : q);
     const float gv = kLast ? gv_final[i] : c.one_minus_k * gh[i];
     const float z = h - c.v_th;
-    float gs = gst[i];
+    float gs = g_t[i];
     if (!kDetach) gs = gs + gv * (c.v_reset - h);
     const float y = c.half_pi_alpha * z;
     const float denom = 2.0f * (1.0f + y * y);
     const float g = gs * (c.alpha / denom) + (z >= 0.0f ? 0.0f : gv);
     acc_k[i] = acc_k[i] + g * (h - v_prev);
     acc_alpha[i] = acc_alpha[i] + gs * (z / denom);
-    gxt[i] = g * c.k;
+    g_t[i] = g * c.k;
     gh[i] = g;
   }
 }
 
 template <bool kDetach>
-void BackwardChunk(int64_t T, int64_t n, int64_t lo, int64_t hi, const float* gs,
-                   const float* h, const float* v0, const float* gv_final, float* gx,
-                   float* gh0, float* acc_k_out, float* acc_alpha_out, const BackwardConsts c) {
+void BackwardChunk(int64_t T, int64_t n, int64_t lo, int64_t hi, float* g, const float* h,
+                   const float* v0, const float* gv_final, float* gh0, float* acc_k_out,
+                   float* acc_alpha_out, const BackwardConsts c) {
   float gh[kChunk], acc_k[kChunk], acc_alpha[kChunk];
   const int64_t m = hi - lo;
   std::fill(gh, gh + m, 0.0f);
@@ -115,11 +113,9 @@ void BackwardChunk(int64_t T, int64_t n, int64_t lo, int64_t hi, const float* gs
   for (int64_t t = T - 1; t >= 0; --t) {
     const float* ht = h + t * n + lo;
     const float* hp = h + (t > 0 ? t - 1 : 0) * n + lo;
-    const float* gst = gs + t * n + lo;
-    float* gxt = gx + t * n + lo;
-#define PLIF_ROW(FIRST, LAST)                                                                \
-  BackwardRow<FIRST, LAST, kDetach>(m, ht, hp, v0 + lo, gv_final + lo, gst, gxt, gh, acc_k, \
-                                    acc_alpha, c)
+    float* g_t = g + t * n + lo;
+#define PLIF_ROW(FIRST, LAST) \
+  BackwardRow<FIRST, LAST, kDetach>(m, ht, hp, v0 + lo, gv_final + lo, g_t, gh, acc_k, acc_alpha, c)
     if (t == 0 && t == T - 1) PLIF_ROW(true, true);
     else if (t == T - 1) PLIF_ROW(false, true);
     else if (t == 0) PLIF_ROW(true, false);
@@ -133,15 +129,16 @@ void BackwardChunk(int64_t T, int64_t n, int64_t lo, int64_t hi, const float* gs
 
 ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> v0,
                    ffi::Buffer<ffi::F32> decay, float v_threshold, float v_reset,
-                   ffi::ResultBuffer<ffi::F32> h, ffi::ResultBuffer<ffi::F32> s) {
+                   ffi::ResultBuffer<ffi::F32> h) {
   const int64_t T = x.dimensions()[0];
   const int64_t n = T == 0 ? 0 : x.element_count() / T;
   if (v0.element_count() != n || decay.element_count() != 1)
     return ffi::Error::InvalidArgument("plif_lif_forward: v0 must be x[0]'s shape, decay a scalar");
+  if (h->typed_data() != x.typed_data())
+    return ffi::Error::InvalidArgument("plif_lif_forward: H must be aliased to x");
   const float k = decay.typed_data()[0];
   ForChunks(T, n, [&](int64_t lo, int64_t hi) {
-    ForwardChunk(T, n, lo, hi, x.typed_data(), v0.typed_data(), h->typed_data(),
-                 s->typed_data(), k, v_threshold, v_reset);
+    ForwardChunk(T, n, lo, hi, h->typed_data(), v0.typed_data(), k, v_threshold, v_reset);
   });
   return ffi::Error::Success();
 }
@@ -157,6 +154,8 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> gs, ffi::Buffer<ffi::F32> h, ffi::Buff
   if (v0.element_count() != n || gv_final.element_count() != n || decay.element_count() != 1 ||
       alpha.element_count() != 1)
     return ffi::Error::InvalidArgument("plif_lif_backward: operand shapes do not match");
+  if (gx->typed_data() != gs.typed_data())
+    return ffi::Error::InvalidArgument("plif_lif_backward: dL/dX must be aliased to dL/dS");
   const float k = decay.typed_data()[0];
   const float a = alpha.typed_data()[0];
   // (pi / 2) as float32 times alpha, as `(math.pi / 2.0) * alpha` in JAX.
@@ -164,8 +163,8 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> gs, ffi::Buffer<ffi::F32> h, ffi::Buff
                          v_threshold, v_reset};
   ForChunks(T, n, [&](int64_t lo, int64_t hi) {
     auto run = [&](auto chunk) {
-      chunk(T, n, lo, hi, gs.typed_data(), h.typed_data(), v0.typed_data(),
-            gv_final.typed_data(), gx->typed_data(), gh0->typed_data(), acc_k->typed_data(),
+      chunk(T, n, lo, hi, gx->typed_data(), h.typed_data(), v0.typed_data(),
+            gv_final.typed_data(), gh0->typed_data(), acc_k->typed_data(),
             acc_alpha->typed_data(), c);
     };
     if (detach_reset) run(BackwardChunk<true>);
@@ -183,8 +182,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PlifLifForward, Forward,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // decay k = 1/tau, scalar
                                   .Attr<float>("v_threshold")
                                   .Attr<float>("v_reset")
-                                  .Ret<ffi::Buffer<ffi::F32>>()   // H [T, ...]
-                                  .Ret<ffi::Buffer<ffi::F32>>());  // S [T, ...]
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // H [T, ...] (over x)
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PlifLifBackward, Backward,
                               ffi::Ffi::Bind()
