@@ -14,8 +14,9 @@ The kernel is compiled on first use, once per machine, like the CUDA kernels Spi
 backend compiles at run time: the C++ compiler (``$CXX``, else ``g++``, ``c++`` or ``clang++``)
 with jaxlib's FFI headers (``jax.ffi.include_dir()``), into ``$PLIF_JAX_CACHE`` (default
 ``$XDG_CACHE_HOME/plif_jax``, else ``~/.cache/plif_jax``), named by a hash of the source, the
-compiler, the flags and jaxlib's version (a new jaxlib rebuilds it; ~4 s). Without a compiler,
-or with ``PLIF_JAX_NATIVE=0`` in the environment, the XLA loops run: :func:`status` says why.
+compiler, the flags, jaxlib's version and the CPU (a new jaxlib rebuilds it; ~4 s). Without a
+compiler, or with ``PLIF_JAX_NATIVE=0`` in the environment, the XLA loops run: :func:`status`
+says why.
 """
 
 from __future__ import annotations
@@ -75,17 +76,23 @@ def _compiler() -> str | None:
     return next(filter(None, map(shutil.which, ("g++", "c++", "clang++"))), None)
 
 
+def _cpu() -> str:
+    """The CPU's model name and feature flags: ``-march=native`` builds for them."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln for ln in f if ln.startswith(("model name", "flags", "Features"))]
+    except OSError:
+        return platform.machine()
+    return platform.machine() + "".join(sorted(set(lines)))
+
+
 def _build(cxx: str) -> Path:
     """The kernel's shared library, compiled into the cache unless it is there already."""
     import jaxlib
 
     include = jax.ffi.include_dir()
-    key = hashlib.sha256(
-        b"\0".join(
-            s.encode()
-            for s in (SOURCE.read_text(), cxx, " ".join(FLAGS), jaxlib.__version__, include)
-        )
-    ).hexdigest()[:16]
+    parts = (SOURCE.read_text(), cxx, " ".join(FLAGS), jaxlib.__version__, include, _cpu())
+    key = hashlib.sha256(b"\0".join(s.encode() for s in parts)).hexdigest()[:16]
     cache = _cache_dir()
     lib = cache / f"lif_cpu-{key}.so"
     if lib.exists():
