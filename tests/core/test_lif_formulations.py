@@ -16,20 +16,13 @@ from flax import nnx
 
 from plif_jax import models, neurons, surrogate
 from plif_jax.ops import batch_norm, lif_native, lif_scan, platform
+from tests.support import lif
 
 pytestmark = pytest.mark.usefixtures("optimized_compile")  # as users compile it
 
 
 def _grads(name, x, coef, **kw):
-    def loss(x, w, alpha, v0):
-        s, v = neurons.lif_multistep(
-            x, jax.nn.sigmoid(w), alpha=alpha, v_init=v0, return_final=True, **kw
-        )
-        return jnp.sum(coef * s) + jnp.sum(v * coef[0]), s
-
-    with platform.formulation(name):
-        f = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3), has_aux=True))
-        return f(x, jnp.float32(0.3), jnp.float32(2.0), x[0] * 0.1)
+    return lif.grads(platform.formulation(name), x, coef, **kw)
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ import pytest
 
 from plif_jax import neurons, surrogate
 from plif_jax.ops import lif_native
+from tests.support import lif
 
 pytestmark = pytest.mark.usefixtures("optimized_compile")  # as users compile it
 
@@ -33,20 +34,7 @@ def _kernel():
 
 
 def _run(native, x, coef, *, learn_alpha, **kw):
-    def loss(x, w, alpha, v0):
-        s, v = neurons.lif_multistep(
-            x,
-            jax.nn.sigmoid(w),
-            alpha=alpha if learn_alpha else None,
-            v_init=v0,
-            return_final=True,
-            **kw,
-        )
-        return jnp.sum(coef * s) + jnp.sum(v * coef[0]), s
-
-    with lif_native.enabled(native):
-        f = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3), has_aux=True))
-        return f(x, jnp.float32(0.3), jnp.float32(2.0), x[0] * 0.1)
+    return lif.grads(lif_native.enabled(native), x, coef, learn_alpha=learn_alpha, **kw)
 
 
 @pytest.mark.parametrize(
