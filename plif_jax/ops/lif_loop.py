@@ -28,7 +28,7 @@ loop above is what XLA:CPU runs best, and costs XLA:GPU 3-4 kernels per step wit
 Where :mod:`plif_jax.ops.lif_native` can build its kernel (a C++ compiler on Linux; float32,
 scalar decay and alpha; the ATan surrogate for the backward), XLA:CPU runs that kernel instead of
 the two loops below: same spikes, gradients equal up to float rounding, the neuron alone
-1.4-1.7x faster (docs/explanation/performance.md, "A native kernel for the CPU loops").
+1.3-1.5x faster (docs/explanation/performance.md, "A native kernel for the CPU loops").
 
 :func:`plif_jax.neurons.lif_multistep` calls it when no membrane trace is asked for.
 """
@@ -90,10 +90,7 @@ def lif_loop(
 def _lif_loop_fwd(
     x_seq, v0, decay, alpha, v_threshold, v_reset, detach_reset, surrogate, unroll, learn_alpha
 ):
-    del detach_reset, learn_alpha  # the forward only needs the dynamics
-
-    def spikes(h):
-        return (h - v_threshold >= 0).astype(x_seq.dtype)
+    del detach_reset, surrogate, learn_alpha  # the forward only needs the dynamics
 
     def cpu(x, v):
         if lif_native.usable(x.dtype, None, decay):
@@ -104,11 +101,10 @@ def _lif_loop_fwd(
         charge = functools.partial(_charge, decay=decay, v_reset=v_reset)
         return lif_scan.forward_h(x, v, charge, lambda h_t: _reset(h_t, v_threshold, v_reset))
 
-    del surrogate
     h = by_platform(cpu, accelerator, x_seq, v0)
     # The spikes outside the loops: XLA fuses the comparison into their consumer (a pooling,
     # the next layer's input), so a [T, ...] spike tensor is often never written.
-    out = (spikes(h), _reset(h[-1], v_threshold, v_reset))
+    out = ((h - v_threshold >= 0).astype(x_seq.dtype), _reset(h[-1], v_threshold, v_reset))
     # X is not kept: the backward needs X[t] - V[t-1] + V_reset only, which is (H[t] - V[t-1]) / k.
     return out, (v0, h, decay, alpha)
 

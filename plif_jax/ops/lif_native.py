@@ -2,13 +2,14 @@
 
 On XLA:CPU, :func:`plif_jax.ops.lif_loop.lif_loop` runs its forward and backward loops here when
 this module can build the kernel (float32, the ATan surrogate for the backward); otherwise, and
-on GPUs and TPUs, it runs the XLA formulations. Same values bit for bit (the kernel is compiled
-for the host with the float contraction XLA:CPU uses; ``tests/core/test_lif_native.py`` compares
-both on every configuration the networks use). What it buys: XLA:CPU runs a time step as three
-kernels on one core, copying H[t-1] and X[t] to temporaries first; the kernel makes one pass
-over each ``[T, ...]`` tensor, runs the time loop inside chunks of 4,096 neurons, and deals the
-chunks to the machine's cores (docs/explanation/performance.md, "A native kernel for the CPU
-loops").
+on GPUs and TPUs, it runs the XLA formulations. The same spikes; gradients equal up to float
+rounding (the kernel is compiled for the host with the multiply-add contraction XLA:CPU uses, but
+where XLA fuses an FMA depends on the program around the loop: a few elements in a hundred
+differ by an ulp; ``tests/core/test_lif_native.py`` compares both). What it buys: XLA:CPU runs
+a time step as three kernels on one core, copying H[t-1] and X[t] to temporaries first; the
+kernel makes one pass over each ``[T, ...]`` tensor, runs the time loop inside chunks of 4,096
+neurons, and deals the chunks to the machine's cores (docs/explanation/performance.md, "A native
+kernel for the CPU loops").
 
 The kernel is compiled on first use, once per machine, like the CUDA kernels SpikingJelly's CuPy
 backend compiles at run time: the C++ compiler (``$CXX``, else ``g++``, ``c++`` or ``clang++``)

@@ -1,14 +1,18 @@
-"""Two XLA:CPU forms, A/B in one process: the Linear's weight gradient, and a chunked LIF loop.
+"""XLA:CPU forms, A/B in one process: the Linear's weight gradient, the LIF loop chunked, and
+the LIF loops as XLA loops or the native kernel.
 
-    python -m benchmarks.studies.cpu_loops.measure            # both studies
-    python -m benchmarks.studies.cpu_loops.measure dw         # or one: dw / chunks
+    python -m benchmarks.studies.cpu_loops.measure            # all three studies
+    python -m benchmarks.studies.cpu_loops.measure dw         # or some: dw / chunks / native
 
 ``dw``: ``dW = X^T G`` for the peers' and the paper nets' Linear shapes, as the contraction over
 the rows of both (what autodiff and GPUs use; XLA:CPU runs it on Eigen) and as the plain dot of
 ``X`` transposed into its own buffer (YNNPACK; what :func:`plif_jax.ops.xla_cpu.dense` does on
 CPU since 2026-12-04). ``chunks``: the neuron's forward time loop
 (:func:`plif_jax.ops.lif_loop._lif_forward_loop`) against the same loop run once per chunk of
-the neuron axis (so that a step's rows stay in L2); H is checked equal. Both forms of each are
+the neuron axis (so that a step's rows stay in L2); H is checked equal. ``native``: the peers'
+neuron-alone step (gradients of the sum of the spikes w.r.t. the time constant's weight and the
+input, batch 16) with the XLA loops and with :mod:`plif_jax.ops.lif_native`'s kernel (traced
+with ``lif_native.enabled``), the gradients checked close. Both forms of each are
 compiled up front and called alternately; medians of 15 calls, the benchmark's allocator. The
 figures and the decisions: docs/explanation/performance.md, "Paired rounds on an AMD EPYC".
 """
@@ -34,6 +38,8 @@ DW_SHAPES = [
 # conv layer at batch 16 (128 x 28 x 28 x 16), a layer of a million neurons over T = 20.
 CHUNK_SHAPES = [(100, 65536), (500, 16384), (8, 1605632), (20, 1048576)]
 CHUNK = 16384
+# [T, n]: the peers' neuron-alone grid (batch 16).
+NATIVE_SHAPES = [(100, 1024), (500, 1024), (100, 4096), (500, 4096)]
 
 
 def _alternate(calls: dict, repeats: int = 15) -> dict[str, float]:
@@ -119,11 +125,40 @@ def study_chunks() -> None:
         print(f"forward loop [{T}, {n}]: {cells}", flush=True)
 
 
+def study_native() -> None:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from plif_jax import neurons
+    from plif_jax.ops import lif_native
+
+    print(lif_native.status(), flush=True)
+
+    def step(w, x):
+        return jnp.sum(neurons.lif_multistep(x, jax.nn.sigmoid(w)))
+
+    for T, n in NATIVE_SHAPES:
+        x = jnp.asarray(np.random.default_rng(0).standard_normal((T, 16, n)), jnp.float32)
+        w = jnp.float32(0.0)
+        compiled = {}
+        for name, flag in (("XLA loops", False), ("native kernel", True)):
+            with lif_native.enabled(flag):
+                compiled[name] = jax.jit(jax.grad(step, argnums=(0, 1))).lower(w, x).compile()
+        ref, got = (c(w, x) for c in compiled.values())
+        for a, b in zip(ref, got, strict=True):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+        med = _alternate({k: functools.partial(c, w, x) for k, c in compiled.items()})
+        cells = " | ".join(f"{k} {1e3 * t:.2f} ms" for k, t in med.items())
+        ratio = med["XLA loops"] / med["native kernel"]
+        print(f"neuron alone [{T}, 16, {n}]: {cells} | {ratio:.2f}x", flush=True)
+
+
 def main(argv: list[str]) -> None:
     from plif_jax.runtime import allocator
 
-    which = argv or ["dw", "chunks"]
-    studies = {"dw": study_dw, "chunks": study_chunks}
+    which = argv or ["dw", "chunks", "native"]
+    studies = {"dw": study_dw, "chunks": study_chunks, "native": study_native}
     bad = [w for w in which if w not in studies]
     if bad:
         sys.exit(f"unknown study {bad}; choose from {list(studies)}")

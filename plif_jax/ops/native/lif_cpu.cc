@@ -1,8 +1,8 @@
 // The LIF neuron's two time loops on the CPU, as XLA FFI handlers (plif_jax.ops.lif_native).
 //
-// Same numerics as plif_jax.ops.lif_loop's XLA loops (compiled for the host with
-// -ffp-contract=fast, as XLA:CPU contracts a*b+c): values are bit-identical to them
-// (tests/core/test_lif_native.py). The gain over XLA's loops is the layout of the work: one pass
+// Same numerics as plif_jax.ops.lif_loop's XLA loops, compiled for the host with
+// -ffp-contract=fast as XLA:CPU contracts a*b+c: the same spikes, gradients equal up to where
+// XLA fuses an FMA, which depends on the program around the loop (tests/core/test_lif_native.py). The gain over XLA's loops is the layout of the work: one pass
 // over each [T, n] tensor, the time loop inside a chunk of neurons (the chunk's state stays in L1),
 // every neuron's chunk on one of the machine's cores. XLA:CPU runs each time step as 3 kernels on
 // one core and copies H[t-1] and X[t] to temporaries first (docs/explanation/performance.md).
